@@ -1,0 +1,39 @@
+# The two commands a newcomer needs are `make demo` and `make test`;
+# everything else here is what they are made of.
+SHELL := /bin/bash
+VENV := .venv/bin
+export PYTHONPATH := $(CURDIR)/scripts
+
+.PHONY: setup test lint typecheck pytest demo bench lock clean
+
+setup:
+	@scripts/bootstrap.sh
+
+test: setup lint typecheck pytest
+
+lint:
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/lint-imports
+
+typecheck:
+	$(VENV)/mypy
+
+# pytest exits 5 when it collected nothing: that is a failure here, as every
+# non-zero status is.
+pytest:
+	$(VENV)/pytest
+
+demo: setup
+	$(VENV)/python -m falachefe_devstack.demo $(DEMO_ARGS)
+
+bench: setup
+	$(VENV)/python -m bench $(BENCH_ARGS)
+
+# Re-resolve the pinned dependency set after editing pyproject.toml.
+lock:
+	$(HOME)/.cache/falachefe/uv-0.13.8/bin/uv pip compile pyproject.toml --extra dev \
+	  --python-version 3.11 --quiet -o requirements.lock
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache tests/node/node_modules

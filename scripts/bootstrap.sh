@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Install everything the tests and the demo need, reusing what is already there.
+#
+#   - Debian packages: redis-server, the PostgreSQL server, openssl, setpriv;
+#   - uv (pinned) and the project's virtualenv in .venv, synced to requirements.lock;
+#   - the Node bullmq producer used by the interoperability tests (tests/node);
+#   - the Go-built control plane and Helm, cached in ~/.cache/falachefe.
+#
+# Safe to run again: each step checks before it works, so a warm machine
+# finishes in seconds.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${FALACHEFE_CACHE:-$HOME/.cache/falachefe}
+uv_version=0.13.8
+python=${PYTHON:-python3.11}
+mkdir -p "$cache"
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+# -- Debian packages -------------------------------------------------------------
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v setpriv >/dev/null || missing+=(util-linux)
+command -v node >/dev/null || missing+=(nodejs npm)
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+    "${sudo_cmd[@]}" apt-get update -q >/dev/null
+    "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  }
+fi
+
+# -- uv and the virtualenv -------------------------------------------------------------
+uv="$cache/uv-$uv_version/bin/uv"
+if [ ! -x "$uv" ]; then
+  say "installing uv $uv_version into $cache"
+  "$python" -m venv "$cache/uv-$uv_version"
+  "$cache/uv-$uv_version/bin/pip" install -q "uv==$uv_version"
+fi
+export UV_CACHE_DIR="$cache/uv-cache"
+venv="$repo/.venv"
+lock_hash=$(cat "$repo/requirements.lock" "$repo/pyproject.toml" | sha256sum | cut -c1-16)
+if [ "$(cat "$venv/.falachefe-lock" 2>/dev/null)" != "$lock_hash" ]; then
+  say "syncing .venv to requirements.lock"
+  [ -x "$venv/bin/python" ] || "$uv" venv -q --python "$python" "$venv"
+  VIRTUAL_ENV="$venv" "$uv" pip sync -q "$repo/requirements.lock"
+  VIRTUAL_ENV="$venv" "$uv" pip install -q --no-deps -e "$repo"
+  echo "$lock_hash" > "$venv/.falachefe-lock"
+fi
+
+# -- Node bullmq producer ----------------------------------------------------------------
+node_dir="$repo/tests/node"
+if [ -f "$node_dir/package-lock.json" ]; then
+  node_hash=$(sha256sum "$node_dir/package-lock.json" | cut -c1-16)
+  if [ "$(cat "$node_dir/node_modules/.falachefe-lock" 2>/dev/null)" != "$node_hash" ]; then
+    say "installing the Node bullmq producer (npm ci)"
+    npm ci --prefix "$node_dir" --no-audit --no-fund --loglevel=error >/dev/null
+    echo "$node_hash" > "$node_dir/node_modules/.falachefe-lock"
+  fi
+fi
+
+# -- Go-built control plane and Helm -------------------------------------------------------
+PYTHONPATH="$repo/scripts" "$venv/bin/python" -m falachefe_devstack.toolchain >/dev/null
+say "ready"
