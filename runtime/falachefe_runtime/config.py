@@ -95,6 +95,9 @@ class DatabaseSettings(_Section):
     connect_timeout_s: Seconds = 2.0
     application_name: str = Field("falachefe-runtime", max_length=63)
     slow_query_threshold_s: Seconds = 1.0
+    #: Attempts for an operation that is safe to repeat when its connection
+    #: drops (reads, writes marked idempotent, and acquiring a connection).
+    retry_attempts: int = Field(3, ge=1, le=10)
 
 
 class RedisSettings(_Section):
@@ -115,14 +118,24 @@ class CacheTTLs(_Section):
     whatsapp_auth_s: int = Field(300, gt=0)
     crew_response_s: int = Field(1_800, gt=0)
     company_config_s: int = Field(3_600, gt=0)
+    #: A company's active crew (agents, tasks, process); not in the seed,
+    #: as long-lived as the company's own configuration.
+    crew_config_s: int = Field(3_600, gt=0)
 
 
 class CacheSettings(_Section):
     """The two-layer cache: a bounded in-process L1 over Redis."""
 
+    #: 0 turns the in-process layer off (every read goes to Redis).
     l1_max_entries: int = Field(1_000, ge=0)
     l1_ttl_s: Seconds = 60.0
     ttl: CacheTTLs = CacheTTLs()
+    #: A cache call that waits on Redis longer than this gives up and goes to
+    #: the loader: a slow cache must not be slower than the database.
+    redis_timeout_s: Seconds = 0.5
+    #: How long one process may hold a key's load lock before another process
+    #: stops waiting for it and loads the value itself.
+    load_lock_s: Seconds = 5.0
 
 
 class LLMSettings(_Section):

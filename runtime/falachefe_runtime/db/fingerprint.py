@@ -1,0 +1,66 @@
+"""Stable, value-free names for SQL statements, for metric labels and logs.
+
+A metric label must have bounded cardinality and a log line must never carry
+a parameter value. Our statements are parameterised (``$1``), but a caller
+could still inline a literal, so the text is normalised (literals become
+``?``) before it is hashed or logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+#: A caller-chosen query name: short, lower-case, dotted (``auth.user_by_phone``).
+QUERY_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+
+#: How much of a statement's normalised text a log line carries.
+LOGGED_SQL_CHARS = 200
+
+_DOLLAR_QUOTED = re.compile(r"\$(\w*)\$.*?\$\1\$", re.DOTALL)
+_STRING = re.compile(r"[EeBbXxUu]?'(?:[^']|'')*'")
+_NUMBER = re.compile(r"(?<![\w$])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize(sql: str) -> str:
+    """The statement with literals replaced by ``?`` and whitespace collapsed."""
+    text = _DOLLAR_QUOTED.sub("?", sql)
+    text = _STRING.sub("?", text)
+    text = _NUMBER.sub("?", text)
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def fingerprint(sql: str) -> str:
+    """A short label for a statement: equal for statements that differ only in literals."""
+    digest = hashlib.sha1(normalize(sql).encode(), usedforsecurity=False).hexdigest()
+    return f"sql_{digest[:10]}"
+
+
+def query_label(sql: str, name: str | None) -> str:
+    """The metric label for a statement: the caller's name, else its fingerprint."""
+    if name is None:
+        return fingerprint(sql)
+    if not QUERY_NAME.match(name):
+        raise ValueError(
+            f"query name {name!r} is not a valid label: use 1-64 lower-case letters, digits and '_.:-', "
+            "starting with a letter (a fixed name per statement, never built from input)"
+        )
+    return name
+
+
+#: Statements that only read: running one twice has no effect.
+_PLAIN_READ = re.compile(r"^\s*(?:\(\s*)*(?:select|show|values|table)\b", re.IGNORECASE)
+
+
+def is_plain_read(sql: str) -> bool:
+    """Whether ``sql`` is a bare ``SELECT``/``SHOW``/``VALUES``/``TABLE`` (a ``WITH`` may hide a write)."""
+    return bool(_PLAIN_READ.match(sql))
+
+
+def loggable(sql: str) -> str:
+    """The statement as a log line may show it: normalised and truncated."""
+    text = normalize(sql)
+    if len(text) > LOGGED_SQL_CHARS:
+        return text[: LOGGED_SQL_CHARS - 1] + "…"
+    return text

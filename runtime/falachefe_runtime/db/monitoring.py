@@ -1,0 +1,58 @@
+"""The one place every statement goes through: timed, counted, and logged when slow.
+
+The seed wrote a row per query into a table, which doubles the database's
+write load to watch it. Here a statement costs a histogram observation; a
+slow one adds a counter increment and a log line that names the statement
+(its label and its normalised text) and never its parameter values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from .fingerprint import loggable, query_label
+from .metrics import QUERY_DURATION, QUERY_ERRORS, SLOW_QUERIES
+
+T = TypeVar("T")
+
+log = logging.getLogger("falachefe_runtime.db")
+
+
+class QueryMonitor:
+    """Times statements sent through one pool (``role`` is ``primary`` or ``replica``)."""
+
+    def __init__(self, role: str, slow_threshold_s: float) -> None:
+        self.role = role
+        self.slow_threshold_s = slow_threshold_s
+
+    async def run(self, sql: str, name: str | None, param_count: int, call: Callable[[], Awaitable[T]]) -> T:
+        label = query_label(sql, name)
+        started = time.perf_counter()
+        try:
+            return await call()
+        except Exception as error:
+            QUERY_ERRORS.labels(self.role, label, type(error).__name__).inc()
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            QUERY_DURATION.labels(self.role, label).observe(elapsed)
+            if elapsed >= self.slow_threshold_s:
+                SLOW_QUERIES.labels(self.role, label).inc()
+                log.warning(
+                    "slow query: %s took %.3fs on the %s pool",
+                    label,
+                    elapsed,
+                    self.role,
+                    extra={
+                        "event": "slow_query",
+                        "query_name": label,
+                        "db_pool": self.role,
+                        "duration_s": round(elapsed, 6),
+                        "threshold_s": self.slow_threshold_s,
+                        "sql": loggable(sql),
+                        "param_count": param_count,
+                    },
+                )
