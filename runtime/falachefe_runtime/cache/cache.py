@@ -312,21 +312,22 @@ class Cache:
 
     # -- invalidation ----------------------------------------------------------
 
-    async def invalidate_company(self, company_id: ScopeId) -> bool:
+    async def invalidate_company(self, company_id: ScopeId) -> None:
         """Drop every entry scoped to the company, in every process. See :meth:`invalidate`."""
-        return await self.invalidate(ScopeKind.COMPANY, company_id)
+        await self.invalidate(ScopeKind.COMPANY, company_id)
 
-    async def invalidate_user(self, user_id: ScopeId) -> bool:
-        return await self.invalidate(ScopeKind.USER, user_id)
+    async def invalidate_user(self, user_id: ScopeId) -> None:
+        await self.invalidate(ScopeKind.USER, user_id)
 
-    async def invalidate_crew(self, crew_id: ScopeId) -> bool:
-        return await self.invalidate(ScopeKind.CREW, crew_id)
+    async def invalidate_crew(self, crew_id: ScopeId) -> None:
+        await self.invalidate(ScopeKind.CREW, crew_id)
 
-    async def invalidate(self, kind: ScopeKind, ident: ScopeId) -> bool:
+    async def invalidate(self, kind: ScopeKind, ident: ScopeId) -> None:
         """Drop a member's entries everywhere; call it after the database change commits.
 
-        Returns whether Redis took it. If not, this process stops caching the
-        member and the invalidation is replayed when Redis answers again.
+        If Redis cannot take it, this process stops caching the member and
+        replays the invalidation when Redis answers again (see
+        :attr:`pending_invalidations`); the failure is counted and logged.
         """
         member = (kind, scope_id(kind, ident))
         INVALIDATIONS.labels(kind.value, "sent").inc()
@@ -336,9 +337,13 @@ class Cache:
         except REDIS_FAILURES as error:
             self._health.failed("invalidate", error)
             self._pending.add(member)
-            return False
+            return
         self._health.succeeded()
-        return True
+
+    @property
+    def pending_invalidations(self) -> int:
+        """Invalidations waiting for Redis to come back."""
+        return len(self._pending)
 
     async def _bump(self, member: Member) -> None:
         client = self._client()
