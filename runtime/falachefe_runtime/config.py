@@ -167,6 +167,20 @@ class WorkerSettings(_Section):
         return self.concurrency or DEFAULT_CONCURRENCY[self.kind]
 
 
+class QueueSettings(_Section):
+    """BullMQ worker tuning: how soon a dead worker's jobs go to another worker.
+
+    A job whose worker died is taken over about ``lock_duration_s`` plus up
+    to two ``stalled_interval_s`` later; live workers renew their locks every
+    quarter of ``lock_duration_s``. A job that stalls more than
+    ``max_stalled_count`` times is failed instead of retried.
+    """
+
+    lock_duration_s: Seconds = 30.0
+    stalled_interval_s: Seconds = 30.0
+    max_stalled_count: int = Field(1, ge=0)
+
+
 class AuthSettings(_Section):
     """Phone authentication: sessions, one-time codes and their limits."""
 
@@ -209,6 +223,7 @@ class RuntimeConfig(BaseSettings):
     cache: CacheSettings = CacheSettings()
     llm: LLMSettings = LLMSettings()
     worker: WorkerSettings = WorkerSettings()
+    queues: QueueSettings = QueueSettings()
     auth: AuthSettings = AuthSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
 

@@ -1,0 +1,1 @@
+"""The admin worker: background housekeeping jobs on ``admin-tasks``, scheduled once for all replicas."""

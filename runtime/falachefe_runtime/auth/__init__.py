@@ -1,0 +1,1 @@
+"""The auth worker: who is writing (phone -> user), their session, and phone linking codes."""

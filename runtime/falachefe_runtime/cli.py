@@ -1,0 +1,219 @@
+"""``falachefe-runtime``: run a worker pool, migrate, and look into and feed the queues.
+
+Every command reads the same configuration as the workers (environment and
+``$FALACHEFE_CONFIG_FILE``) and validates it first: a bad value stops the
+command with the field's name and what is wrong, never with the value (it
+may be a secret).
+
+    falachefe-runtime worker --pool auth|crew|admin
+    falachefe-runtime migrate
+    falachefe-runtime queues [--json]
+    falachefe-runtime failed --queue whatsapp-processing [--limit 20]
+    falachefe-runtime enqueue-message --company UUID --phone +5511... --text "..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from pydantic import SecretStr, ValidationError
+
+from falachefe_runtime.config import DEFAULT_QUEUES, RuntimeConfig, WorkerKind
+from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, ProcessMessage
+from falachefe_runtime.queues import OUTBOUND_QUEUE, WHATSAPP_QUEUE, Queues
+from falachefe_runtime.validation import describe_validation_error
+
+#: Exit codes: 2 is a usage or configuration error, as argparse uses it.
+EXIT_CONFIG = 2
+
+
+class ConfigError(Exception):
+    """The configuration cannot run this command; the message names the field."""
+
+
+def load_config(**overrides: Any) -> RuntimeConfig:
+    try:
+        return RuntimeConfig(**overrides)
+    except ValidationError as error:
+        raise ConfigError(f"invalid configuration: {describe_validation_error(error)}") from None
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+
+
+def require(secret: SecretStr | None, field: str) -> str:
+    if secret is None:
+        env = "FALACHEFE_" + field.upper().replace(".", "__")
+        raise ConfigError(f"{field} is required for this command: set {env}")
+    return secret.get_secret_value()
+
+
+def _queues(config: RuntimeConfig) -> Queues:
+    return Queues(
+        require(config.redis.url, "redis.url"),
+        prefix=config.redis.queue_prefix,
+        socket_timeout_s=config.redis.socket_timeout_s,
+    )
+
+
+def all_queue_names() -> list[str]:
+    return [*DEFAULT_QUEUES.values(), OUTBOUND_QUEUE]
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    config = load_config(worker={"kind": args.pool})
+    from falachefe_runtime.worker.app import run_worker  # noqa: PLC0415 - heavy (asyncpg, crewai): only here
+
+    return run_worker(config)
+
+
+def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    config = load_config()
+    dsn = require(config.database.dsn, "database.dsn")
+    from falachefe_runtime.db import migrate  # noqa: PLC0415 - asyncpg only when migrating
+
+    report = asyncio.run(migrate(dsn, application_name=f"{config.database.application_name}-migrate"))
+    summary = {
+        "applied": report.applied,
+        "created_indexes": report.created_indexes,
+        "rebuilt_indexes": report.rebuilt_indexes,
+    }
+    out.write(json.dumps(summary) + "\n")
+    return 0
+
+
+async def _queue_counts(config: RuntimeConfig, names: Sequence[str]) -> dict[str, dict[str, int]]:
+    queues = _queues(config)
+    try:
+        return {name: await queues.counts(name) for name in names}
+    finally:
+        await queues.close()
+
+
+def cmd_queues(args: argparse.Namespace, out: TextIO) -> int:
+    config = load_config()
+    counts = asyncio.run(_queue_counts(config, args.queue or all_queue_names()))
+    if args.json:
+        out.write(json.dumps(counts, indent=2) + "\n")
+        return 0
+    states = list(next(iter(counts.values())).keys()) if counts else []
+    width = max(len(name) for name in counts) if counts else 5
+    out.write(f"{'QUEUE':<{width}}  " + "  ".join(f"{state.upper():>11}" for state in states) + "\n")
+    for name, by_state in counts.items():
+        out.write(f"{name:<{width}}  " + "  ".join(f"{by_state[state]:>11}" for state in states) + "\n")
+    return 0
+
+
+async def _failed(config: RuntimeConfig, queue: str, limit: int) -> list[dict[str, Any]]:
+    queues = _queues(config)
+    try:
+        jobs = await queues.failed_jobs(queue, limit)
+    finally:
+        await queues.close()
+    return [
+        {
+            "id": job.id,
+            "name": job.name,
+            "failedReason": job.failed_reason,
+            "attemptsMade": job.attempts_made,
+            "finishedOn": datetime.fromtimestamp(job.finished_on / 1000, UTC).isoformat() if job.finished_on else None,
+        }
+        for job in jobs
+    ]
+
+
+def cmd_failed(args: argparse.Namespace, out: TextIO) -> int:
+    config = load_config()
+    out.write(json.dumps(asyncio.run(_failed(config, args.queue, args.limit)), indent=2) + "\n")
+    return 0
+
+
+async def _enqueue_message(
+    config: RuntimeConfig, job: ProcessMessage, priority: int | None, delay_ms: int | None
+) -> str:
+    queues = _queues(config)
+    try:
+        return await queues.enqueue(
+            WHATSAPP_QUEUE,
+            PROCESS_MESSAGE,
+            job.model_dump(mode="json", by_alias=True),
+            priority=priority,
+            delay_ms=delay_ms,
+        )
+    finally:
+        await queues.close()
+
+
+def cmd_enqueue_message(args: argparse.Namespace, out: TextIO) -> int:
+    config = load_config()
+    try:
+        message = InboundMessage(
+            phone_number=args.phone,
+            company_id=args.company,
+            text=args.text,
+            provider_message_id=args.provider_message_id or f"cli-{uuid.uuid4().hex}",
+            timestamp=datetime.now(UTC),
+        )
+    except ValidationError as error:
+        raise ConfigError(f"invalid message: {describe_validation_error(error)}") from None
+    job_id = asyncio.run(_enqueue_message(config, ProcessMessage(message_data=message), args.priority, args.delay_ms))
+    out.write(
+        json.dumps({"queue": WHATSAPP_QUEUE, "jobId": job_id, "providerMessageId": message.provider_message_id}) + "\n"
+    )
+    return 0
+
+
+# -- parsing -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="falachefe-runtime", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="run a worker pool until SIGTERM")
+    worker.add_argument("--pool", required=True, choices=[kind.value for kind in WorkerKind])
+
+    commands.add_parser("migrate", help="apply the database migrations (safe to run twice, and concurrently)")
+
+    queues = commands.add_parser("queues", help="job counts per queue and state")
+    queues.add_argument("--queue", action="append", help="only this queue (repeatable); default: all")
+    queues.add_argument("--json", action="store_true", help="machine-readable output")
+
+    failed = commands.add_parser("failed", help="the latest failed jobs of a queue, with their reasons")
+    failed.add_argument("--queue", required=True)
+    failed.add_argument("--limit", type=int, default=20)
+
+    enqueue = commands.add_parser("enqueue-message", help="put an inbound WhatsApp message on whatsapp-processing")
+    enqueue.add_argument("--company", required=True, help="company id (UUID)")
+    enqueue.add_argument("--phone", required=True, help="sender's phone number, E.164 (+5511...)")
+    enqueue.add_argument("--text", required=True)
+    enqueue.add_argument("--provider-message-id", help="default: a fresh unique id")
+    enqueue.add_argument("--priority", type=int, help="1 is the highest")
+    enqueue.add_argument("--delay-ms", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "worker":
+            return cmd_worker(args)
+        handlers = {
+            "migrate": cmd_migrate,
+            "queues": cmd_queues,
+            "failed": cmd_failed,
+            "enqueue-message": cmd_enqueue_message,
+        }
+        return handlers[args.command](args, out)
+    except (ConfigError, ValueError) as error:
+        sys.stderr.write(f"falachefe-runtime {args.command}: {error}\n")
+        return EXIT_CONFIG

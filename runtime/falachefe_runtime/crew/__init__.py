@@ -1,0 +1,1 @@
+"""The crew worker: a company's CrewAI crew answering its users' messages."""

@@ -1,0 +1,1 @@
+"""What a worker tells the outside world: JSON logs, Prometheus metrics, health endpoints."""

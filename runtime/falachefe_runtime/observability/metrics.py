@@ -1,0 +1,73 @@
+"""The workers' Prometheus metrics, in one place so names and labels stay consistent.
+
+Labels are small closed sets (queue names, outcome words, reason codes from
+our own code), never ids, phone numbers or error messages, so the series
+count stays bounded whatever the traffic.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+#: Jobs taken off a queue and how they ended: completed, retried (failed with
+#: attempts left), failed (no attempts left, or a permanent failure).
+JOBS_PROCESSED = Counter(
+    "falachefe_jobs_processed_total",
+    "Jobs processed by this worker, by queue and outcome.",
+    ["queue", "outcome"],
+)
+
+JOBS_FAILED = Counter(
+    "falachefe_jobs_failed_total",
+    "Job attempts that raised, by queue and reason (a reason code or the exception type).",
+    ["queue", "reason"],
+)
+
+JOB_RETRIES = Counter(
+    "falachefe_job_retries_total",
+    "Job attempts that failed and were scheduled to run again.",
+    ["queue"],
+)
+
+JOB_DURATION = Histogram(
+    "falachefe_job_duration_seconds",
+    "Wall time of one job attempt in this worker.",
+    ["queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+JOBS_IN_FLIGHT = Gauge(
+    "falachefe_jobs_in_flight",
+    "Jobs this worker is processing right now.",
+    ["queue"],
+)
+
+QUEUE_DEPTH = Gauge(
+    "falachefe_queue_depth",
+    "Jobs in a queue by state, as last sampled by this worker.",
+    ["queue", "state"],
+)
+
+CREW_KICKOFF_DURATION = Histogram(
+    "falachefe_crew_kickoff_duration_seconds",
+    "Wall time of one CrewAI kickoff (LLM calls included).",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+
+CREW_RESPONSES = Counter(
+    "falachefe_crew_responses_total",
+    "Crew answers, by where they came from: the response cache or a kickoff.",
+    ["source"],
+)
+
+AUTH_DECISIONS = Counter(
+    "falachefe_auth_decisions_total",
+    "Authentication decisions, by event (message, otp_request, otp_verify) and result.",
+    ["event", "result"],
+)
+
+ADMIN_TASK_ITEMS = Counter(
+    "falachefe_admin_task_items_total",
+    "Rows or keys an admin task acted on, by task.",
+    ["task"],
+)

@@ -1,0 +1,1 @@
+"""The BullMQ worker wrapper: routing jobs to handlers, metrics, permanent failures, shutdown."""

@@ -1,0 +1,162 @@
+"""A worker process from start to exit: ``falachefe-runtime worker --pool <kind>``.
+
+Start-up opens PostgreSQL, the cache and Redis, builds the pool's handlers,
+then serves health and metrics and starts consuming. SIGTERM (what the
+kubelet sends) or SIGINT starts a graceful stop: ``/readyz`` turns 503, the
+worker takes no new job, in-flight jobs get ``worker.shutdown_grace_s`` to
+finish, and the process exits 0. If the grace period runs out the
+remaining jobs are abandoned to another worker (their locks expire) and
+the exit code is 1. A worker loop that dies on its own also exits 1, so
+the kubelet restarts the container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as redis
+
+from falachefe_runtime.cache import Cache
+from falachefe_runtime.config import RuntimeConfig, WorkerKind
+from falachefe_runtime.db import Database
+from falachefe_runtime.observability import metrics
+from falachefe_runtime.observability.health import HealthServer
+from falachefe_runtime.observability.logging import configure_logging
+from falachefe_runtime.queues import BACKLOG_STATES, Queues
+from falachefe_runtime.worker.pools import build_routes
+from falachefe_runtime.worker.runner import QueueWorker, WorkerTuning
+
+log = logging.getLogger(__name__)
+
+#: How often the worker samples its queue's depth into falachefe_queue_depth.
+DEPTH_SAMPLE_S = 15.0
+
+
+@dataclass
+class Resources:
+    """What a worker opened, closed in reverse order on the way out."""
+
+    closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                await close()
+            except Exception:  # keep closing the rest
+                log.exception("error while closing a resource")
+
+
+def run_worker(config: RuntimeConfig) -> int:
+    configure_logging(config.observability.log_level, config.observability.log_format)
+    return asyncio.run(serve(config))
+
+
+async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> int:
+    """Run the pool until ``stop`` is set (by SIGTERM/SIGINT when not given); the exit code."""
+    if config.redis.url is None:
+        raise ValueError("redis.url is required: set FALACHEFE_REDIS__URL")
+    redis_url = config.redis.url.get_secret_value()
+    kind = config.worker.kind
+    queue = config.worker.queue_name
+    stop = stop or _stop_on_signals()
+    resources = Resources()
+    try:
+        db = Database(config.database)
+        await db.start()
+        resources.closers.append(db.close)
+        cache = Cache.from_config(config)
+        await cache.start()
+        resources.closers.append(cache.close)
+        client = redis.Redis.from_url(redis_url, socket_timeout=config.redis.socket_timeout_s)
+        resources.closers.append(client.aclose)
+        queues = Queues(redis_url, prefix=config.redis.queue_prefix, socket_timeout_s=config.redis.socket_timeout_s)
+        resources.closers.append(queues.close)
+        pool = await build_routes(config, db=db, cache=cache, client=client, queues=queues)
+        resources.closers.append(pool.close)
+
+        worker = QueueWorker(
+            queue,
+            pool.routes,
+            redis_url=redis_url,
+            prefix=config.redis.queue_prefix,
+            socket_timeout_s=config.redis.socket_timeout_s,
+            tuning=WorkerTuning(
+                concurrency=config.worker.effective_concurrency,
+                lock_duration_s=config.queues.lock_duration_s,
+                stalled_interval_s=config.queues.stalled_interval_s,
+                max_stalled_count=config.queues.max_stalled_count,
+            ),
+            name=f"{kind.value}",
+        )
+
+        async def redis_answers() -> bool:
+            return bool(await client.ping())
+
+        health = HealthServer(
+            readiness={"database": db.ping, "redis": redis_answers},
+            alive=lambda: worker.running,
+            health_port=config.observability.health_port,
+            metrics_port=config.observability.metrics_port,
+        )
+        await health.start()
+        resources.closers.append(health.stop)
+        await worker.start()
+        sampled = [*pool.depth_queues] if kind is WorkerKind.ADMIN else [queue]
+        sampler = asyncio.create_task(_sample_depth(queues, sampled), name="queue-depth-sampler")
+        log.info(
+            "worker started",
+            extra={
+                "pool": kind.value,
+                "queue": queue,
+                "concurrency": config.worker.effective_concurrency,
+                "health_port": health.bound["health"],
+                "metrics_port": health.bound["metrics"],
+            },
+        )
+        exit_code = await _until_stopped(stop, worker)
+        health.shutting_down = True
+        sampler.cancel()
+        log.info("stopping: no new jobs; waiting for in-flight ones", extra={"in_flight": worker.in_flight})
+        finished = await worker.stop(config.worker.shutdown_grace_s)
+        log.info("worker stopped", extra={"all_jobs_finished": finished})
+        return exit_code if finished else 1
+    finally:
+        await resources.close()
+
+
+async def _until_stopped(stop: asyncio.Event, worker: QueueWorker) -> int:
+    """0 when asked to stop, 1 when the worker's loop died by itself."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        if not worker.running and not stop.is_set():
+            log.error("the queue worker loop stopped unexpectedly; exiting so the container restarts")
+            return 1
+    return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _sample_depth(queues: Queues, names: list[str]) -> None:
+    while True:
+        for name in names:
+            try:
+                counts = await queues.counts(name, BACKLOG_STATES)
+            except Exception as error:
+                log.warning("could not sample queue depth", extra={"queue": name, "error": type(error).__name__})
+                continue
+            for state, count in counts.items():
+                metrics.QUEUE_DEPTH.labels(name, state).set(count)
+        await asyncio.sleep(DEPTH_SAMPLE_S)

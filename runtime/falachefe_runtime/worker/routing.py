@@ -1,0 +1,71 @@
+"""From a raw BullMQ job to a typed handler call.
+
+A queue carries several job names (``process-message``, ``request-link-code``,
+...); each name has a ``Route``: the pydantic model its payload must match
+and the coroutine that handles it. A job that cannot be routed or whose
+payload does not validate will never succeed however often it is retried,
+so it fails permanently (``PermanentJobError``) with a reason that names the
+offending fields, and stays in the failed set for someone to inspect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from falachefe_runtime.validation import describe_validation_error
+
+P = TypeVar("P", bound=BaseModel)
+
+#: What a handler returns: stored by BullMQ as the job's return value.
+JobResult = dict[str, Any] | None
+
+
+class PermanentJobError(Exception):
+    """The job cannot succeed as it is: fail it now, do not retry it.
+
+    ``reason`` is a short code (a metrics label); ``detail`` says what is
+    wrong and how to fix it, never quoting secrets or personal data.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """The job facts a handler may need besides its payload."""
+
+    id: str
+    name: str
+    queue: str
+    #: 1 for the first attempt.
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Route(Generic[P]):
+    payload: type[P]
+    handle: Callable[[P, JobInfo], Awaitable[JobResult]]
+
+    def parse(self, data: Any) -> P:
+        try:
+            return self.payload.model_validate(data)
+        except ValidationError as error:
+            raise PermanentJobError("invalid_payload", describe_validation_error(error)) from None
+
+
+Routes = Mapping[str, Route[Any]]
+
+
+def unknown_job(name: str, routes: Routes) -> PermanentJobError:
+    expected = ", ".join(sorted(routes)) or "(none)"
+    return PermanentJobError(
+        "unknown_job", f"no handler for job name {name!r} on this queue; expected one of: {expected}"
+    )

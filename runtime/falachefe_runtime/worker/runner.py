@@ -1,0 +1,183 @@
+"""One BullMQ worker consuming one queue, with metrics, logs and a graceful stop.
+
+Why the options are what they are (bullmq 3.x, checked against its source):
+
+- The worker's connections get a ``socket_timeout`` above ``drainDelay``: an
+  idle worker blocks in BZPOPMIN for ``drainDelay`` seconds, and redis-py's
+  default 5 s socket timeout would cut that wait short with an error, after
+  which the worker sleeps before retrying and takes ~10 s to see a new job.
+- A job whose worker dies (SIGKILL, OOM, node loss) keeps its lock until
+  ``lockDuration`` expires; the stalled-job check, which every worker runs
+  every ``stalledInterval``, then moves it back to ``wait`` and another
+  worker takes it. So a dead worker's jobs resume after about
+  ``lockDuration + stalledInterval``. A live worker renews its locks every
+  ``lockDuration / 4``, which only works while the event loop is free:
+  blocking work (CrewAI) runs in threads for that reason.
+- ``maxStalledCount`` 1: a job that stalls twice is failed rather than
+  retried forever (a job that kills its worker would otherwise kill them all).
+- No ``limiter``: bullmq's Python limiter is unreliable; rate limits that
+  matter (one-time codes) are enforced in Redis by the handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bullmq import UnrecoverableError, Worker
+from bullmq.job import Job
+
+from falachefe_runtime.observability import metrics
+from falachefe_runtime.observability.logging import job_context
+from falachefe_runtime.queues import with_socket_timeout
+from falachefe_runtime.worker.routing import JobInfo, JobResult, PermanentJobError, Routes, unknown_job
+
+log = logging.getLogger(__name__)
+
+#: Seconds an idle worker blocks waiting for a job (bullmq's default).
+DRAIN_DELAY_S = 5
+
+
+@dataclass(frozen=True)
+class WorkerTuning:
+    concurrency: int
+    lock_duration_s: float = 30.0
+    stalled_interval_s: float = 30.0
+    max_stalled_count: int = 1
+
+    def bullmq_options(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "lockDuration": int(self.lock_duration_s * 1000),
+            "stalledInterval": int(self.stalled_interval_s * 1000),
+            "maxStalledCount": self.max_stalled_count,
+            "drainDelay": DRAIN_DELAY_S,
+        }
+
+
+class QueueWorker:
+    """Routes the jobs of ``queue`` to handlers; ``stop()`` lets in-flight jobs finish."""
+
+    def __init__(
+        self,
+        queue: str,
+        routes: Routes,
+        *,
+        redis_url: str,
+        tuning: WorkerTuning,
+        prefix: str = "bull",
+        socket_timeout_s: float = 5.0,
+        name: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self._routes = routes
+        self._tuning = tuning
+        # Above drainDelay, so the idle BZPOPMIN is never cut short (see module doc).
+        self._url = with_socket_timeout(redis_url, max(socket_timeout_s, 2.0 * DRAIN_DELAY_S))
+        self._prefix = prefix
+        self._name = name
+        self._worker: Worker | None = None
+        self._run: asyncio.Task[None] | None = None
+        self._in_flight = 0
+
+    async def start(self) -> None:
+        opts: dict[str, Any] = {
+            **self._tuning.bullmq_options(),
+            "connection": self._url,
+            "prefix": self._prefix,
+            "autorun": False,
+        }
+        if self._name:
+            opts["name"] = self._name
+        worker = Worker(self.queue, self._process, opts)
+        worker.on("error", self._on_error)
+        worker.on("stalled", self._on_stalled)
+        self._worker = worker
+        self._run = asyncio.create_task(worker.run(), name=f"bullmq-worker:{self.queue}")
+
+    @property
+    def running(self) -> bool:
+        """True while the worker's main loop is alive (for /healthz)."""
+        return self._run is not None and not self._run.done()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def stop(self, grace_s: float) -> bool:
+        """Take no new jobs; wait up to ``grace_s`` for in-flight ones. True if they all finished.
+
+        Jobs still running after the grace period are abandoned: their locks
+        expire and another worker's stalled check puts them back in ``wait``.
+        """
+        worker = self._worker
+        if worker is None:
+            return True
+        closing = asyncio.ensure_future(worker.close())
+        done, _ = await asyncio.wait({closing}, timeout=grace_s)
+        finished = bool(done)
+        if not finished:
+            log.error(
+                "shutdown grace period over, abandoning in-flight jobs to another worker",
+                extra={"queue": self.queue, "in_flight": self._in_flight, "grace_s": grace_s},
+            )
+            await worker.close(force=True)
+            await asyncio.wait({closing}, timeout=5)
+        if self._run is not None:
+            await asyncio.wait({self._run}, timeout=5)
+        return finished
+
+    async def _process(self, job: Job, token: str) -> JobResult:
+        attempt = int(job.attemptsMade) + 1
+        max_attempts = int(job.opts.get("attempts") or 1)
+        info = JobInfo(id=str(job.id), name=str(job.name), queue=self.queue, attempt=attempt, max_attempts=max_attempts)
+        started = time.monotonic()
+        self._in_flight += 1
+        in_flight = metrics.JOBS_IN_FLIGHT.labels(self.queue)
+        in_flight.inc()
+        try:
+            with (
+                job_context(job_id=info.id, queue=self.queue, job_name=info.name, attempt=attempt),
+                metrics.JOB_DURATION.labels(self.queue).time(),
+            ):
+                return await self._route(job, info, started)
+        finally:
+            self._in_flight -= 1
+            in_flight.dec()
+
+    async def _route(self, job: Job, info: JobInfo, started: float) -> JobResult:
+        try:
+            route = self._routes.get(info.name)
+            if route is None:
+                raise unknown_job(info.name, self._routes)
+            result = await route.handle(route.parse(job.data), info)
+        except PermanentJobError as error:
+            metrics.JOBS_FAILED.labels(self.queue, error.reason).inc()
+            metrics.JOBS_PROCESSED.labels(self.queue, "failed").inc()
+            log.warning("job failed permanently", extra={"reason": error.reason, "detail": error.detail})
+            # bullmq moves an UnrecoverableError straight to the failed set,
+            # whatever attempts are left; the message becomes failedReason.
+            raise UnrecoverableError(str(error)) from error
+        except Exception as error:
+            reason = type(error).__name__
+            metrics.JOBS_FAILED.labels(self.queue, reason).inc()
+            if info.attempt < info.max_attempts:
+                metrics.JOB_RETRIES.labels(self.queue).inc()
+                metrics.JOBS_PROCESSED.labels(self.queue, "retried").inc()
+                log.warning("job attempt failed, will retry", extra={"reason": reason}, exc_info=True)
+            else:
+                metrics.JOBS_PROCESSED.labels(self.queue, "failed").inc()
+                log.error("job failed, no attempts left", extra={"reason": reason}, exc_info=True)
+            raise
+        metrics.JOBS_PROCESSED.labels(self.queue, "completed").inc()
+        log.info("job completed", extra={"duration_s": round(time.monotonic() - started, 4)})
+        return result
+
+    def _on_error(self, error: BaseException, *_: Any) -> None:
+        log.error("bullmq worker error", extra={"queue": self.queue, "error": repr(error)})
+
+    def _on_stalled(self, job_id: str, *_: Any) -> None:
+        log.warning("stalled job put back in the queue", extra={"queue": self.queue, "stalled_job_id": job_id})

@@ -1,0 +1,173 @@
+"""An OpenAI-compatible chat completions server for CrewAI to talk to in tests.
+
+No LLM is reachable from the test machines, so the tests run this small HTTP
+server and point ``crewai.LLM(base_url=...)`` at it. It answers
+``POST /v1/chat/completions`` in the shape the ``openai`` SDK parses, both as
+one JSON body and as a server-sent-event stream when the request asks for
+``"stream": true``, and it counts and keeps every request so a test can prove
+that a cached answer did not reach the LLM.
+
+The answer follows CrewAI's ReAct prompt format (``Thought`` then ``Final
+Answer``), echoing a short excerpt of the last user message so a reply can be
+traced back to the message that caused it.
+
+It runs on its own event loop in a daemon thread: it keeps answering whatever
+the test's own loop is doing, and workers in other processes can reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Responder = Callable[[list[dict[str, Any]]], str]
+
+
+def echo_responder(messages: list[dict[str, Any]]) -> str:
+    """A final answer that quotes the start of the conversation's last user turn."""
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    content = last_user.get("content", "")
+    if isinstance(content, list):  # content parts
+        content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    excerpt = " ".join(str(content).split())[:60]
+    return f"Thought: I now can give a great answer\nFinal Answer: Falachefe responde: {excerpt}"
+
+
+@dataclass
+class FakeOpenAI:
+    """The server; ``base_url`` is what ``crewai.LLM`` and ``openai.OpenAI`` take."""
+
+    responder: Responder = echo_responder
+    #: Seconds to wait before answering: lets tests catch a job in flight.
+    delay_s: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def reset(self) -> None:
+        """Forget the requests seen so far and answer without delay."""
+        with self._lock:
+            self.requests.clear()
+        self.delay_s = 0.0
+
+    def start(self) -> FakeOpenAI:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._start_site())
+            except BaseException as error:  # reported to start() below
+                failure.append(error)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._stop_site())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="fake-openai", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start within 10s")
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    async def _start_site(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def _stop_site(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        with self._lock:
+            self.requests.append(body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        content = self.responder(body.get("messages", []))
+        model = body.get("model", "fake-model")
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        created = int(time.time())
+        usage = {"prompt_tokens": 10, "completion_tokens": len(content.split()), "total_tokens": 10}
+        usage["total_tokens"] += usage["completion_tokens"]
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            payload = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        await response.write(chunk({"role": "assistant", "content": ""}, None))
+        words = content.split(" ")
+        for position, word in enumerate(words):
+            await response.write(chunk({"content": word if position == len(words) - 1 else word + " "}, None))
+        await response.write(chunk({}, "stop"))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response

@@ -1,0 +1,68 @@
+"""Fixtures for the runtime's workers: a migrated database, configs, the fake LLM server.
+
+The helpers the tests call directly are in ``worker_harness``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from worker_harness import config_values
+
+from fakes.openai_server import FakeOpenAI
+from falachefe_runtime.config import RuntimeConfig
+from falachefe_runtime.db import migrate
+
+# CrewAI asks on stdin about tracing at its first kickoff unless told it is under test.
+os.environ.setdefault("CREWAI_TESTING", "true")
+
+
+@pytest.fixture
+async def app_dsn(pg_dsn: str) -> str:
+    """A fresh database with the runtime's schema."""
+    await migrate(pg_dsn)
+    return pg_dsn
+
+
+@pytest.fixture
+async def sql(app_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection for arranging data and checking effects."""
+    connection = await asyncpg.connect(app_dsn)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm(fake_llm: FakeOpenAI) -> FakeOpenAI:
+    """The session's fake LLM, with no requests recorded and no delay."""
+    fake_llm.reset()
+    return fake_llm
+
+
+@pytest.fixture
+def values(app_dsn: str, redis_url: str, fake_llm: FakeOpenAI) -> dict[str, Any]:
+    """This test's configuration as nested dicts (for subprocess environments)."""
+    return config_values(app_dsn, redis_url, fake_llm.base_url)
+
+
+@pytest.fixture
+def make_config(app_dsn: str, redis_url: str, fake_llm: FakeOpenAI) -> Callable[..., RuntimeConfig]:
+    """``make_config("auth", queues={...})``: a validated config for one pool of this test."""
+
+    def make(pool: str, **sections: dict[str, Any]) -> RuntimeConfig:
+        values = config_values(app_dsn, redis_url, fake_llm.base_url, **sections)
+        values["worker"] = {**values["worker"], "kind": pool}
+        return RuntimeConfig(**values)
+
+    return make
