@@ -20,6 +20,9 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,  # 57P01: pg_terminate_backend, smart/fast shutdown
     asyncpg.exceptions.CrashShutdownError,  # 57P02
     asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
+    # The server ended an idle pooled session (its FATAL message arrived, its
+    # EOF not yet) and the pool lent it out: asyncpg refuses to send on it.
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
 )
 
