@@ -1,0 +1,260 @@
+"""The autoscaler's loop body: one pool, one poll, per ``step()``.
+
+The operator's per-resource daemon calls ``Autoscaler.step`` for each pool
+every polling interval and writes the returned ``StepOutcome`` into the
+resource's status and Events; the engine keeps each pool's history (the
+stabilization windows and rate limits need it) between calls.
+
+A step:
+
+1. GETs the Deployment: ``spec.replicas`` is the current size (what its
+   scale subresource reports), ``status.readyReplicas`` the ready one;
+2. reads the queue counts (Redis) and, if the policy targets CPU, the pods'
+   utilisation (metrics.k8s.io), concurrently;
+3. decides (``decision.decide``, pure);
+4. when the decision differs from the current size, writes ``spec.replicas``
+   through the Deployment's *scale subresource*, guarded by the
+   resourceVersion read in 1, so a concurrent change (a person's
+   ``kubectl scale``, a rollout) makes the write fail with a conflict and
+   the next poll decides again on fresh numbers. The operator's server-side
+   apply leaves ``replicas`` alone after creation, so the two never fight.
+
+Nothing here raises for a metric source or the API server being down: the
+outcome says so, and the pool keeps its size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from .cpu import CpuReader
+from .decision import Decision, decide
+from .history import History
+from .metrics import ScalingMetrics, default_metrics
+from .observation import CpuSample, MetricUnavailable, Observation, QueueCounts
+from .policy import ScalingPolicy
+from .queue import QueueReader, QueueRef
+
+#: Conditional writes of the scale before leaving it to the next poll.
+SCALE_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    """One worker pool to scale, as the operator knows it from the resource's spec."""
+
+    namespace: str
+    falachefe: str  # the custom resource's name
+    pool: str  # the pool's key in spec.pools (auth, crew, ...)
+    deployment: str
+    policy: ScalingPolicy
+    queue: QueueRef
+    selector: str  # the pool's pods, e.g. "app.kubernetes.io/instance=x,falachefe.io/pool=auth"
+    concurrency: int  # jobs one replica runs at once
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        return (self.namespace, self.falachefe, self.pool)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one poll saw and did, for the resource's status and Events.
+
+    ``current``, ``ready`` and ``desired`` are None only when the Deployment
+    itself could not be read (``message`` says why).
+    """
+
+    current: int | None
+    ready: int | None
+    desired: int | None
+    scaled: bool
+    direction: str | None  # "up", "down", or None
+    reason: str
+    metrics_available: bool
+    message: str = ""  # unavailable sources and errors, "" when all went well
+    queue: QueueCounts | None = None
+    cpu: CpuSample | None = None
+    decision: Decision | None = field(default=None, repr=False)
+
+    @property
+    def queue_depth(self) -> int | None:
+        return self.queue.backlog if self.queue is not None else None
+
+    @property
+    def cpu_utilization(self) -> float | None:
+        return self.cpu.utilization if self.cpu is not None and self.cpu.ready_pods > 0 else None
+
+
+class Autoscaler:
+    """Holds every pool's history; ``step`` scales one pool once."""
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        *,
+        metrics: ScalingMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        self._apps = k8s.AppsV1Api(api)
+        self._queues = QueueReader(timeout_seconds=min(timeout_seconds, 3.0))
+        self._cpu = CpuReader(api, timeout_seconds=timeout_seconds)
+        self._metrics = metrics if metrics is not None else default_metrics()
+        self._clock = clock
+        self._timeout = timeout_seconds
+        self._histories: dict[tuple[str, str, str], History] = {}
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    async def step(self, target: PoolTarget) -> StepOutcome:
+        """Read, decide and (maybe) scale ``target`` once. Never raises for I/O trouble."""
+        lock = self._locks.setdefault(target.labels, asyncio.Lock())
+        async with lock:
+            with self._metrics.step_seconds.labels(*target.labels).time():
+                return await self._step(target)
+
+    def forget(self, target: PoolTarget) -> None:
+        """Drop a pool's history and series (its resource or pool was deleted)."""
+        self._histories.pop(target.labels, None)
+        self._locks.pop(target.labels, None)
+        self._metrics.forget(target.labels)
+
+    async def aclose(self) -> None:
+        await self._queues.aclose()
+
+    async def _step(self, target: PoolTarget) -> StepOutcome:
+        where = f"Deployment {target.namespace}/{target.deployment}"
+        try:
+            deployment = await asyncio.to_thread(
+                self._apps.read_namespaced_deployment,
+                target.deployment,
+                target.namespace,
+                _request_timeout=self._timeout,
+            )
+        except (ApiException, HTTPError, OSError, TimeoutError) as error:
+            self._metrics.step_errors.labels(*target.labels).inc()
+            message = f"{where} unreadable: {_describe(error)}"
+            return StepOutcome(None, None, None, False, None, message, metrics_available=False, message=message)
+        current = int(deployment.spec.replicas or 0)
+        ready = int((deployment.status and deployment.status.ready_replicas) or 0)
+
+        observation = await self._observe(target, current, ready)
+        now = self._clock()
+        decision = decide(target.policy, observation, self._histories.get(target.labels, History()), now)
+        history = decision.history
+        messages = [str(u) for u in observation.unavailable]
+        scaled = False
+        if decision.desired_replicas != current:
+            problem = await self._scale(
+                target, current, deployment.metadata.resource_version, decision.desired_replicas
+            )
+            if problem is None:
+                scaled = True
+                history = history.scaled(now, current, decision.desired_replicas)
+                self._metrics.scale_actions.labels(*target.labels, decision.direction or "").inc()
+            else:
+                self._metrics.step_errors.labels(*target.labels).inc()
+                messages.append(f"{where}: scale to {decision.desired_replicas} failed: {problem}")
+        self._histories[target.labels] = history
+        self._metrics.observe(
+            target.labels, observation, decision, cpu_asked=target.policy.target_cpu_utilization_percentage is not None
+        )
+        return StepOutcome(
+            current=current,
+            ready=ready,
+            desired=decision.desired_replicas,
+            scaled=scaled,
+            direction=decision.direction,
+            reason=decision.reason,
+            metrics_available=not observation.unavailable,
+            message="; ".join(messages),
+            queue=observation.queue,
+            cpu=observation.cpu,
+            decision=decision,
+        )
+
+    async def _observe(self, target: PoolTarget, current: int, ready: int) -> Observation:
+        queue_read = self._queues.read(target.queue)
+        if target.policy.target_cpu_utilization_percentage is None:
+            queue_result = await queue_read
+            cpu_result: CpuSample | MetricUnavailable | None = None
+        elif current == 0:
+            # No pods, nothing to measure; not a missing metric.
+            queue_result, cpu_result = await queue_read, CpuSample(0.0, 0)
+        else:
+            queue_result, cpu_result = await asyncio.gather(
+                queue_read, self._cpu.read(target.namespace, target.selector)
+            )
+        unavailable = tuple(r for r in (queue_result, cpu_result) if isinstance(r, MetricUnavailable))
+        return Observation(
+            current_replicas=current,
+            ready_replicas=ready,
+            concurrency=target.concurrency,
+            queue=queue_result if isinstance(queue_result, QueueCounts) else None,
+            cpu=cpu_result if isinstance(cpu_result, CpuSample) else None,
+            unavailable=unavailable,
+        )
+
+    async def _scale(self, target: PoolTarget, current: int, resource_version: str, replicas: int) -> str | None:
+        """Write spec.replicas through the scale subresource; the problem, or None.
+
+        The write is conditional on the resourceVersion the decision was
+        made on. Status updates (pods becoming ready) also bump it, so on a
+        conflict the Deployment is read again (its ``spec.replicas`` and
+        resourceVersion are the scale's; reading it needs no grant on the
+        scale subresource beyond update): while ``spec.replicas`` is still
+        what was decided from, the write is retried on the new version, a
+        few times; once someone else changed it, their change stands until
+        the next poll.
+        """
+        version = resource_version
+        for _ in range(SCALE_ATTEMPTS):
+            try:
+                await self._replace_scale(target, version, replicas)
+                return None
+            except ApiException as error:
+                if error.status != 409:
+                    return _describe(error)
+            except (HTTPError, OSError, TimeoutError) as error:
+                return _describe(error)
+            try:
+                fresh = await asyncio.to_thread(
+                    self._apps.read_namespaced_deployment,
+                    target.deployment,
+                    target.namespace,
+                    _request_timeout=self._timeout,
+                )
+            except (ApiException, HTTPError, OSError, TimeoutError) as error:
+                return _describe(error)
+            if fresh.spec.replicas != current:
+                return f"replicas changed concurrently to {fresh.spec.replicas}; deciding again next poll"
+            version = fresh.metadata.resource_version
+        return f"the Deployment kept changing under {SCALE_ATTEMPTS} attempts; deciding again next poll"
+
+    async def _replace_scale(self, target: PoolTarget, resource_version: str, replicas: int) -> None:
+        body = k8s.V1Scale(
+            metadata=k8s.V1ObjectMeta(
+                name=target.deployment, namespace=target.namespace, resource_version=resource_version
+            ),
+            spec=k8s.V1ScaleSpec(replicas=replicas),
+        )
+        await asyncio.to_thread(
+            self._apps.replace_namespaced_deployment_scale,
+            target.deployment,
+            target.namespace,
+            body,
+            _request_timeout=self._timeout,
+        )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"API error {error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}"

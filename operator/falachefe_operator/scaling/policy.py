@@ -1,0 +1,257 @@
+"""A pool's scaling policy: bounds, targets and the HPA's ``behavior``.
+
+The field names mirror the CRD's camelCase (``minReplicas`` is
+``min_replicas``, ``autoscaling.behavior.scaleUp`` is ``scale_up``, ...);
+``policy_from_spec`` does that mapping, so the operator hands over the pool's
+spec as the API server returned it and gets either a policy or a
+``PolicyError`` naming the offending field.
+
+Defaults are the Kubernetes HPA's (autoscaling/v2), so a platform team that
+knows the HPA gets what it expects:
+
+- scale up: no stabilization, at most +4 pods or +100% per 15 s, the larger;
+- scale down: 300 s stabilization, at most -100% per 15 s.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The HPA caps a policy's period at 30 minutes and a stabilization window at an hour.
+MAX_PERIOD_SECONDS = 1_800
+MAX_STABILIZATION_WINDOW_SECONDS = 3_600
+
+
+class PolicyError(ValueError):
+    """A pool's autoscaling spec cannot be used; the message names the field."""
+
+
+class RuleType(enum.StrEnum):
+    """How a rate-limit rule counts: absolute pods or a percentage of the pool."""
+
+    PODS = "Pods"
+    PERCENT = "Percent"
+
+
+class SelectPolicy(enum.StrEnum):
+    """Which rule wins when several apply (the HPA's ``selectPolicy``)."""
+
+    MAX = "Max"  # the rule allowing the largest change
+    MIN = "Min"  # the rule allowing the smallest change
+    DISABLED = "Disabled"  # no change in this direction
+
+
+@dataclass(frozen=True)
+class ScalingRule:
+    """At most ``value`` pods (or percent) of change per ``period_seconds``."""
+
+    type: RuleType
+    value: int
+    period_seconds: int
+
+    def __post_init__(self) -> None:
+        if self.value <= 0:
+            raise PolicyError(f"value must be > 0, got {self.value}")
+        if not 0 < self.period_seconds <= MAX_PERIOD_SECONDS:
+            raise PolicyError(f"periodSeconds must be in (0, {MAX_PERIOD_SECONDS}], got {self.period_seconds}")
+
+    def __str__(self) -> str:
+        unit = "%" if self.type is RuleType.PERCENT else ""
+        return f"{self.type.value} {self.value}{unit}/{self.period_seconds}s"
+
+
+@dataclass(frozen=True)
+class ScalingRules:
+    """One direction's behavior: a stabilization window and rate limits."""
+
+    stabilization_window_seconds: int
+    policies: tuple[ScalingRule, ...]
+    select_policy: SelectPolicy = SelectPolicy.MAX
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stabilization_window_seconds <= MAX_STABILIZATION_WINDOW_SECONDS:
+            raise PolicyError(
+                f"stabilizationWindowSeconds must be in [0, {MAX_STABILIZATION_WINDOW_SECONDS}],"
+                f" got {self.stabilization_window_seconds}"
+            )
+        if not self.policies and self.select_policy is not SelectPolicy.DISABLED:
+            raise PolicyError("policies must not be empty unless selectPolicy is Disabled")
+
+    @property
+    def longest_period_seconds(self) -> int:
+        return max((rule.period_seconds for rule in self.policies), default=0)
+
+
+DEFAULT_SCALE_UP = ScalingRules(
+    stabilization_window_seconds=0,
+    policies=(ScalingRule(RuleType.PODS, 4, 15), ScalingRule(RuleType.PERCENT, 100, 15)),
+)
+DEFAULT_SCALE_DOWN = ScalingRules(
+    stabilization_window_seconds=300,
+    policies=(ScalingRule(RuleType.PERCENT, 100, 15),),
+)
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """Everything the decision needs to know about what the platform team wants.
+
+    ``forecast_horizon_seconds`` and ``rate_window_seconds`` go beyond the HPA:
+    the first is how far ahead a growing queue is projected (about the time a
+    new pod takes to start taking jobs), the second how much history the
+    arrival and completion rates are averaged over.
+    """
+
+    max_replicas: int
+    min_replicas: int = 1
+    target_queue_depth_per_replica: float | None = None
+    target_cpu_utilization_percentage: float | None = None
+    tolerance: float = 0.1
+    polling_interval_seconds: float = 5.0
+    scale_up: ScalingRules = field(default=DEFAULT_SCALE_UP)
+    scale_down: ScalingRules = field(default=DEFAULT_SCALE_DOWN)
+    forecast_horizon_seconds: float = 30.0
+    rate_window_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0:
+            raise PolicyError(f"minReplicas must be >= 0, got {self.min_replicas}")
+        if self.max_replicas < max(self.min_replicas, 1):
+            raise PolicyError(
+                f"maxReplicas ({self.max_replicas}) must be >= minReplicas ({self.min_replicas}) and >= 1"
+            )
+        if self.target_queue_depth_per_replica is None and self.target_cpu_utilization_percentage is None:
+            raise PolicyError("set targetQueueDepthPerReplica or targetCPUUtilizationPercentage (or both)")
+        if self.target_queue_depth_per_replica is not None and not self.target_queue_depth_per_replica > 0:
+            raise PolicyError(f"targetQueueDepthPerReplica must be > 0, got {self.target_queue_depth_per_replica}")
+        if self.target_cpu_utilization_percentage is not None and not self.target_cpu_utilization_percentage > 0:
+            raise PolicyError(
+                f"targetCPUUtilizationPercentage must be > 0, got {self.target_cpu_utilization_percentage}"
+            )
+        if not 0 <= self.tolerance < 1:
+            raise PolicyError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        for name in ("polling_interval_seconds", "rate_window_seconds"):
+            if not getattr(self, name) > 0:
+                raise PolicyError(f"{_camel(name)} must be > 0, got {getattr(self, name)}")
+        if not self.forecast_horizon_seconds >= 0:
+            raise PolicyError(f"forecastHorizonSeconds must be >= 0, got {self.forecast_horizon_seconds}")
+
+    @property
+    def history_seconds(self) -> float:
+        """How far back the decision looks: windows, rate-limit periods and rates."""
+        return max(
+            self.scale_up.stabilization_window_seconds,
+            self.scale_down.stabilization_window_seconds,
+            self.scale_up.longest_period_seconds,
+            self.scale_down.longest_period_seconds,
+            self.rate_window_seconds,
+        )
+
+
+# -- the CRD's pool spec -> ScalingPolicy -----------------------------------------
+
+
+def policy_from_spec(pool: Mapping[str, Any], path: str = "spec.pools[]") -> ScalingPolicy:
+    """Map one pool of the ``Falachefe`` spec (camelCase, as the API returns it) to a policy.
+
+    Reads ``minReplicas``, ``maxReplicas`` and ``autoscaling`` (its
+    ``targetQueueDepthPerReplica``, ``targetCPUUtilizationPercentage``,
+    ``tolerance``, ``pollingIntervalSeconds``, ``forecastHorizonSeconds``,
+    ``rateWindowSeconds`` and ``behavior.scaleUp`` / ``behavior.scaleDown``
+    with ``stabilizationWindowSeconds``, ``selectPolicy`` and ``policies``
+    of ``{type, value, periodSeconds}``). Absent fields take the HPA's
+    defaults. Other keys (``queue``, ``resources``, ``autoscaling.enabled``,
+    ...) are the operator's business and are ignored here: the CRD's
+    structural schema has already refused typos. ``path`` prefixes error
+    messages, e.g. ``spec.pools.auth``.
+    """
+    autoscaling = _mapping(pool.get("autoscaling", {}), f"{path}.autoscaling")
+    behavior = _mapping(autoscaling.get("behavior", {}), f"{path}.autoscaling.behavior")
+    arguments: dict[str, Any] = {
+        "min_replicas": _number(pool, "minReplicas", path, 1, integer=True),
+        "max_replicas": _number(pool, "maxReplicas", path, None, integer=True),
+        "target_queue_depth_per_replica": _number(
+            autoscaling, "targetQueueDepthPerReplica", f"{path}.autoscaling", None
+        ),
+        "target_cpu_utilization_percentage": _number(
+            autoscaling, "targetCPUUtilizationPercentage", f"{path}.autoscaling", None
+        ),
+        "tolerance": _number(autoscaling, "tolerance", f"{path}.autoscaling", 0.1),
+        "polling_interval_seconds": _number(autoscaling, "pollingIntervalSeconds", f"{path}.autoscaling", 5.0),
+        "forecast_horizon_seconds": _number(autoscaling, "forecastHorizonSeconds", f"{path}.autoscaling", 30.0),
+        "rate_window_seconds": _number(autoscaling, "rateWindowSeconds", f"{path}.autoscaling", 60.0),
+        "scale_up": _rules(behavior.get("scaleUp"), DEFAULT_SCALE_UP, f"{path}.autoscaling.behavior.scaleUp"),
+        "scale_down": _rules(behavior.get("scaleDown"), DEFAULT_SCALE_DOWN, f"{path}.autoscaling.behavior.scaleDown"),
+    }
+    if arguments["max_replicas"] is None:
+        raise PolicyError(f"{path}.maxReplicas: required")
+    try:
+        return ScalingPolicy(**arguments)
+    except PolicyError as error:
+        raise PolicyError(f"{path}: {error}") from None
+
+
+def _rules(spec: Any, default: ScalingRules, path: str) -> ScalingRules:
+    if spec is None:
+        return default
+    spec = _mapping(spec, path)
+    window = _number(spec, "stabilizationWindowSeconds", path, default.stabilization_window_seconds, integer=True)
+    select_text = spec.get("selectPolicy", default.select_policy.value)
+    try:
+        select = SelectPolicy(select_text)
+    except ValueError:
+        choices = ", ".join(choice.value for choice in SelectPolicy)
+        raise PolicyError(f"{path}.selectPolicy: must be one of {choices}, got {select_text!r}") from None
+    policies = default.policies
+    if "policies" in spec:
+        if not isinstance(spec["policies"], list):
+            raise PolicyError(f"{path}.policies: must be a list")
+        policies = tuple(_rule(item, f"{path}.policies[{index}]") for index, item in enumerate(spec["policies"]))
+    try:
+        return ScalingRules(stabilization_window_seconds=window, policies=policies, select_policy=select)
+    except PolicyError as error:
+        raise PolicyError(f"{path}: {error}") from None
+
+
+def _rule(spec: Any, path: str) -> ScalingRule:
+    spec = _mapping(spec, path)
+    try:
+        kind = RuleType(spec.get("type"))
+    except ValueError:
+        raise PolicyError(f"{path}.type: must be Pods or Percent, got {spec.get('type')!r}") from None
+    value = _number(spec, "value", path, None, integer=True)
+    period = _number(spec, "periodSeconds", path, None, integer=True)
+    if value is None or period is None:
+        raise PolicyError(f"{path}: value and periodSeconds are required")
+    try:
+        return ScalingRule(kind, value, period)
+    except PolicyError as error:
+        raise PolicyError(f"{path}: {error}") from None
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PolicyError(f"{path}: must be an object, got {type(value).__name__}")
+    return value
+
+
+def _number(spec: Mapping[str, Any], key: str, path: str, default: Any, integer: bool = False) -> Any:
+    value = spec.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PolicyError(f"{path}.{key}: must be a number, got {value!r}")
+    if integer:
+        if value != int(value):
+            raise PolicyError(f"{path}.{key}: must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.capitalize() for part in rest)

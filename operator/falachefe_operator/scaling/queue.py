@@ -1,0 +1,116 @@
+"""A bullmq queue's job counts, read from Redis the way bullmq keeps them.
+
+Key layout (bullmq's ``QueueKeys``, identical in Python bullmq 3 and Node
+bullmq 6), for queue ``q`` under prefix ``bull``:
+
+- ``bull:q:wait`` (list): runnable jobs without a priority;
+- ``bull:q:paused`` (list): only left by bullmq < 5, which moved the wait
+  list there on pause; newer versions flag ``paused`` in ``bull:q:meta`` and
+  keep the list in place. Counted as waiting either way;
+- ``bull:q:prioritized`` (sorted set): runnable jobs with a priority;
+- ``bull:q:delayed`` (sorted set): score = due timestamp in ms * 0x1000 +
+  a 12-bit sequence (``getDelayedScore`` in the Lua scripts), so the jobs
+  due by ``now`` are those scored at most ``(now + 1) * 0x1000 - 1``, the
+  same bound the workers use when they promote delayed jobs;
+- ``bull:q:active`` (list): jobs a worker holds;
+- ``bull:q:id`` (string): INCR'd for every job added without a custom id.
+
+All of it in one MULTI/EXEC round trip, so the counts are one consistent
+snapshot. "Now" is this process's clock, as the producers' and the workers'
+clocks are theirs: bullmq has no shared clock either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .observation import MetricUnavailable, QueueCounts
+
+#: bullmq bakes a 12-bit sequence number into the delayed set's scores.
+DELAYED_SEQUENCE_FACTOR = 0x1000
+
+
+@dataclass(frozen=True)
+class QueueRef:
+    """Where a pool's queue lives. The URL may hold a password: it is never printed."""
+
+    name: str
+    redis_url: str = field(repr=False)
+    prefix: str = "bull"
+
+    @property
+    def redis_address(self) -> str:
+        """host:port/db of the URL, for messages (no user, no password)."""
+        parts = urlsplit(self.redis_url)
+        return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+
+
+class QueueReader:
+    """Reads queue counts; keeps one Redis client per URL, reused across polls."""
+
+    def __init__(self, *, timeout_seconds: float = 3.0) -> None:
+        self._timeout = timeout_seconds
+        self._clients: dict[str, aioredis.Redis] = {}
+
+    async def read(self, queue: QueueRef, now_ms: int | None = None) -> QueueCounts | MetricUnavailable:
+        """The queue's counts, or why they could not be read (never raises for Redis trouble)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        key = f"{queue.prefix}:{queue.name}"
+        due_bound = (now_ms + 1) * DELAYED_SEQUENCE_FACTOR - 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                pipeline = self._client(queue.redis_url).pipeline(transaction=True)
+                pipeline.llen(f"{key}:wait")
+                pipeline.llen(f"{key}:paused")
+                pipeline.zcard(f"{key}:prioritized")
+                pipeline.zcount(f"{key}:delayed", 0, due_bound)
+                pipeline.zcard(f"{key}:delayed")
+                pipeline.llen(f"{key}:active")
+                pipeline.hget(f"{key}:meta", "paused")
+                pipeline.get(f"{key}:id")
+                wait, legacy_paused, prioritized, due, delayed, active, paused, added = await pipeline.execute()
+        except (aioredis.RedisError, OSError, TimeoutError) as error:
+            return MetricUnavailable("queue", f"redis {queue.redis_address} queue {key}: {_describe(error)}")
+        except ValueError as error:  # a malformed URL: redis-py says which part
+            return MetricUnavailable("queue", f"redis URL for queue {key}: {error}")
+        return QueueCounts(
+            waiting=int(wait) + int(legacy_paused),
+            prioritized=int(prioritized),
+            delayed_due=int(due),
+            delayed_pending=int(delayed) - int(due),
+            active=int(active),
+            added_total=int(added) if added is not None else 0,
+            paused=paused is not None and paused != b"0",
+        )
+
+    def _client(self, url: str) -> aioredis.Redis:
+        client = self._clients.get(url)
+        if client is None:
+            client = aioredis.Redis.from_url(
+                url,
+                socket_connect_timeout=self._timeout,
+                socket_timeout=self._timeout,
+                # One retry covers a pooled connection that Redis closed
+                # (a restart); a Redis that stays down is reported, not waited on.
+                retry=Retry(NoBackoff(), 1),
+                health_check_interval=30,
+            )
+            self._clients[url] = client
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.aclose()
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, TimeoutError | aioredis.RedisError) else f"{type(error).__name__}: {text}"

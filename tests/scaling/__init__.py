@@ -1,0 +1,1 @@
+"""The autoscaler: decision, readers, engine, end to end."""

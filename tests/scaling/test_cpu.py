@@ -1,0 +1,149 @@
+"""CPU utilisation through the real API server: pods from the core API, usage from metrics.k8s.io.
+
+metrics.k8s.io is served by ``metrics_api.FakeMetricsServer`` behind a real
+APIService, so the reader and the engine go through the aggregation layer
+exactly as they would to metrics-server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+from prometheus_client import CollectorRegistry
+
+from falachefe_devstack.kube import ControlPlane
+from falachefe_operator.scaling.cpu import CpuReader, utilization
+from falachefe_operator.scaling.engine import Autoscaler, PoolTarget
+from falachefe_operator.scaling.metrics import ScalingMetrics
+from falachefe_operator.scaling.observation import CpuSample, MetricUnavailable
+from falachefe_operator.scaling.policy import RuleType, ScalingPolicy, ScalingRule, ScalingRules
+from falachefe_operator.scaling.queue import QueueRef
+
+from .cluster import (
+    create_worker_deployment,
+    operator_identity,
+    pods,
+    pool_labels,
+    scale_of,
+    selector,
+    set_ready,
+)
+from .metrics_api import FakeMetricsServer, registered
+
+pytestmark = pytest.mark.slow
+
+#: Scale as fast as the metrics say: the windows and rules are the decision tests' business.
+EAGER = ScalingRules(0, (ScalingRule(RuleType.PODS, 100, 1),))
+
+
+def test_pods_without_a_cpu_request_are_named() -> None:
+    pod = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="crew-7f9c"),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="worker", image="x")]),
+        status=k8s.V1PodStatus(phase="Running", conditions=[k8s.V1PodCondition(type="Ready", status="True")]),
+    )
+    result = utilization([pod], [{"metadata": {"name": "crew-7f9c"}, "containers": [{"usage": {"cpu": "10m"}}]}])
+    assert isinstance(result, MetricUnavailable)
+    assert "pod crew-7f9c container worker has no CPU request" in result.message
+
+
+async def test_metrics_api_not_served(kube_api: k8s.ApiClient, namespace: str) -> None:
+    """No metrics-server registered (this test runs before the module registers the fake)."""
+    result = await CpuReader(kube_api).read(namespace, "app=none")
+    assert isinstance(result, MetricUnavailable)
+    assert "metrics.k8s.io/v1beta1 is not served: is metrics-server installed?" in result.message
+
+
+@pytest.fixture(scope="module")
+def metrics_api(kube_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeMetricsServer]:
+    server = FakeMetricsServer(tmp_path_factory.mktemp("metrics-server")).start()
+    try:
+        with registered(kube_api, server):
+            yield server
+    finally:
+        server.stop()
+
+
+async def test_pool_scales_on_cpu_and_ignores_starting_pods(
+    kube: ControlPlane,
+    kube_api: k8s.ApiClient,
+    namespace: str,
+    redis_url: str,
+    metrics_api: FakeMetricsServer,
+    tmp_path: Path,
+) -> None:
+    create_worker_deployment(kube_api, namespace, "demo-crew", "crew", replicas=2)
+    labels = pool_labels("crew")
+    first = pods(kube_api, namespace, "crew", 2)
+    for pod in first:
+        set_ready(kube_api, namespace, pod.metadata.name, True)
+        metrics_api.set_usage(namespace, pod.metadata.name, labels, "900m")  # 90% of a 1-CPU request
+
+    registry = CollectorRegistry()
+    target = PoolTarget(
+        namespace=namespace,
+        falachefe="demo",
+        pool="crew",
+        deployment="demo-crew",
+        policy=ScalingPolicy(
+            min_replicas=1,
+            max_replicas=10,
+            target_cpu_utilization_percentage=50,
+            scale_up=EAGER,
+            scale_down=EAGER,
+        ),
+        queue=QueueRef("crewai-processing", redis_url),
+        selector=selector(labels),
+        concurrency=3,
+    )
+    with operator_identity(kube, kube_api, namespace, tmp_path) as api:
+        engine = Autoscaler(api, metrics=ScalingMetrics(registry))
+        try:
+            # 2 ready pods at 90% of their request, target 50%: ceil(2 * 90 / 50) = 4.
+            outcome = await engine.step(target)
+            assert outcome.metrics_available, outcome.message
+            assert outcome.cpu_utilization == pytest.approx(0.9)
+            assert (outcome.current, outcome.desired, outcome.scaled, outcome.direction) == (2, 4, True, "up")
+            assert "cpu 90% of requests vs target 50% on 2 ready pod(s) -> 4" in outcome.reason
+            assert scale_of(kube_api, namespace, "demo-crew") == 4
+
+            # The two new pods are starting (not Ready) and burn CPU while they
+            # do. Counted, they would ask for ceil(4 * 240% / 50%) = 20; they are
+            # not counted, and the ready pods still want 4: no change.
+            starting = [p for p in pods(kube_api, namespace, "crew", 4) if p.metadata.name not in _names(first)]
+            for pod in starting:
+                set_ready(kube_api, namespace, pod.metadata.name, False)
+                metrics_api.set_usage(namespace, pod.metadata.name, labels, "3")
+            outcome = await engine.step(target)
+            assert outcome.cpu == CpuSample(utilization=pytest.approx(0.9), ready_pods=2, unaccounted_pods=2)
+            assert (outcome.desired, outcome.scaled) == (4, False), outcome.reason
+            assert scale_of(kube_api, namespace, "demo-crew") == 4
+
+            # All four ready and nearly idle: ceil(4 * 10 / 50) = 1.
+            for pod in starting:
+                set_ready(kube_api, namespace, pod.metadata.name, True)
+            for pod in [*first, *starting]:
+                metrics_api.set_usage(namespace, pod.metadata.name, labels, "100m")
+            outcome = await engine.step(target)
+            assert outcome.cpu == CpuSample(utilization=pytest.approx(0.1), ready_pods=4, unaccounted_pods=0)
+            assert (outcome.desired, outcome.scaled, outcome.direction) == (1, True, "down"), outcome.reason
+            assert scale_of(kube_api, namespace, "demo-crew") == 1
+        finally:
+            await engine.aclose()
+
+    sample = {"namespace": namespace, "falachefe": "demo", "pool": "crew"}
+    assert registry.get_sample_value("falachefe_operator_pool_cpu_utilization_ratio", sample) == pytest.approx(0.1)
+    assert registry.get_sample_value("falachefe_operator_pool_desired_replicas", sample) == 1
+    assert registry.get_sample_value("falachefe_operator_pool_scale_actions_total", {**sample, "direction": "up"}) == 1
+    assert (
+        registry.get_sample_value("falachefe_operator_pool_scale_actions_total", {**sample, "direction": "down"}) == 1
+    )
+    # The engine asked the aggregated API for this pool's pods only.
+    assert any(namespace in seen and "crew" in seen for seen in metrics_api.requests)
+
+
+def _names(items: list[k8s.V1Pod]) -> set[str]:
+    return {p.metadata.name for p in items}
