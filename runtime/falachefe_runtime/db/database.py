@@ -143,6 +143,7 @@ class _Pool:
         self.sizing = sizing
         self.settings = settings
         self.monitor = QueryMonitor(role, settings.slow_query_threshold_s)
+        self.acquire_wait = ACQUIRE_WAIT.labels(role)
         self.pool: Any = None
 
     @property
@@ -203,7 +204,7 @@ class _Pool:
             raise DatabaseNotStarted(f"the {self.role} pool is not open: call Database.start() first")
         started = time.perf_counter()
         connection = await self.pool.acquire()
-        ACQUIRE_WAIT.labels(self.role).observe(time.perf_counter() - started)
+        self.acquire_wait.observe(time.perf_counter() - started)
         return connection
 
     async def release(self, connection: Any) -> None:

@@ -8,6 +8,7 @@ could still inline a literal, so the text is normalised (literals become
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -37,8 +38,12 @@ def fingerprint(sql: str) -> str:
     return f"sql_{digest[:10]}"
 
 
+@functools.lru_cache(maxsize=4096)
 def query_label(sql: str, name: str | None) -> str:
-    """The metric label for a statement: the caller's name, else its fingerprint."""
+    """The metric label for a statement: the caller's name, else its fingerprint.
+
+    Memoised: a process runs a bounded set of statements, each many times.
+    """
     if name is None:
         return fingerprint(sql)
     if not QUERY_NAME.match(name):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .fingerprint import loggable, query_label
 from .metrics import QUERY_DURATION, QUERY_ERRORS, SLOW_QUERIES
@@ -27,6 +27,9 @@ class QueryMonitor:
     def __init__(self, role: str, slow_threshold_s: float) -> None:
         self.role = role
         self.slow_threshold_s = slow_threshold_s
+        # ``Histogram.labels()`` costs more than the observation itself; a
+        # process runs a bounded set of statements, so keep each one's child.
+        self._durations: dict[str, Any] = {}
 
     async def run(self, sql: str, name: str | None, param_count: int, call: Callable[[], Awaitable[T]]) -> T:
         label = query_label(sql, name)
@@ -38,7 +41,10 @@ class QueryMonitor:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            QUERY_DURATION.labels(self.role, label).observe(elapsed)
+            duration = self._durations.get(label)
+            if duration is None:
+                duration = self._durations[label] = QUERY_DURATION.labels(self.role, label)
+            duration.observe(elapsed)
             if elapsed >= self.slow_threshold_s:
                 SLOW_QUERIES.labels(self.role, label).inc()
                 log.warning(
