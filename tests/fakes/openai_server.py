@@ -48,6 +48,8 @@ class FakeOpenAI:
     responder: Responder = echo_responder
     #: Seconds to wait before answering: lets tests catch a job in flight.
     delay_s: float = 0.0
+    #: Per-request delays, used up first to last before ``delay_s`` applies.
+    delays: list[float] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
@@ -68,6 +70,7 @@ class FakeOpenAI:
         """Forget the requests seen so far and answer without delay."""
         with self._lock:
             self.requests.clear()
+            self.delays.clear()
         self.delay_s = 0.0
 
     def start(self) -> FakeOpenAI:
@@ -105,7 +108,8 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A killed worker leaves its request behind: cancel it, and never wait long for one on shutdown.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
@@ -124,8 +128,9 @@ class FakeOpenAI:
         body = await request.json()
         with self._lock:
             self.requests.append(body)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            delay = self.delays.pop(0) if self.delays else self.delay_s
+        if delay:
+            await asyncio.sleep(delay)
         content = self.responder(body.get("messages", []))
         model = body.get("model", "fake-model")
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -22,10 +23,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+from bullmq import Job
 
 from falachefe_devstack.process import free_port
 from falachefe_devstack.waiting import async_wait_for
+from falachefe_runtime.cli import main
 from falachefe_runtime.config import RuntimeConfig
+from falachefe_runtime.queues import Queues
 from falachefe_runtime.worker.app import serve
 
 T = TypeVar("T")
@@ -129,6 +133,15 @@ def inbound(
     }
 
 
+def cli(argv: list[str]) -> tuple[int, str]:
+    """``falachefe-runtime <argv>`` in this process: exit code and standard output.
+
+    The CLI runs its own event loop: from an async test, call it with ``asyncio.to_thread``.
+    """
+    out = io.StringIO()
+    return main(argv, out=out), out.getvalue()
+
+
 # -- Node bullmq -----------------------------------------------------------------
 
 
@@ -198,3 +211,15 @@ class WorkerProcess:
             self.popen.kill()
             self.popen.wait(10)
         self._log.close()
+
+
+async def finished_job(queues: Queues, queue: str, job_id: str, timeout: float = 30.0) -> Job:
+    """The job once it is completed or failed (permanently: not waiting for a retry)."""
+
+    async def probe() -> Job | None:
+        job = await queues.queue(queue).getJob(job_id)
+        if job is not None and await job.getState() in ("completed", "failed"):
+            return job
+        return None
+
+    return await eventually(probe, f"job {job_id} on {queue} to finish", timeout)

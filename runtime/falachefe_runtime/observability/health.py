@@ -28,7 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 log = logging.getLogger(__name__)
 
-Check = Callable[[], Awaitable[object]]
+#: A readiness check: true when the dependency answers (raising counts as false).
+Check = Callable[[], Awaitable[bool]]
 
 #: How often the heartbeat runs, and how late it may be before /healthz fails.
 HEARTBEAT_S = 0.5
@@ -110,12 +111,14 @@ class HealthServer:
     async def _check(self, name: str) -> bool:
         try:
             async with asyncio.timeout(self._check_timeout_s):
-                await self._readiness[name]()
+                answered = await self._readiness[name]()
         except Exception as error:
             # The type only: driver messages can quote hosts and users.
             log.warning("readiness check failed", extra={"check": name, "error": type(error).__name__})
             return False
-        return True
+        if not answered:
+            log.warning("readiness check failed", extra={"check": name})
+        return bool(answered)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})

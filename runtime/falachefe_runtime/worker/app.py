@@ -57,10 +57,23 @@ def run_worker(config: RuntimeConfig) -> int:
     return asyncio.run(serve(config))
 
 
+def missing_settings(config: RuntimeConfig) -> list[str]:
+    """The settings this pool needs that are not set (secrets arrive by environment)."""
+    needed = {"database.dsn": config.database.dsn, "redis.url": config.redis.url}
+    if config.worker.kind is WorkerKind.AUTH:
+        needed["auth.otp_secret"] = config.auth.otp_secret
+    if config.worker.kind is WorkerKind.CREW:
+        needed["llm.api_key"] = config.llm.api_key
+    return [name for name, value in needed.items() if value is None]
+
+
 async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> int:
     """Run the pool until ``stop`` is set (by SIGTERM/SIGINT when not given); the exit code."""
-    if config.redis.url is None:
-        raise ValueError("redis.url is required: set FALACHEFE_REDIS__URL")
+    missing = missing_settings(config)
+    if missing:
+        variables = ", ".join("FALACHEFE_" + name.upper().replace(".", "__") for name in missing)
+        raise ValueError(f"the {config.worker.kind.value} pool needs {', '.join(missing)}: set {variables}")
+    assert config.redis.url is not None
     redis_url = config.redis.url.get_secret_value()
     kind = config.worker.kind
     queue = config.worker.queue_name

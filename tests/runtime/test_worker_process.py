@@ -1,0 +1,151 @@
+"""Workers as real ``falachefe-runtime worker`` processes: killed mid-job, and stopped with SIGTERM.
+
+The crew pool is used because its jobs can be held in flight from the
+outside: the fake LLM server answers only after a delay the test chooses.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from worker_harness import LLM_KEY, OTP_SECRET, Tenant, WorkerProcess, add_tenant, eventually
+
+from fakes.openai_server import FakeOpenAI
+from falachefe_devstack.postgres import PASSWORD
+from falachefe_runtime.payloads import PROCESS_CREW
+from falachefe_runtime.queues import CREW_QUEUE, OUTBOUND_QUEUE, Queues
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def queues(redis_url: str) -> AsyncIterator[Queues]:
+    queues = Queues(redis_url)
+    yield queues
+    await queues.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def crew_job(tenant: Tenant, text: str, provider_message_id: str) -> dict[str, Any]:
+    return {
+        "crewData": {
+            "companyId": str(tenant.company_id),
+            "userId": str(tenant.user_id),
+            "sessionId": str(uuid.uuid4()),
+            "phoneNumber": tenant.phone,
+            "text": text,
+            "providerMessageId": provider_message_id,
+            "receivedAt": datetime.now(UTC).isoformat(),
+        }
+    }
+
+
+async def enqueue_three(queues: Queues, tenant: Tenant) -> list[str]:
+    return [
+        await queues.enqueue(CREW_QUEUE, PROCESS_CREW, crew_job(tenant, f"Pergunta número {n}", f"wamid.p{n}"))
+        for n in range(3)
+    ]
+
+
+async def in_flight(llm: FakeOpenAI, count: int) -> None:
+    async def seen() -> bool:
+        return llm.request_count >= count
+
+    await eventually(seen, f"{count} LLM requests in flight", timeout=90)
+
+
+async def test_jobs_of_a_worker_killed_mid_job_are_finished_by_another_worker_once(
+    values: dict[str, Any],
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    queues: Queues,
+    sql: asyncpg.Connection,
+    llm: FakeOpenAI,
+) -> None:
+    # Short locks, so a dead worker's jobs come back in seconds rather than a minute.
+    values["queues"] = {"lock_duration_s": 3, "stalled_interval_s": 1.5}
+    tenant = await add_tenant(sql)
+    llm.delays.extend([600, 600, 600])  # the first worker's three calls never get an answer
+    job_ids = await enqueue_three(queues, tenant)
+
+    first = WorkerProcess("crew", values, tmp_path / "first.log")
+    workers.append(first)
+    await in_flight(llm, 3)
+    assert (await queues.counts(CREW_QUEUE))["active"] == 3
+    first.popen.kill()  # SIGKILL: no chance to clean up
+    assert first.wait(10) == -signal.SIGKILL
+
+    second = WorkerProcess("crew", values, tmp_path / "second.log")
+    workers.append(second)
+
+    async def all_completed() -> bool:
+        states = [await queues.queue(CREW_QUEUE).getJobState(job_id) for job_id in job_ids]
+        return states == ["completed"] * 3
+
+    await eventually(all_completed, "the three jobs completed by the second worker", timeout=120)
+    for job_id in job_ids:
+        job = await queues.queue(CREW_QUEUE).getJob(job_id)
+        assert job.stalledCounter == 1, "the job came back through the stalled-job check"
+        assert job.returnvalue["source"] == "kickoff" and job.returnvalue["duplicate"] is False
+    # Three calls lost with the first worker, three answered for the second.
+    assert llm.request_count == 6
+    stored = await sql.fetch("SELECT role, provider_message_id FROM messages ORDER BY provider_message_id NULLS LAST")
+    assert sorted(r["provider_message_id"] for r in stored if r["role"] == "user") == [
+        "wamid.p0",
+        "wamid.p1",
+        "wamid.p2",
+    ]
+    assert sum(r["role"] == "assistant" for r in stored) == 3
+    assert (await queues.counts(OUTBOUND_QUEUE))["wait"] == 3
+    assert "job completed" in second.log()
+
+
+async def test_sigterm_lets_in_flight_jobs_finish_takes_no_new_ones_and_exits_0(
+    values: dict[str, Any],
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    queues: Queues,
+    sql: asyncpg.Connection,
+    llm: FakeOpenAI,
+) -> None:
+    values["observability"]["log_format"] = "json"
+    tenant = await add_tenant(sql)
+    llm.delay_s = 4.0
+    job_ids = await enqueue_three(queues, tenant)
+    worker = WorkerProcess("crew", values, tmp_path / "worker.log")
+    workers.append(worker)
+    await in_flight(llm, 3)
+
+    worker.send(signal.SIGTERM)
+    late = await queues.enqueue(CREW_QUEUE, PROCESS_CREW, crew_job(tenant, "Chegou tarde", "wamid.late"))
+    assert worker.wait(60) == 0, worker.log()
+
+    for job_id in job_ids:
+        assert await queues.queue(CREW_QUEUE).getJobState(job_id) == "completed"
+    assert await queues.queue(CREW_QUEUE).getJobState(late) == "waiting"
+    assert await sql.fetchval("SELECT count(*) FROM messages WHERE role = 'assistant'") == 3
+    assert llm.request_count == 3
+    log = worker.log()
+    for secret in (LLM_KEY, OTP_SECRET, PASSWORD, tenant.phone):
+        assert secret not in log
+    records = [json.loads(line) for line in log.splitlines()]
+    messages = [record["message"] for record in records]
+    assert "stopping: no new jobs; waiting for in-flight ones" in messages and messages[-1] == "worker stopped"
+    completed = [record for record in records if record["message"] == "job completed"]
+    assert sorted(record["job_id"] for record in completed) == sorted(job_ids)
+    assert {record["queue"] for record in completed} == {CREW_QUEUE}
