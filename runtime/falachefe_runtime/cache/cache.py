@@ -40,6 +40,7 @@ import contextlib
 import datetime
 import decimal
 import enum
+import functools
 import json
 import logging
 import time
@@ -48,6 +49,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar, cast
 
 from cachetools import TTLCache
+from prometheus_client import Counter
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -114,6 +116,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+@functools.cache
+def _child(metric: Counter, *labels: str) -> Counter:
+    """A labelled counter, looked up once: ``labels()`` costs more than ``inc()``."""
+    return metric.labels(*labels)
 
 
 def _json_default(value: Any) -> Any:
@@ -249,25 +257,24 @@ class Cache:
         if generations is None:
             return await self._bypass(kind, key, members, loader)
         entry_key = self.keys.entry(kind, key, members, generations)
-        if listening and self._l1.enabled:
-            payload = self._l1.get(entry_key)
-            if payload is not None:
-                HITS.labels("l1", kind.value).inc()
-                return json.loads(payload)  # type: ignore[no-any-return]
-            MISSES.labels("l1", kind.value).inc()
-        payload = await self._flights.run(
-            entry_key,
-            lambda: self._through_l2(
-                kind=kind,
-                entry_key=entry_key,
-                members=members,
-                loader=loader,
-                cache_none=cache_none,
-                epoch=epoch,
-                listening=listening,
-            ),
-        )
-        return json.loads(payload)  # type: ignore[no-any-return]
+        found = await self._lookup(kind, entry_key, members, epoch=epoch, listening=listening)
+        if found is _UNAVAILABLE:
+            return await self._bypass(kind, key, members, loader)
+        if found is None:
+            # Only the load is shared: a hit needs no coordination.
+            found = await self._flights.run(
+                entry_key,
+                lambda: self._load_once(
+                    kind=kind,
+                    entry_key=entry_key,
+                    members=members,
+                    loader=loader,
+                    cache_none=cache_none,
+                    epoch=epoch,
+                    listening=listening,
+                ),
+            )
+        return json.loads(found)  # type: ignore[no-any-return]
 
     async def get(self, kind: CacheKind | str, key: str, *, scope: Scope | None = None) -> Any:
         """The cached value of ``key``, or ``None`` (a miss, or Redis unavailable)."""
@@ -275,26 +282,14 @@ class Cache:
         members = (scope or _NO_SCOPE).members()
         epoch, listening = self._epoch, self._listening
         generations = await self._generations_of(members, listening, epoch)
-        if generations is None:
-            BYPASSED.labels(kind.value).inc()
+        found = None
+        if generations is not None:
+            entry_key = self.keys.entry(kind, key, members, generations)
+            found = await self._lookup(kind, entry_key, members, epoch=epoch, listening=listening)
+        if generations is None or found is _UNAVAILABLE:
+            _child(BYPASSED, kind.value).inc()
             return None
-        entry_key = self.keys.entry(kind, key, members, generations)
-        if listening and self._l1.enabled:
-            payload = self._l1.get(entry_key)
-            if payload is not None:
-                HITS.labels("l1", kind.value).inc()
-                return json.loads(payload)
-            MISSES.labels("l1", kind.value).inc()
-        found = await self._l2_get(entry_key)
-        if found is _UNAVAILABLE:
-            BYPASSED.labels(kind.value).inc()
-            return None
-        if found is None:
-            MISSES.labels("l2", kind.value).inc()
-            return None
-        HITS.labels("l2", kind.value).inc()
-        self._remember(kind, entry_key, found, members=members, epoch=epoch, listening=listening)
-        return json.loads(found)
+        return None if found is None else json.loads(found)
 
     async def set(self, kind: CacheKind | str, key: str, value: Any, *, scope: Scope | None = None) -> bool:
         """Store ``value`` for the kind's TTL; whether it reached Redis."""
@@ -467,16 +462,34 @@ class Cache:
     async def _bypass(
         self, kind: CacheKind, key: str, members: tuple[Member, ...], loader: Callable[[], Awaitable[T]]
     ) -> T:
-        BYPASSED.labels(kind.value).inc()
+        _child(BYPASSED, kind.value).inc()
         flight = f"bypass|{kind.value}|{members}|{key}"
         payload = await self._flights.run(flight, lambda: self._load(kind, loader))
         return json.loads(payload)  # type: ignore[no-any-return]
 
     async def _load(self, kind: CacheKind, loader: Callable[[], Awaitable[Any]]) -> str:
-        LOADS.labels(kind.value).inc()
+        _child(LOADS, kind.value).inc()
         return encode(await loader())
 
-    async def _through_l2(
+    async def _lookup(
+        self, kind: CacheKind, entry_key: str, members: tuple[Member, ...], *, epoch: int, listening: bool
+    ) -> str | _Unavailable | None:
+        """The entry's JSON from L1, else from L2 (copied into L1); ``None`` on a miss in both."""
+        if listening and self._l1.enabled:
+            payload = self._l1.get(entry_key)
+            if payload is not None:
+                _child(HITS, "l1", kind.value).inc()
+                return payload
+            _child(MISSES, "l1", kind.value).inc()
+        found = await self._l2_get(entry_key)
+        if isinstance(found, str):
+            _child(HITS, "l2", kind.value).inc()
+            self._remember(kind, entry_key, found, members=members, epoch=epoch, listening=listening)
+        elif found is None:
+            _child(MISSES, "l2", kind.value).inc()
+        return found
+
+    async def _load_once(
         self,
         *,
         kind: CacheKind,
@@ -487,23 +500,21 @@ class Cache:
         epoch: int,
         listening: bool,
     ) -> str:
-        found = await self._l2_get(entry_key)
-        if found is _UNAVAILABLE:
-            BYPASSED.labels(kind.value).inc()
-            return await self._load(kind, loader)
-        if found is not None:
-            HITS.labels("l2", kind.value).inc()
-            self._remember(kind, entry_key, found, members=members, epoch=epoch, listening=listening)
-            return found
-        MISSES.labels("l2", kind.value).inc()
+        """Load a missing entry, unless another process is already loading it (then wait for its value)."""
         lock_key, token = KeySpace.lock(entry_key), uuid.uuid4().hex
         locked = await self._try_lock(lock_key, token)
-        if locked is False:
+        loaded_elsewhere: str | _Unavailable | None = None
+        if locked:
+            # Our miss may predate a load that finished just before we took the lock.
+            loaded_elsewhere = await self._l2_get(entry_key)
+            if isinstance(loaded_elsewhere, str):
+                await self._unlock(lock_key, token)
+        elif locked is False:
             loaded_elsewhere = await self._wait_for_other_loader(entry_key, lock_key)
-            if loaded_elsewhere is not None:
-                HITS.labels("l2", kind.value).inc()
-                self._remember(kind, entry_key, loaded_elsewhere, members=members, epoch=epoch, listening=listening)
-                return loaded_elsewhere
+        if isinstance(loaded_elsewhere, str):
+            _child(HITS, "l2", kind.value).inc()
+            self._remember(kind, entry_key, loaded_elsewhere, members=members, epoch=epoch, listening=listening)
+            return loaded_elsewhere
         try:
             payload = await self._load(kind, loader)
         except BaseException:
