@@ -1,0 +1,221 @@
+"""Converging a resource's owned objects on the desired ones: check, apply, prune.
+
+Everything is written with server-side apply under one field manager, with
+``force``: the operator owns the fields it sets and takes them back from
+whoever changed them (that is the drift correction). Fields it does not set
+(a Deployment's ``replicas``, annotations other tools add) stay theirs.
+
+Replicas: the applied Deployment never names ``spec.replicas``, so the
+autoscaler's writes through the scale subresource are never undone. A new
+Deployment is sized to its pool's minimum before it runs anything (see
+``_apply_new_deployment``); a pool without autoscaling is kept within
+``minReplicas..maxReplicas`` here (inside the bounds, a person's ``kubectl
+scale`` stands).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from . import builders, naming
+from .builders import ObjectRef, Resource
+from .kubeapi import ApiError, Applied, KubeApi
+from .spec import FalachefeSpec
+from .status import Problem
+
+
+def fingerprint(body: Mapping[str, Any]) -> str:
+    """A digest of the fields the operator owns in ``body`` (its Apply entry in managedFields).
+
+    Someone else's update of a field the operator set moves that field out
+    of the operator's entry, so a changed digest means drift; status
+    updates, scale changes and other managers' fields leave it alone.
+    """
+    for entry in (body.get("metadata") or {}).get("managedFields") or []:
+        if (
+            entry.get("manager") == naming.FIELD_MANAGER
+            and entry.get("operation") == "Apply"
+            and not entry.get("subresource")
+        ):
+            return hashlib.sha256(json.dumps(entry.get("fieldsV1"), sort_keys=True).encode()).hexdigest()
+    return ""
+
+
+# -- secrets ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretsCheck:
+    problems: list[Problem]
+    #: The pools' Redis URL, which the autoscaler needs to read queue depth.
+    redis_url: str | None
+
+
+async def check_secrets(api: KubeApi, namespace: str, spec: FalachefeSpec) -> SecretsCheck:
+    """Whether every Secret key the workers reference exists (a pod cannot start without it)."""
+    refs = builders.secret_refs(spec)
+    names = sorted({ref.name for _, ref in refs})
+    fetched = await asyncio.gather(*(_read_secret(api, namespace, name) for name in names), return_exceptions=True)
+    secrets = dict(zip(names, fetched, strict=True))
+    problems = []
+    for field_path, ref in refs:
+        secret = secrets[ref.name]
+        if isinstance(secret, BaseException):
+            problems.append(Problem("SecretUnreadable", f"Secret {namespace}/{ref.name} ({field_path}): {secret}"))
+        elif secret is None:
+            problems.append(Problem("SecretNotFound", f"Secret {namespace}/{ref.name} not found ({field_path}.name)"))
+        elif ref.key not in (secret.get("data") or {}):
+            problems.append(
+                Problem(
+                    "SecretKeyNotFound",
+                    f"Secret {namespace}/{ref.name} has no key {ref.key!r} ({field_path}.key)",
+                )
+            )
+    redis_secret = secrets[spec.redis.secret_ref.name]
+    redis_url = None
+    if isinstance(redis_secret, dict):
+        redis_url = _decode((redis_secret.get("data") or {}).get(spec.redis.secret_ref.key))
+    return SecretsCheck(problems, redis_url)
+
+
+async def _read_secret(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return await api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    except ApiError as error:
+        raise RuntimeError(f"{error.status} {error.reason}: {error.message}") from None
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise RuntimeError(f"API server unreachable: {type(error).__name__}") from None
+
+
+def _decode(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+# -- apply and prune ---------------------------------------------------------------
+
+
+@dataclass
+class ApplyResult:
+    #: Objects the API server refused or could not take, in words for the status.
+    problems: list[Problem] = field(default_factory=list)
+    #: Every object applied, as stored.
+    applied: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    created: list[ObjectRef] = field(default_factory=list)
+    pruned: list[ObjectRef] = field(default_factory=list)
+
+
+async def converge(
+    api: KubeApi,
+    resource: Resource,
+    owned: Iterable[ObjectRef],
+) -> ApplyResult:
+    """Apply every desired object, set the replicas apply leaves alone, delete what is no longer desired.
+
+    ``owned`` is what the operator has seen of this resource's objects (from
+    its watches); any of them not desired any more (a removed pool's) is
+    deleted.
+    """
+    owned = list(owned)
+    known = {ref.key for ref in owned}
+    manifests = builders.desired_objects(resource)
+    refs = [builders.ref_of(manifest) for manifest in manifests]
+    result = ApplyResult()
+    outcomes = await asyncio.gather(
+        *(
+            _apply_new_deployment(api, resource, manifest, ref)
+            if ref.kind == "Deployment" and ref.key not in known
+            else api.apply(ref.path, manifest, manager=naming.FIELD_MANAGER)
+            for ref, manifest in zip(refs, manifests, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    for ref, outcome in zip(refs, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            result.problems.append(_problem(f"{ref.kind} {ref.name}", outcome))
+            continue
+        result.applied[ref.key] = outcome.body
+        if outcome.created:
+            result.created.append(ref)
+
+    await _keep_within_bounds(api, resource, result)
+
+    desired = {ref.key for ref in refs}
+    stale = [ref for ref in owned if ref.key not in desired]
+    deletions = await asyncio.gather(*(api.delete(ref.path) for ref in stale), return_exceptions=True)
+    for ref, deleted in zip(stale, deletions, strict=True):
+        if isinstance(deleted, BaseException):
+            result.problems.append(_problem(f"deleting {ref.kind} {ref.name}", deleted))
+        elif deleted:
+            result.pruned.append(ref)
+    return result
+
+
+async def _apply_new_deployment(
+    api: KubeApi, resource: Resource, manifest: Mapping[str, Any], ref: ObjectRef
+) -> Applied:
+    """Create a Deployment at its pool's minimum without ever running the API's default of one replica.
+
+    It is created paused (the Deployment controller makes no ReplicaSet for
+    a new paused Deployment), scaled to ``minReplicas`` through the scale
+    subresource, then applied as usual, which unpauses it. "Believed new"
+    comes from the watches; if the Deployment existed after all, it was
+    paused for the length of one request and nothing else changed.
+    """
+    paused = {**manifest, "spec": {**manifest["spec"], "paused": True}}
+    first = await api.apply(ref.path, paused, manager=naming.FIELD_MANAGER)
+    if first.created:
+        kind = naming.pool_of(manifest["metadata"]["labels"])
+        pool = dict(resource.spec.pools.items())[kind] if kind is not None else None
+        if pool is not None:
+            await _scale(api, ref, pool.min_replicas)
+    final = await api.apply(ref.path, manifest, manager=naming.FIELD_MANAGER)
+    return Applied(body=final.body, created=first.created)
+
+
+async def _keep_within_bounds(api: KubeApi, resource: Resource, result: ApplyResult) -> None:
+    """A pool without autoscaling stays within minReplicas..maxReplicas (inside, a person decides)."""
+    for kind, pool in resource.spec.pools.items():
+        if pool.autoscaling.enabled:
+            continue
+        name = naming.deployment_name(resource.name, kind)
+        body = result.applied.get(("Deployment", name))
+        if body is None:
+            continue
+        current = int((body.get("spec") or {}).get("replicas", 1))
+        wanted = min(max(current, pool.min_replicas), pool.max_replicas)
+        if wanted == current:
+            continue
+        try:
+            await _scale(api, builders.ref_of(body), wanted)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            result.problems.append(_problem(f"scaling Deployment {name} to {wanted}", error))
+        else:
+            body.setdefault("spec", {})["replicas"] = wanted
+
+
+async def _scale(api: KubeApi, ref: ObjectRef, replicas: int) -> None:
+    await api.merge_patch(f"{ref.path}/scale", {"spec": {"replicas": replicas}}, manager=naming.FIELD_MANAGER)
+
+
+def _problem(what: str, error: BaseException) -> Problem:
+    if isinstance(error, ApiError):
+        if error.status == 403:
+            return Problem("Forbidden", f"{what}: {error.message} (check the operator's RBAC)")
+        return Problem("ApplyFailed", f"{what}: {error.message}")
+    if isinstance(error, aiohttp.ClientError | TimeoutError):
+        return Problem("ApiUnavailable", f"{what}: API server unreachable ({type(error).__name__})")
+    raise error

@@ -1,0 +1,336 @@
+"""The objects a ``Falachefe`` should own, built from its spec: a pure function.
+
+``desired_objects`` takes the resource's name, namespace, uid and parsed spec
+and returns the manifests to server-side apply: one ConfigMap (the runtime
+config), one metrics Service, and per pool a Deployment and a
+PodDisruptionBudget. No I/O, no clock: the same spec always gives the same
+manifests, which is what makes re-applying them a no-op.
+
+Two things are deliberately left out of every manifest:
+
+- a Deployment's ``spec.replicas``: the autoscaler owns it (through the
+  scale subresource), and a server-side apply that set it would take it back
+  on every reconcile;
+- status and anything else the API server or controllers fill in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from falachefe_runtime.config import (
+    CONFIG_FILE_ENV,
+    DatabaseSettings,
+    LLMSettings,
+    ObservabilitySettings,
+    PoolSettings,
+    RedisSettings,
+    RuntimeConfig,
+    WorkerKind,
+)
+
+from . import naming
+from .spec import FalachefeSpec, PoolSpec, SecretKeyRef
+
+#: The runtime's ports (the worker pod contract): health and metrics.
+_PORTS = ObservabilitySettings()
+HEALTH_PORT = _PORTS.health_port
+METRICS_PORT = _PORTS.metrics_port
+CONTAINER_NAME = "worker"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Where an owned object lives in the API: enough to apply, delete and recognise it."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespace: str
+    name: str
+
+    @property
+    def path(self) -> str:
+        group_version = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+        return f"{group_version}/namespaces/{self.namespace}/{self.plural}/{self.name}"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.name)
+
+
+#: The kinds of objects a Falachefe owns: (apiVersion, kind, plural).
+OWNED_KINDS = (
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "Service", "services"),
+    ("apps/v1", "Deployment", "deployments"),
+    ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+)
+_PLURALS = {kind: plural for _, kind, plural in OWNED_KINDS}
+
+
+def ref_of(manifest: Mapping[str, Any]) -> ObjectRef:
+    metadata = manifest["metadata"]
+    kind = manifest["kind"]
+    return ObjectRef(manifest["apiVersion"], kind, _PLURALS[kind], metadata["namespace"], metadata["name"])
+
+
+@dataclass(frozen=True)
+class Resource:
+    """The owning resource, as far as its objects need to know it."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: FalachefeSpec
+
+
+def desired_objects(resource: Resource) -> list[dict[str, Any]]:
+    """Every object ``resource`` should own, in apply order (config before its consumers)."""
+    config = runtime_config_yaml(resource.spec)
+    objects = [config_map(resource, config), metrics_service(resource)]
+    config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
+    for kind, pool in resource.spec.pools.items():
+        objects.append(deployment(resource, kind, pool, config_hash))
+        objects.append(disruption_budget(resource, kind))
+    return objects
+
+
+def desired_keys(resource: Resource) -> list[tuple[str, str]]:
+    """(kind, name) of every object ``resource`` should own."""
+    keys = [("ConfigMap", naming.config_map_name(resource.name)), ("Service", naming.service_name(resource.name))]
+    for kind, _ in resource.spec.pools.items():
+        keys.append(("Deployment", naming.deployment_name(resource.name, kind)))
+        keys.append(("PodDisruptionBudget", naming.disruption_budget_name(resource.name, kind)))
+    return keys
+
+
+def runtime_config_yaml(spec: FalachefeSpec) -> str:
+    """The workers' config file: ``RuntimeConfig`` without secrets, mapped from the spec.
+
+    The sections are validated models; the root is assembled with
+    ``model_construct`` because ``RuntimeConfig`` is a settings class that
+    would otherwise read this (operator) process's environment into the
+    workers' config.
+    """
+    database = spec.database
+    llm = spec.llm
+    config = RuntimeConfig.model_construct(
+        database=DatabaseSettings(
+            primary=PoolSettings(
+                min_size=database.primary_pool.min_size,
+                max_size=database.primary_pool.max_size,
+                statement_timeout_s=database.primary_pool.statement_timeout_seconds,
+            ),
+            replica=PoolSettings(
+                min_size=database.replica_pool.min_size,
+                max_size=database.replica_pool.max_size,
+                statement_timeout_s=database.replica_pool.statement_timeout_seconds,
+            ),
+            idle_timeout_s=database.idle_timeout_seconds,
+            connect_timeout_s=database.connect_timeout_seconds,
+            slow_query_threshold_s=database.slow_query_threshold_seconds,
+        ),
+        redis=RedisSettings(queue_prefix=spec.redis.queue_prefix),
+        llm=LLMSettings()
+        if llm is None
+        else LLMSettings(model=llm.model, base_url=llm.base_url, timeout_s=llm.timeout_seconds),
+        observability=ObservabilitySettings(log_level=spec.log_level),
+    )
+    return yaml.safe_dump(config.public_dict(), sort_keys=True)
+
+
+def _metadata(resource: Resource, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": resource.namespace,
+        "labels": labels,
+        "ownerReferences": [naming.owner_reference(resource.name, resource.uid)],
+    }
+
+
+def config_map(resource: Resource, config: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(resource, naming.config_map_name(resource.name), naming.instance_labels(resource.name)),
+        "data": {naming.CONFIG_KEY: config},
+    }
+
+
+def metrics_service(resource: Resource) -> dict[str, Any]:
+    """A headless Service over every worker: Prometheus (or a ServiceMonitor) finds each pod through it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(resource, naming.service_name(resource.name), naming.instance_labels(resource.name)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": naming.instance_selector(resource.name),
+            "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}],
+        },
+    }
+
+
+def disruption_budget(resource: Resource, kind: WorkerKind) -> dict[str, Any]:
+    """One worker of a pool may be evicted at a time.
+
+    ``maxUnavailable`` rather than ``minAvailable``: with one replica (or
+    none, scaled to zero) a drain still proceeds. Unhealthy pods may always
+    be evicted, so a crash-looping pool never blocks a node drain.
+    """
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(
+            resource, naming.disruption_budget_name(resource.name, kind), naming.pool_labels(resource.name, kind)
+        ),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": naming.pool_selector(resource.name, kind)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def deployment(resource: Resource, kind: WorkerKind, pool: PoolSpec, config_hash: str) -> dict[str, Any]:
+    """A pool's workers. No ``replicas``: see the module docstring."""
+    spec = resource.spec
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": pool.termination_grace_period_seconds,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [_container(resource, kind, pool)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": naming.config_map_name(resource.name)}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": secret.name} for secret in spec.image_pull_secrets]
+    if pool.node_selector:
+        pod_spec["nodeSelector"] = dict(pool.node_selector)
+    if pool.tolerations:
+        pod_spec["tolerations"] = [
+            toleration.model_dump(by_alias=True, exclude_none=True) for toleration in pool.tolerations
+        ]
+    if pool.affinity:
+        pod_spec["affinity"] = pool.affinity
+    if pool.topology_spread_constraints:
+        pod_spec["topologySpreadConstraints"] = [
+            # A constraint without a selector would count every pod in the namespace.
+            {"labelSelector": {"matchLabels": naming.pool_selector(resource.name, kind)}, **constraint}
+            for constraint in pool.topology_spread_constraints
+        ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(
+            resource, naming.deployment_name(resource.name, kind), naming.pool_labels(resource.name, kind)
+        ),
+        "spec": {
+            "selector": {"matchLabels": naming.pool_selector(resource.name, kind)},
+            "revisionHistoryLimit": 3,
+            # Surge rather than unavailability: a rollout never lowers a pool's capacity.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": naming.pool_labels(resource.name, kind),
+                    "annotations": {
+                        **pool.pod_annotations,
+                        naming.CONFIG_HASH_ANNOTATION: config_hash,
+                        "kubectl.kubernetes.io/default-container": CONTAINER_NAME,
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def _container(resource: Resource, kind: WorkerKind, pool: PoolSpec) -> dict[str, Any]:
+    spec = resource.spec
+    resources: dict[str, Any] = {}
+    if pool.resources.requests:
+        resources["requests"] = dict(pool.resources.requests)
+    if pool.resources.limits:
+        resources["limits"] = dict(pool.resources.limits)
+    return {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["falachefe-runtime", "worker", "--pool", kind.value],
+        "env": _env(spec, kind, pool),
+        "ports": [
+            {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        # CrewAI's imports take a while on a cold node: liveness waits for the first start.
+        "startupProbe": _probe("/healthz", period=2, failures=60),
+        "livenessProbe": _probe("/healthz", period=10, failures=3),
+        "readinessProbe": _probe("/readyz", period=5, failures=2),
+        "resources": resources,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "config", "mountPath": naming.CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the only writable place, an emptyDir
+        ],
+    }
+
+
+def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "health"},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": CONFIG_FILE_ENV, "value": f"{naming.CONFIG_DIR}/{naming.CONFIG_KEY}"},
+        _secret_env("FALACHEFE_DATABASE__DSN", spec.database.secret_ref),
+    ]
+    if spec.database.replica_secret_ref is not None:
+        env.append(_secret_env("FALACHEFE_DATABASE__REPLICA_DSN", spec.database.replica_secret_ref))
+    env.append(_secret_env("FALACHEFE_REDIS__URL", spec.redis.secret_ref))
+    if spec.llm is not None and spec.llm.api_key_secret_ref is not None:
+        env.append(_secret_env("FALACHEFE_LLM__API_KEY", spec.llm.api_key_secret_ref))
+    if spec.auth is not None and spec.auth.otp_secret_ref is not None:
+        env.append(_secret_env("FALACHEFE_AUTH__OTP_SECRET", spec.auth.otp_secret_ref))
+    env += [
+        {"name": "FALACHEFE_WORKER__KIND", "value": kind.value},
+        {"name": "FALACHEFE_WORKER__QUEUE", "value": pool.queue},
+        {"name": "FALACHEFE_WORKER__CONCURRENCY", "value": str(pool.concurrency)},
+        {"name": "FALACHEFE_WORKER__SHUTDOWN_GRACE_S", "value": str(pool.shutdown_grace_seconds)},
+    ]
+    env += [{"name": variable.name, "value": variable.value} for variable in pool.env]
+    return env
+
+
+def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def secret_refs(spec: FalachefeSpec) -> list[tuple[str, SecretKeyRef]]:
+    """Every Secret key the workers need, with the spec field that names it."""
+    refs: list[tuple[str, SecretKeyRef | None]] = [
+        ("spec.database.secretRef", spec.database.secret_ref),
+        ("spec.database.replicaSecretRef", spec.database.replica_secret_ref),
+        ("spec.redis.secretRef", spec.redis.secret_ref),
+        ("spec.llm.apiKeySecretRef", spec.llm.api_key_secret_ref if spec.llm else None),
+        ("spec.auth.otpSecretRef", spec.auth.otp_secret_ref if spec.auth else None),
+    ]
+    return [(field, ref) for field, ref in refs if ref is not None]

@@ -1,0 +1,168 @@
+"""``falachefe-operator``: run the operator.
+
+    falachefe-operator [--all-namespaces | --namespace NS ...] [--standalone]
+                       [--liveness-port 8080] [--metrics-port 9090]
+
+Without ``--standalone`` the process first wins the leader Lease (standing
+by until then), and stops (exit 1, so that Kubernetes restarts it as a
+candidate) if it ever loses it. SIGTERM stops it cleanly: the watches close,
+the per-resource loops stop, the Lease is released, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+
+from . import handlers, metrics
+from .controller import Fleet
+from .health import Endpoints
+from .kubeapi import KubeApi, in_cluster_namespace, load_configuration
+from .leader import LeaderElector, LeadershipLost, LeaseConfig
+from .scaling.engine import Autoscaler
+
+log = logging.getLogger("falachefe.operator")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="falachefe-operator", description="Reconcile Falachefe resources.")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], metavar="NS", help="watch this namespace (repeatable)"
+    )
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--standalone", action="store_true", help="no leader election (a single replica, or tests)")
+    parser.add_argument("--liveness-port", type=int, default=8080, help="GET /healthz (default 8080)")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="GET /metrics (default 9090)")
+    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, the pod's service account, ~/.kube/config")
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE") or in_cluster_namespace(),
+        help="namespace of the leader Lease (default: $POD_NAMESPACE, or the pod's own)",
+    )
+    parser.add_argument("--leader-election-id", default="falachefe-operator", help="name of the leader Lease")
+    parser.add_argument(
+        "--resync-seconds", type=float, default=600.0, help="re-apply every resource's objects this often"
+    )
+    parser.add_argument("--log-format", choices=["json", "text"], default="json")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.standalone and not args.leader_election_namespace:
+        parser.error("leader election needs --leader-election-namespace (or $POD_NAMESPACE), or run --standalone")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+        log_refkey="object",
+    )
+    if not args.verbose:
+        # Kopf logs every watch event's handler at INFO; the controllers log what they do.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    return asyncio.run(run(args))
+
+
+async def run(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    # The autoscaler's readers use the synchronous client in threads; give them room.
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="k8s"))
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    identity = f"{socket.gethostname()}-{os.getpid()}"
+    configuration = load_configuration(args.kubeconfig)
+    api = KubeApi(configuration)
+    elector: LeaderElector | None = None
+    if not args.standalone:
+        elector = LeaderElector(
+            api, LeaseConfig(namespace=args.leader_election_namespace, name=args.leader_election_id, identity=identity)
+        )
+    state: dict[str, Any] = {"leader": False, "identity": identity}
+    endpoints = Endpoints(liveness_port=args.liveness_port, metrics_port=args.metrics_port, describe=lambda: state)
+    await endpoints.start()
+    scaler = Autoscaler(k8s.ApiClient(configuration))
+    fleet = Fleet(api, scaler, resync_seconds=args.resync_seconds)
+    exit_code = 0
+    try:
+        if elector is not None and not await elector.acquire(stop):
+            return 0
+        state["leader"] = True
+        metrics.LEADER.set(1)
+        exit_code = await _operate(
+            args, fleet=fleet, configuration=configuration, identity=identity, stop=stop, elector=elector
+        )
+    finally:
+        state["leader"] = False
+        metrics.LEADER.set(0)
+        await fleet.stop()
+        await scaler.aclose()
+        if elector is not None:
+            await elector.release()
+        await api.close()
+        await endpoints.stop()
+    return exit_code
+
+
+async def _operate(
+    args: argparse.Namespace,
+    *,
+    fleet: Fleet,
+    configuration: k8s.Configuration,
+    identity: str,
+    stop: asyncio.Event,
+    elector: LeaderElector | None,
+) -> int:
+    """Run Kopf until a signal, a stop request, or the loss of the Lease."""
+    kopf_stop = asyncio.Event()
+    lost: list[LeadershipLost] = []
+
+    # Created before Kopf starts, so Kopf's shutdown leaves these tasks to us.
+    async def hold_lease() -> None:
+        if elector is None:
+            return
+        try:
+            await elector.hold()
+        except LeadershipLost as error:
+            log.error("%s", error)
+            lost.append(error)
+            kopf_stop.set()
+
+    async def forward_stop() -> None:
+        await stop.wait()
+        kopf_stop.set()
+
+    background = [asyncio.create_task(hold_lease()), asyncio.create_task(forward_stop())]
+    try:
+        await kopf.operator(
+            registry=handlers.build_registry(fleet, configuration),
+            settings=handlers.operator_settings(identity=identity, clusterwide=not args.namespace),
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            standalone=True,
+            stop_flag=kopf_stop,
+        )
+    finally:
+        for task in background:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*background, return_exceptions=True)
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""One asyncio task per ``Falachefe``: reconcile, autoscale, report.
+
+Why not Kopf's change handlers, daemons or timers: daemons and timers make
+Kopf put a finalizer on every resource (so it can stop them before the
+object goes), and a finalizer blocks ``kubectl delete`` for as long as the
+operator is down. Nothing here needs cleanup outside the cluster (owner
+references let the garbage collector delete the owned objects), so there is
+no finalizer, and the per-resource loop is ours: Kopf's watch events only
+update what the loop knows and wake it up.
+
+The loop is level-based. Each pass starts from the resource's latest spec
+and what the watches last showed of its objects, and:
+
+1. re-applies every owned object when the spec's generation is new, when an
+   owned object drifted (someone changed a field the operator owns, or
+   deleted the object), on a retry after a problem, or every resync period;
+2. runs the autoscaler for each pool whose polling interval is up;
+3. works out the whole status and writes it if it changed.
+
+This task is the only writer of the resource's status, so conditions are
+never lost to two writers replacing each other's list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
+
+import aiohttp
+import kopf
+from pydantic import ValidationError
+
+from falachefe_runtime.config import WorkerKind
+
+from . import apply, autoscaling, metrics, naming
+from .builders import OWNED_KINDS, ObjectRef, Resource, desired_keys
+from .conditions import rfc3339
+from .kubeapi import ApiError, KubeApi
+from .resource import API_VERSION, GROUP, KIND, status_path
+from .scaling.engine import PoolTarget, StepOutcome
+from .spec import FalachefeSpec
+from .status import Observation, PoolObservation, Problem, ScalingReport, summarize
+
+log = logging.getLogger("falachefe.operator")
+
+#: Retry delays after a pass found a problem (a missing secret, a refused object).
+RETRY_SECONDS = (2.0, 4.0, 8.0, 15.0, 30.0)
+#: While a pool's queue cannot be read, the Secret with the Redis URL is read
+#: again this often: the fix may be a corrected URL.
+SECRETS_RECHECK_SECONDS = 10.0
+
+
+class Scaler(Protocol):
+    """The autoscaler engine as the controller uses it (``scaling.engine.Autoscaler``)."""
+
+    async def step(self, target: PoolTarget) -> StepOutcome: ...
+
+    def forget(self, target: PoolTarget) -> None: ...
+
+
+@dataclass(frozen=True)
+class Owned:
+    """What the watches last showed of one owned object."""
+
+    ref: ObjectRef
+    fingerprint: str
+    resource_version: str
+    pool: WorkerKind | None
+    #: For Deployments: generation, replicas and status, enough for readiness.
+    deployment: Mapping[str, Any] | None = None
+
+    def older_than(self, other: Owned) -> bool:
+        """Whether this is an earlier state of the object than ``other``.
+
+        resourceVersions are opaque by contract but etcd revisions in
+        practice; a watch can deliver a state older than the one an apply
+        just returned, and that must not count as drift.
+        """
+        try:
+            return int(self.resource_version) < int(other.resource_version)
+        except ValueError:
+            return False
+
+
+def _slim_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": (body.get("metadata") or {}).get("generation", 0)},
+        "spec": {"replicas": (body.get("spec") or {}).get("replicas", 1)},
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def _owned(body: Mapping[str, Any]) -> Owned:
+    metadata = body["metadata"]
+    api_version, kind = body["apiVersion"], body["kind"]
+    plural = next(p for v, k, p in OWNED_KINDS if k == kind)
+    return Owned(
+        ref=ObjectRef(api_version, kind, plural, metadata["namespace"], metadata["name"]),
+        fingerprint=apply.fingerprint(body),
+        resource_version=str(metadata.get("resourceVersion", "")),
+        pool=naming.pool_of(metadata.get("labels")),
+        deployment=_slim_deployment(body) if kind == "Deployment" else None,
+    )
+
+
+class Controller:
+    """Reconciles one ``Falachefe``: its objects, its pools' sizes, its status."""
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        api: KubeApi,
+        scaler: Scaler | None,
+        resync_seconds: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.name = name
+        self._api = api
+        self._scaler = scaler
+        self._resync = resync_seconds
+        self._clock = clock or asyncio.get_running_loop().time
+        self._body: dict[str, Any] | None = None
+        self._owned: dict[tuple[str, str], Owned] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything learned about the resource's objects (it is a new resource)."""
+        self._uid: str | None = None
+        self._applied_generation: int | None = None
+        #: Each object as the last apply left it, and the keys it applied.
+        self._applied: dict[tuple[str, str], Owned] = {}
+        self._desired: set[tuple[str, str]] | None = None
+        self._applying = False
+        self._drifted: set[str] = set()
+        self._next_apply = 0.0
+        self._next_secrets = float("inf")
+        self._failures = 0
+        self._secret_problems: list[Problem] = []
+        self._apply_problems: list[Problem] = []
+        self._announced: tuple[str, ...] = ()
+        self._redis_url: str | None = None
+        self._scaling: dict[WorkerKind, ScalingReport] = {}
+        self._targets: dict[WorkerKind, PoolTarget] = {}
+        self._next_poll: dict[WorkerKind, float] = {}
+        self._written_status: dict[str, Any] | None = None
+
+    # -- fed by the watches ---------------------------------------------------------
+
+    @property
+    def forgettable(self) -> bool:
+        """Nothing left to look after: the resource and its objects are gone."""
+        return self._body is None and not self._owned
+
+    def observe(self, body: dict[str, Any]) -> None:
+        """The resource as the API server has it now."""
+        uid = body["metadata"].get("uid")
+        if self._uid is not None and uid != self._uid:
+            self._reset()
+        self._uid = uid
+        self._body = body
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"falachefe {self.namespace}/{self.name}")
+
+    def observe_owned(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """An owned object changed: note drift, or just what the status needs."""
+        seen = _owned(body)
+        key = seen.ref.key
+        if event_type == "DELETED":
+            self._owned.pop(key, None)
+            if key in self._applied:
+                self._drift(seen.ref.kind)
+            return
+        previous = self._owned.get(key)
+        self._owned[key] = seen
+        if self._desired is not None and key not in self._desired:
+            # Owned but not desired: a removed pool's object, seen after the last apply.
+            self._drift(seen.ref.kind)
+        elif not self._applying and self._changed_by_others(seen):
+            self._drift(seen.ref.kind)
+        elif previous is None or previous.deployment != seen.deployment:
+            self._wake.set()
+
+    def _changed_by_others(self, seen: Owned) -> bool:
+        applied = self._applied.get(seen.ref.key)
+        return applied is not None and seen.fingerprint != applied.fingerprint and not seen.older_than(applied)
+
+    def _drift(self, kind: str) -> None:
+        self._drifted.add(kind)
+        self._wake.set()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._scaler is not None:
+            for target in self._targets.values():
+                self._scaler.forget(target)
+
+    def gone(self) -> None:
+        """The resource was deleted: stop acting on it (the garbage collector takes its objects)."""
+        self._body = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._scaler is not None:
+            for target in self._targets.values():
+                self._scaler.forget(target)
+        self._targets.clear()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            delay = self._next_due() - self._clock()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=None if delay == float("inf") else delay)
+            self._wake.clear()
+            try:
+                await self._pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciling %s/%s failed", self.namespace, self.name)
+                metrics.RECONCILES.labels("error").inc()
+                self._retry_later()
+
+    def _next_due(self) -> float:
+        if self._wake.is_set():
+            return self._clock()
+        body = self._body
+        if body is None or (body.get("spec") or {}).get("paused"):
+            return float("inf")
+        return min([self._next_apply, self._next_secrets, *self._next_poll.values()])
+
+    def _retry_later(self) -> None:
+        delay = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]
+        self._failures += 1
+        self._next_apply = self._clock() + delay
+
+    async def _pass(self) -> None:
+        body = self._body
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        generation = int(body["metadata"].get("generation", 1))
+        try:
+            spec = FalachefeSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            problem = Problem("InvalidSpec", describe_validation_error(error))
+            self._next_apply = float("inf")  # until the spec changes
+            self._announce([problem], body)
+            await self._write_status(body, Observation(generation, problems=[problem]))
+            return
+        if spec.paused:
+            await self._write_status(body, self._observation(spec, generation, paused=True))
+            return
+        now = self._clock()
+        if generation != self._applied_generation or self._drifted or now >= self._next_apply:
+            await self._reconcile(body, spec, generation)
+        elif now >= self._next_secrets:
+            await self._read_secrets(body, spec)
+        await self._autoscale(body, spec)
+        await self._write_status(body, self._observation(spec, generation))
+
+    async def _reconcile(self, body: dict[str, Any], spec: FalachefeSpec, generation: int) -> None:
+        drifted, self._drifted = self._drifted, set()
+        resource = Resource(self.name, self.namespace, str(body["metadata"]["uid"]), spec)
+        self._desired = set(desired_keys(resource))
+        # Events that arrive while applying are this apply's own echoes (or older).
+        self._applying = True
+        try:
+            with metrics.RECONCILE_SECONDS.time():
+                secrets, result = await asyncio.gather(
+                    apply.check_secrets(self._api, self.namespace, spec),
+                    apply.converge(self._api, resource, [owned.ref for owned in self._owned.values()]),
+                )
+        finally:
+            self._applying = False
+        self._take_secrets(secrets)
+        self._applied = {key: _owned(stored) for key, stored in result.applied.items()}
+        for key, applied in self._applied.items():
+            latest = self._owned.get(key)
+            if latest is None or latest.older_than(applied):
+                self._owned[key] = applied
+            elif self._changed_by_others(latest):
+                self._drift(latest.ref.kind)
+        for ref in result.pruned:
+            self._owned.pop(ref.key, None)
+        self._apply_problems = result.problems
+        self._announce(self._problems, body)
+        if self._problems:
+            # Ours to retry (a refused object), or not ours to fix but liable to
+            # be fixed at any time (a missing secret): look again soon.
+            metrics.RECONCILES.labels("problem").inc()
+            self._retry_later()
+        else:
+            self._failures = 0
+            metrics.RECONCILES.labels("ok").inc()
+            self._next_apply = self._clock() + self._resync * random.uniform(0.9, 1.1)
+        if not result.problems:
+            # After an operator restart every resource is applied again; only
+            # a new generation or a created object is news worth an Event.
+            recorded = (body.get("status") or {}).get("observedGeneration")
+            if generation != self._applied_generation and (generation != recorded or result.created):
+                self._event(body, "Normal", "Reconciled", _reconciled_message(generation, result))
+            elif drifted:
+                for kind in sorted(drifted):
+                    metrics.DRIFT_CORRECTIONS.labels(kind).inc()
+                self._event(
+                    body,
+                    "Normal",
+                    "DriftCorrected",
+                    f"re-applied after a change by someone else to owned {', '.join(sorted(drifted))} objects",
+                )
+            self._applied_generation = generation
+        for ref in result.pruned:
+            self._event(body, "Normal", "Deleted", f"{ref.kind} {ref.name}: its pool was removed from the spec")
+
+    @property
+    def _problems(self) -> list[Problem]:
+        return self._secret_problems + self._apply_problems
+
+    async def _read_secrets(self, body: dict[str, Any], spec: FalachefeSpec) -> None:
+        self._take_secrets(await apply.check_secrets(self._api, self.namespace, spec))
+        self._announce(self._problems, body)
+
+    def _take_secrets(self, secrets: apply.SecretsCheck) -> None:
+        self._redis_url = secrets.redis_url
+        self._secret_problems = secrets.problems
+        self._next_secrets = float("inf")
+
+    async def _autoscale(self, body: dict[str, Any], spec: FalachefeSpec) -> None:
+        pools = {kind: pool for kind, pool in spec.pools.items() if pool.autoscaling.enabled}
+        for kind in set(self._scaling) - set(pools):
+            self._scaling.pop(kind, None)
+            self._next_poll.pop(kind, None)
+            target = self._targets.pop(kind, None)
+            if target is not None and self._scaler is not None:
+                self._scaler.forget(target)
+        if self._scaler is None:
+            return
+        now = self._clock()
+        due = [(kind, pool) for kind, pool in pools.items() if now >= self._next_poll.get(kind, 0.0)]
+        if not due:
+            return
+        if self._redis_url is None:
+            for kind, pool in due:
+                self._scaling[kind] = ScalingReport(
+                    None, None, None, False, "queue depth unknown: the Redis URL Secret cannot be read (see Degraded)"
+                )
+                self._next_poll[kind] = now + pool.autoscaling.polling_interval_seconds
+            return
+        targets = {
+            kind: autoscaling.pool_target(
+                namespace=self.namespace, name=self.name, spec=spec, kind=kind, pool=pool, redis_url=self._redis_url
+            )
+            for kind, pool in due
+        }
+        outcomes = await asyncio.gather(*(self._scaler.step(target) for target in targets.values()))
+        stamp = rfc3339(datetime.now(UTC))
+        for (kind, pool), outcome in zip(due, outcomes, strict=True):
+            self._targets[kind] = targets[kind]
+            self._scaling[kind] = autoscaling.report(outcome, self._scaling.get(kind), stamp)
+            self._next_poll[kind] = self._clock() + pool.autoscaling.polling_interval_seconds
+            if outcome.queue is None:
+                self._next_secrets = min(self._next_secrets, self._clock() + SECRETS_RECHECK_SECONDS)
+            if outcome.scaled:
+                self._event(body, "Normal", "Scaled", autoscaling.scale_message(kind, outcome))
+
+    def _observation(self, spec: FalachefeSpec, generation: int, *, paused: bool = False) -> Observation:
+        deployments = {
+            owned.pool: owned.deployment
+            for owned in self._owned.values()
+            if owned.deployment is not None and owned.pool is not None
+        }
+        return Observation(
+            generation=generation,
+            paused=paused,
+            pools={
+                kind: PoolObservation(
+                    autoscaling=pool.autoscaling.enabled and self._scaler is not None,
+                    deployment=deployments.get(kind),
+                    scaling=self._scaling.get(kind),
+                )
+                for kind, pool in spec.pools.items()
+            },
+            problems=self._problems,
+            applied_generation=self._applied_generation,
+        )
+
+    async def _write_status(self, body: dict[str, Any], observation: Observation) -> None:
+        previous = self._written_status if self._written_status is not None else body.get("status") or {}
+        status = summarize(observation, previous, now=datetime.now(UTC))
+        if status == previous:
+            return
+        manifest = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "status": status,
+        }
+        try:
+            await self._api.apply(status_path(self.namespace, self.name), manifest, manager=naming.FIELD_MANAGER)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("writing the status of %s/%s failed: %s", self.namespace, self.name, error)
+            self._retry_later()
+            return
+        metrics.STATUS_WRITES.inc()
+        self._written_status = status
+
+    def _announce(self, problems: list[Problem], body: dict[str, Any]) -> None:
+        """One Warning Event per new set of problems, not one per retry."""
+        messages = tuple(problem.message for problem in problems)
+        if messages and messages != self._announced:
+            self._event(body, "Warning", problems[0].reason, "; ".join(messages))
+        self._announced = messages
+
+    def _event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        log.info("%s/%s: %s: %s", self.namespace, self.name, reason, message)
+        kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=type_, reason=reason, message=message)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Each problem with the path of the field it is about, as a person would write it."""
+    parts = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in ("spec", *item["loc"]))
+        parts.append(f"{path}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def _reconciled_message(generation: int, result: apply.ApplyResult) -> str:
+    created = ", ".join(f"{ref.kind} {ref.name}" for ref in result.created)
+    return f"applied generation {generation}" + (f"; created {created}" if created else "")
+
+
+class Fleet:
+    """Every ``Falachefe`` the operator serves, each with its ``Controller``.
+
+    The watches feed it: events about a resource, and events about objects
+    whose controller owner reference points at one.
+    """
+
+    def __init__(self, api: KubeApi, scaler: Scaler | None, *, resync_seconds: float = 600.0) -> None:
+        self._api = api
+        self._scaler = scaler
+        self._resync = resync_seconds
+        self._controllers: dict[tuple[str, str], Controller] = {}
+
+    def _controller(self, namespace: str, name: str) -> Controller:
+        key = (namespace, name)
+        controller = self._controllers.get(key)
+        if controller is None:
+            controller = Controller(namespace, name, api=self._api, scaler=self._scaler, resync_seconds=self._resync)
+            self._controllers[key] = controller
+            metrics.RESOURCES.set(len(self._controllers))
+        return controller
+
+    def resource_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        if event_type == "DELETED":
+            controller = self._controllers.get(key)
+            if controller is not None:
+                controller.gone()
+                self._forget_if_done(key)
+            return
+        self._controller(*key).observe(body)
+
+    def owned_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        owner = _controlling_owner(body)
+        if owner is None:
+            return
+        key = (body["metadata"]["namespace"], owner)
+        if event_type == "DELETED" and key not in self._controllers:
+            return
+        self._controller(*key).observe_owned(event_type, body)
+        self._forget_if_done(key)
+
+    def _forget_if_done(self, key: tuple[str, str]) -> None:
+        controller = self._controllers.get(key)
+        if controller is not None and controller.forgettable:
+            del self._controllers[key]
+            metrics.RESOURCES.set(len(self._controllers))
+
+    async def stop(self) -> None:
+        controllers, self._controllers = list(self._controllers.values()), {}
+        await asyncio.gather(*(controller.stop() for controller in controllers))
+
+
+def _controlling_owner(body: Mapping[str, Any]) -> str | None:
+    for reference in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if (
+            reference.get("controller")
+            and reference.get("kind") == KIND
+            and str(reference.get("apiVersion", "")).startswith(f"{GROUP}/")
+        ):
+            return str(reference["name"])
+    return None

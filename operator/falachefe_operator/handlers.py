@@ -1,0 +1,98 @@
+"""Kopf wiring: which watches feed the fleet, and the settings Kopf runs with.
+
+The handlers are one line each: a watch event goes to the ``Fleet``, whose
+per-resource controllers do the work. They are coroutines so that they run
+on the event loop (Kopf runs plain functions in a thread pool). They are ``on.event`` handlers, which
+Kopf keeps no state for: no finalizer, no progress annotation, nothing
+written to the ``Falachefe`` except by its controller (its status).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import kopf
+from kubernetes import client as k8s
+
+from . import naming
+from .builders import OWNED_KINDS
+from .controller import Fleet
+from .resource import GROUP, PLURAL, VERSION
+
+
+def build_registry(fleet: Fleet, configuration: k8s.Configuration) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(configuration)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def falachefe_changed(event: kopf.RawEvent, **_: Any) -> None:
+        fleet.resource_event(_event_type(event), cast(dict[str, Any], event["object"]))
+
+    async def owned_changed(event: kopf.RawEvent, **_: Any) -> None:
+        fleet.owned_event(_event_type(event), cast(dict[str, Any], event["object"]))
+
+    for api_version, _, plural in OWNED_KINDS:
+        group, _, version = api_version.rpartition("/")
+        kopf.on.event(group=group, version=version, plural=plural, registry=registry, id=f"owned-{plural}")(
+            owned_changed
+        )
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_controllers(**_: Any) -> None:
+        await fleet.stop()
+
+    return registry
+
+
+def _event_type(event: kopf.RawEvent) -> str | None:
+    # Kopf reports the initial listing with type None; it means "exists".
+    return cast(str | None, event.get("type"))
+
+
+def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
+    """Kopf's credentials, from the same loaded configuration the operator's own client uses."""
+    header = str(configuration.auth_settings().get("BearerToken", {}).get("value") or "")
+    scheme, _, token = header.partition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+def operator_settings(*, identity: str, clusterwide: bool, watch_timeout: int = 300) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # A watch that silently stops delivering is Kopf's best-known failure in
+    # production: bound each stream on both sides and reconnect.
+    settings.watching.server_timeout = watch_timeout
+    settings.watching.client_timeout = watch_timeout + 30
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    # Only the objects this operator manages, filtered by the API server.
+    for api_version, _, plural in OWNED_KINDS:
+        group, _, version = api_version.rpartition("/")
+        settings.watching.label_selectors[(group, version, plural)] = naming.MANAGED_SELECTOR
+    # Kopf keeps no state here (on.event handlers only); if it ever did, it
+    # would go to annotations, never to the status this operator owns.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # Leader election is ours (a Lease), not Kopf's priority-based peering.
+    settings.peering.standalone = True
+    # Cluster-wide, Kopf watches CRDs, so the operator also serves a CRD
+    # installed after it started. Confined to listed namespaces it would
+    # also list namespaces, which a namespaced install does not grant: there
+    # the CRD must exist first (the chart installs it before the operator).
+    settings.scanning.disabled = not clusterwide
+    settings.posting.reporting_component = naming.FIELD_MANAGER
+    settings.posting.reporting_instance = identity
+    settings.posting.level = logging.INFO
+    return settings

@@ -1,0 +1,39 @@
+"""The operator's own Prometheus series (the autoscaler's live in ``scaling.metrics``).
+
+Served on ``--metrics-port`` at ``/metrics`` from the default registry, next
+to the autoscaler's per-pool series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter(
+    "falachefe_operator_reconciles",
+    "Passes that applied a resource's objects, by outcome (ok, problem, error).",
+    ("outcome",),
+)
+RECONCILE_SECONDS = Histogram(
+    "falachefe_operator_reconcile_seconds",
+    "Time to check secrets, apply every owned object and prune removed pools.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+DRIFT_CORRECTIONS = Counter(
+    "falachefe_operator_drift_corrections",
+    "Re-applies caused by someone else changing or deleting an owned object.",
+    ("kind",),
+)
+STATUS_WRITES = Counter("falachefe_operator_status_writes", "Status subresource writes (only on change).")
+RESOURCES = Gauge("falachefe_operator_resources", "Falachefe resources this operator serves.")
+API_REQUESTS = Counter(
+    "falachefe_operator_api_requests",
+    "Kubernetes API requests made by the reconciler, by method and HTTP status.",
+    ("method", "code"),
+)
+API_SECONDS = Histogram(
+    "falachefe_operator_api_request_seconds",
+    "Kubernetes API request latency seen by the reconciler.",
+    ("method",),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+LEADER = Gauge("falachefe_operator_leader", "1 while this replica holds the leader Lease (or runs standalone).")

@@ -1,0 +1,228 @@
+"""The pure manifest builders: spec in, the owned objects out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from falachefe_operator import builders, naming
+from falachefe_operator.builders import Resource, desired_objects
+from falachefe_operator.spec import FalachefeSpec
+from falachefe_runtime.config import CONFIG_FILE_ENV, RuntimeConfig
+
+UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+
+
+def resource(**spec: Any) -> Resource:
+    base: dict[str, Any] = {
+        "image": "falachefe:1.2",
+        "database": {"secretRef": {"name": "db"}, "replicaSecretRef": {"name": "db-ro", "key": "replica"}},
+        "redis": {"secretRef": {"name": "redis"}},
+        "llm": {"model": "gpt-x", "baseURL": "http://llm:8000/v1", "apiKeySecretRef": {"name": "llm"}},
+        "auth": {"otpSecretRef": {"name": "otp"}},
+        "pools": {"auth": {"minReplicas": 2}, "crew": {"minReplicas": 0, "terminationGracePeriodSeconds": 90}},
+    }
+    base.update(spec)
+    return Resource("shop", "team-a", UID, FalachefeSpec.model_validate(base))
+
+
+def by_key(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in objects}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(only)
+
+
+def env(deployment: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(deployment)["env"]}
+
+
+def test_one_configmap_one_service_and_a_deployment_and_pdb_per_pool() -> None:
+    objects = by_key(desired_objects(resource()))
+    assert set(objects) == {
+        "ConfigMap/shop-config",
+        "Service/shop-metrics",
+        "Deployment/shop-auth",
+        "PodDisruptionBudget/shop-auth",
+        "Deployment/shop-crew",
+        "PodDisruptionBudget/shop-crew",
+    }
+    assert set(objects) == {f"{kind}/{name}" for kind, name in builders.desired_keys(resource())}
+    for obj in objects.values():
+        assert obj["metadata"]["namespace"] == "team-a"
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner == {
+            "apiVersion": "falachefe.io/v1alpha1",
+            "kind": "Falachefe",
+            "name": "shop",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "falachefe-operator"
+        assert labels["app.kubernetes.io/instance"] == "shop"
+        assert labels["app.kubernetes.io/part-of"] == "falachefe"
+
+
+def test_deployments_never_set_replicas_so_the_autoscaler_keeps_them() -> None:
+    for obj in desired_objects(resource()):
+        if obj["kind"] == "Deployment":
+            assert "replicas" not in obj["spec"]
+
+
+def test_worker_pod_contract() -> None:
+    auth = by_key(desired_objects(resource()))["Deployment/shop-auth"]
+    worker = container(auth)
+    assert worker["command"] == ["falachefe-runtime", "worker", "--pool", "auth"]
+    assert worker["image"] == "falachefe:1.2"
+    assert {p["name"]: p["containerPort"] for p in worker["ports"]} == {"health": 8080, "metrics": 9102}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    variables = env(auth)
+    assert variables[CONFIG_FILE_ENV] == "/etc/falachefe/config.yaml"
+    secrets = {name: value["secretKeyRef"] for name, value in variables.items() if isinstance(value, dict)}
+    assert secrets == {
+        "FALACHEFE_DATABASE__DSN": {"name": "db", "key": "dsn"},
+        "FALACHEFE_DATABASE__REPLICA_DSN": {"name": "db-ro", "key": "replica"},
+        "FALACHEFE_REDIS__URL": {"name": "redis", "key": "url"},
+        "FALACHEFE_LLM__API_KEY": {"name": "llm", "key": "apiKey"},
+        "FALACHEFE_AUTH__OTP_SECRET": {"name": "otp", "key": "otpSecret"},
+    }
+    assert variables["FALACHEFE_WORKER__KIND"] == "auth"
+    assert variables["FALACHEFE_WORKER__QUEUE"] == "whatsapp-processing"
+    assert variables["FALACHEFE_WORKER__CONCURRENCY"] == "5"
+
+
+def test_pods_are_locked_down() -> None:
+    for obj in desired_objects(resource()):
+        if obj["kind"] != "Deployment":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        assert pod["automountServiceAccountToken"] is False
+        security = container(obj)["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        mounts = {m["mountPath"]: m["name"] for m in container(obj)["volumeMounts"]}
+        assert mounts["/tmp"] == "tmp"
+        assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+
+
+def test_termination_grace_outlasts_the_runtime_shutdown_grace() -> None:
+    crew = by_key(desired_objects(resource()))["Deployment/shop-crew"]
+    assert crew["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
+    assert env(crew)["FALACHEFE_WORKER__SHUTDOWN_GRACE_S"] == "85"
+
+
+def test_configmap_holds_the_runtime_config_without_secrets_and_the_runtime_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_map = by_key(desired_objects(resource(logLevel="DEBUG")))["ConfigMap/shop-config"]
+    text = config_map["data"]["config.yaml"]
+    config = yaml.safe_load(text)
+    assert "dsn" not in config["database"] and "replica_dsn" not in config["database"]
+    assert "url" not in config["redis"]
+    assert "api_key" not in config["llm"]
+    assert "otp_secret" not in config["auth"]
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    monkeypatch.setenv(CONFIG_FILE_ENV, str(path))
+    loaded = RuntimeConfig()
+    assert loaded.llm.model == "gpt-x"
+    assert loaded.llm.base_url == "http://llm:8000/v1"
+    assert loaded.observability.log_level == "DEBUG"
+    assert loaded.database.primary.max_size == 20
+
+
+def test_operator_environment_never_leaks_into_the_workers_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FALACHEFE_LLM__MODEL", "leaked")
+    monkeypatch.setenv(CONFIG_FILE_ENV, "/nonexistent")
+    text = by_key(desired_objects(resource()))["ConfigMap/shop-config"]["data"]["config.yaml"]
+    assert yaml.safe_load(text)["llm"]["model"] == "gpt-x"
+
+
+def test_config_change_rolls_pods_and_image_change_does_not_touch_the_config() -> None:
+    def hashes(r: Resource) -> set[str]:
+        return {
+            o["spec"]["template"]["metadata"]["annotations"][naming.CONFIG_HASH_ANNOTATION]
+            for o in desired_objects(r)
+            if o["kind"] == "Deployment"
+        }
+
+    base = hashes(resource())
+    assert len(base) == 1
+    assert hashes(resource(image="falachefe:1.3")) == base
+    assert hashes(resource(logLevel="WARNING")) != base
+
+
+def test_same_spec_same_manifests() -> None:
+    assert desired_objects(resource()) == desired_objects(resource())
+
+
+def test_disruption_budget_never_blocks_a_drain_of_a_small_pool() -> None:
+    pdb = by_key(desired_objects(resource()))["PodDisruptionBudget/shop-crew"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["selector"]["matchLabels"] == naming.pool_selector("shop", builders.WorkerKind.CREW)
+
+
+def test_metrics_service_selects_every_pool() -> None:
+    service = by_key(desired_objects(resource()))["Service/shop-metrics"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == naming.instance_selector("shop")
+    assert service["spec"]["ports"][0]["port"] == 9102
+    for obj in desired_objects(resource()):
+        if obj["kind"] == "Deployment":
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert service["spec"]["selector"].items() <= labels.items()
+
+
+def test_scheduling_passes_through_and_spread_defaults_to_the_pool() -> None:
+    spread = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    r = resource(
+        pools={
+            "auth": {
+                "nodeSelector": {"pool": "workers"},
+                "tolerations": [
+                    {"key": "dedicated", "operator": "Equal", "value": "falachefe", "effect": "NoSchedule"}
+                ],
+                "affinity": affinity,
+                "topologySpreadConstraints": [spread],
+                "podAnnotations": {"example.com/team": "chat"},
+                "env": [{"name": "TZ", "value": "UTC"}],
+            }
+        },
+        llm=None,
+    )
+    pod = by_key(desired_objects(r))["Deployment/shop-auth"]["spec"]["template"]
+    assert pod["spec"]["nodeSelector"] == {"pool": "workers"}
+    assert pod["spec"]["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "falachefe", "effect": "NoSchedule"}
+    ]
+    assert pod["spec"]["affinity"] == affinity
+    (constraint,) = pod["spec"]["topologySpreadConstraints"]
+    assert constraint == {
+        **spread,
+        "labelSelector": {"matchLabels": naming.pool_selector("shop", builders.WorkerKind.AUTH)},
+    }
+    assert pod["metadata"]["annotations"]["example.com/team"] == "chat"
+    assert env(by_key(desired_objects(r))["Deployment/shop-auth"])["TZ"] == "UTC"
+
+
+def test_secret_refs_name_the_spec_field() -> None:
+    fields = [field for field, _ in builders.secret_refs(resource().spec)]
+    assert fields == [
+        "spec.database.secretRef",
+        "spec.database.replicaSecretRef",
+        "spec.redis.secretRef",
+        "spec.llm.apiKeySecretRef",
+        "spec.auth.otpSecretRef",
+    ]
