@@ -113,6 +113,20 @@ async def test_l1_keeps_an_entry_no_longer_than_its_kind_ttl(redis_url: str) -> 
         await async_wait_for(reloaded, timeout=20, interval=0.2, what="reload after the 1 s kind TTL")
 
 
+async def test_l1_holds_at_most_its_configured_number_of_entries(redis_url: str) -> None:
+    kind = CacheKind.CREW_RESPONSE.value
+    async with new_cache(redis_url, l1_max_entries=10) as cache:
+        loader = Loader("reply")
+        for number in range(50):
+            await cache.get_or_load(CacheKind.CREW_RESPONSE, f"message-{number}", loader)
+        l1_hits, l2_hits = (sample("falachefe_cache_hits_total", layer=layer, kind=kind) for layer in ("l1", "l2"))
+        await cache.get_or_load(CacheKind.CREW_RESPONSE, "message-49", loader)  # recent: still in L1
+        await cache.get_or_load(CacheKind.CREW_RESPONSE, "message-0", loader)  # evicted: back from Redis
+        assert sample("falachefe_cache_hits_total", layer="l1", kind=kind) == l1_hits + 1
+        assert sample("falachefe_cache_hits_total", layer="l2", kind=kind) == l2_hits + 1
+        assert loader.calls == 50
+
+
 async def test_a_hundred_concurrent_misses_run_the_loader_once(cache: Cache) -> None:
     loader = Loader({"crew": "support"}, delay_s=0.2)
     results = await asyncio.gather(

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from falachefe_devstack.postgres import PostgresServer
+from falachefe_devstack.process import free_port
 from falachefe_devstack.waiting import async_wait_for
 from falachefe_runtime.config import DatabaseSettings, PoolSettings
 from falachefe_runtime.db import Database, migrate
@@ -272,6 +273,19 @@ async def test_json_columns_are_python_values(db: Database) -> None:
     await db.execute("CREATE TABLE settings (value jsonb)")
     await db.execute("INSERT INTO settings VALUES ($1)", {"greeting": "olá", "limits": [1, 2]})
     assert await db.fetchval("SELECT value FROM settings") == {"greeting": "olá", "limits": [1, 2]}
+
+
+async def test_start_retries_an_unreachable_server_then_fails_without_leaking_the_password() -> None:
+    password = "never-print-me"
+    unreachable = f"postgresql://falachefe:{password}@127.0.0.1:{free_port()}/falachefe"
+    retries = sample("falachefe_db_retries_total", pool="primary", phase="connect")
+    db = Database(DatabaseSettings(dsn=unreachable, retry_attempts=2, connect_timeout_s=1))
+    with pytest.raises(OSError) as failure:
+        await db.start()
+    assert password not in str(failure.value)
+    assert password not in repr(db.settings)
+    assert sample("falachefe_db_retries_total", pool="primary", phase="connect") == retries + 1
+    assert not await db.ping()
 
 
 def test_a_database_needs_a_dsn() -> None:
