@@ -62,7 +62,12 @@ def test_default_render(helm: Helm) -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert container["image"] == f"falachefe:{chart['appVersion']}"
     assert container["command"] == ["falachefe-operator"]
-    assert container["args"] == ["--all-namespaces", "--liveness-port=8080", "--metrics-port=9090"]
+    assert container["args"] == [
+        "--all-namespaces",
+        "--liveness-port=8080",
+        "--metrics-port=9090",
+        "--leader-election-id=rel-falachefe-operator",
+    ]
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8080, "metrics": 9090}
@@ -115,12 +120,10 @@ def test_namespaced_mode_grants_the_rules_only_in_the_watched_namespaces(helm: H
     granted = _granted_rules(manifests, "rel-falachefe-operator")
     assert set(granted) == {"cluster", "team-a", "team-b", "ops"}
     rules = chart_rules()
-    cluster_scoped = [r for r in rules if "customresourcedefinitions" in r["resources"]]
+    cluster_scoped = [r for r in rules if {"customresourcedefinitions", "namespaces"} & set(r["resources"])]
     election = [r for r in rules if "coordination.k8s.io" in r["apiGroups"]]
-    namespaced = [
-        r for r in rules if r not in cluster_scoped and r not in election and "namespaces" not in r["resources"]
-    ]
-    # Cluster-wide, only reading CRDs: no namespaced object anywhere, and no namespace list.
+    namespaced = [r for r in rules if r not in cluster_scoped and r not in election]
+    # Cluster-wide, only what is cluster-scoped (reading CRDs): no namespaced object anywhere.
     assert _canonical(granted["cluster"]) == _canonical(cluster_scoped)
     assert _canonical(granted["team-a"]) == _canonical(granted["team-b"]) == _canonical(namespaced)
     assert _canonical(granted["ops"]) == _canonical(election)
@@ -155,7 +158,9 @@ def test_single_replica_without_leader_election_runs_standalone(helm: Helm) -> N
     manifests = helm.template(NON_DEFAULT_VALUES["single-standalone"])
     deployment = one(manifests, "Deployment")
     assert deployment["spec"]["replicas"] == 1
-    assert "--standalone" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--standalone" in args
+    assert not [arg for arg in args if arg.startswith("--leader-election")]
     assert not any(m["metadata"]["name"].endswith("-leader-election") for m in manifests)
 
 

@@ -71,7 +71,7 @@ The rules of files/rbac-rules.yaml, sorted by where the chart grants them
 - leaderElection: rules on coordination.k8s.io (the Lease), granted only in
   the release namespace, where the Lease lives;
 - cluster: rules on cluster-scoped resources (CRDs, namespaces), which only
-  a ClusterRole can grant; `namespaces` is needed only to watch them all;
+  a ClusterRole can grant;
 - watched: everything else, granted cluster-wide or in each watched
   namespace.
 
@@ -100,9 +100,7 @@ A rule must not mix the three kinds; the chart refuses one that does.
 {{- if ne $scoped (len $resources) }}
 {{- fail (printf "files/rbac-rules.yaml: a rule must not mix cluster-scoped and namespaced resources: %v" $resources) }}
 {{- end }}
-{{- if or $.Values.watch.allNamespaces (not (has "namespaces" $resources)) }}
 {{- $cluster = append $cluster $rule }}
-{{- end }}
 {{- else }}
 {{- $watched = append $watched $rule }}
 {{- end }}

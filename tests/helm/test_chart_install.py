@@ -1,0 +1,199 @@
+"""`helm install`, `upgrade` and `uninstall` against the local control plane, and what the chart's identity may do."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helmchart import CHART, Helm, Manifest, kubectl, service_account_kubeconfig
+from kubernetes import client as k8s
+
+from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.waiting import wait_for
+
+RELEASE = "fc"
+SERVICE_ACCOUNT = "fc-falachefe-operator"
+
+
+def live_objects(kube: ControlPlane, manifests: list[Manifest], path: Path) -> dict[str, dict[str, Any]]:
+    """The release's objects as the API server has them, by "Kind/namespace/name"."""
+    path.write_text(yaml.safe_dump_all(manifests))
+    listed = json.loads(kubectl(kube.kubeconfig, "get", "-f", str(path), "-o", "json").stdout)
+    items = listed["items"] if listed.get("kind") == "List" else [listed]
+    return {f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o for o in items}
+
+
+def absent(kube: ControlPlane, kind: str, name: str, namespace: str | None = None) -> bool:
+    args = ["get", kind, name, "--ignore-not-found", "-o", "name"]
+    if namespace:
+        args += ["--namespace", namespace]
+    return kubectl(kube.kubeconfig, *args).stdout.strip() == ""
+
+
+def can_i(kubeconfig: Path, verb: str, resource: str, namespace: str | None = None) -> bool:
+    """`kubectl auth can-i` as that identity; "deployments.apps/scale" asks about the subresource."""
+    resource, _, subresource = resource.partition("/")
+    args = ["auth", "can-i", verb, resource]
+    args += [f"--subresource={subresource}"] if subresource else []
+    args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    result = kubectl(kubeconfig, *args, check=False)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), result.stderr
+    return answer == "yes"
+
+
+@pytest.fixture
+def release(cluster_helm: Helm, namespace: str) -> Iterator[str]:
+    """The release's name; whatever the test leaves installed is uninstalled (ClusterRoles outlive namespaces)."""
+    yield RELEASE
+    cluster_helm.run("uninstall", RELEASE, "--namespace", namespace, "--ignore-not-found")
+
+
+@pytest.fixture
+def other_namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
+    """A second namespace, for what the operator may (or may not) do outside its own."""
+    name = f"elsewhere-{uuid.uuid4().hex[:6]}"
+    core = k8s.CoreV1Api(kube_api)
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.mark.slow
+def test_install_upgrade_and_uninstall(
+    cluster_helm: Helm,
+    kube: ControlPlane,
+    namespace: str,
+    other_namespace: str,
+    release: str,
+    tmp_path: Path,
+) -> None:
+    cluster_helm.install(release, namespace)
+    installed = cluster_helm.manifest(release, namespace)
+    live = live_objects(kube, installed, tmp_path / "installed.yaml")
+    assert set(live) == {f"{m['kind']}/{m['metadata'].get('namespace', '')}/{m['metadata']['name']}" for m in installed}
+    deployment = live[f"Deployment/{namespace}/{SERVICE_ACCOUNT}"]
+    assert deployment["spec"]["replicas"] == 2
+    cluster_role_bindings = [key for key in live if key.startswith("ClusterRoleBinding/")]
+    assert len(cluster_role_bindings) == 2
+
+    # The same values again: Helm finds nothing to change, so nothing changes.
+    cluster_helm.upgrade(release, namespace)
+    again = live_objects(kube, installed, tmp_path / "again.yaml")
+    assert {k: o["metadata"]["resourceVersion"] for k, o in again.items()} == {
+        k: o["metadata"]["resourceVersion"] for k, o in live.items()
+    }
+
+    # Changed values: watch two namespaces only, three replicas, a PDB, an extra flag.
+    changed = {
+        "replicaCount": 3,
+        "watch": {"allNamespaces": False, "namespaces": [namespace, other_namespace]},
+        "podDisruptionBudget": {"enabled": True},
+        "extraArgs": ["--verbose"],
+        "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"cpu": "2", "memory": "600Mi"}},
+    }
+    cluster_helm.upgrade(release, namespace, changed)
+    upgraded = live_objects(kube, cluster_helm.manifest(release, namespace), tmp_path / "upgraded.yaml")
+    deployment = upgraded[f"Deployment/{namespace}/{SERVICE_ACCOUNT}"]
+    assert deployment["spec"]["replicas"] == 3
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == [f"--namespace={namespace}", f"--namespace={other_namespace}"]
+    assert container["args"][-1] == "--verbose"
+    assert container["resources"]["limits"]["memory"] == "600Mi"
+    assert f"PodDisruptionBudget/{namespace}/{SERVICE_ACCOUNT}" in upgraded
+    assert f"Role/{other_namespace}/{SERVICE_ACCOUNT}" in upgraded
+    # The cluster-wide grant of namespaced objects is gone; only reading CRDs stays cluster-wide.
+    assert [key for key in upgraded if key.startswith("ClusterRoleBinding/")] == [
+        key for key in cluster_role_bindings if key.endswith("-cluster")
+    ]
+    for key in cluster_role_bindings:
+        if not key.endswith("-cluster"):
+            assert absent(kube, "clusterrolebinding", key.rsplit("/", 1)[1])
+
+    cluster_helm.uninstall(release, namespace)
+    for key in upgraded:
+        kind, object_namespace, name = key.split("/")
+        wait_for(
+            lambda kind=kind, name=name, ns=object_namespace: absent(kube, kind, name, ns or None),
+            timeout=60,
+            what=f"{key} deleted",
+        )
+    # Helm never deletes CRDs it installed from crds/.
+    for crd in (CHART / "crds").glob("*.yaml"):
+        for doc in yaml.safe_load_all(crd.read_text()):
+            assert not absent(kube, "customresourcedefinition", doc["metadata"]["name"])
+
+
+@pytest.mark.slow
+def test_the_operator_identity_may_do_its_job_and_nothing_more(
+    cluster_helm: Helm,
+    kube: ControlPlane,
+    namespace: str,
+    other_namespace: str,
+    release: str,
+    tmp_path: Path,
+) -> None:
+    cluster_helm.install(release, namespace)
+    operator = service_account_kubeconfig(kube, SERVICE_ACCOUNT, namespace, tmp_path / "operator.kubeconfig")
+
+    # Its job, in any namespace: watch Falachefes, write their status, own worker objects.
+    assert can_i(operator, "watch", "falachefes.falachefe.io")
+    assert can_i(operator, "patch", "falachefes.falachefe.io/status", other_namespace)
+    for resource in ("deployments.apps", "configmaps", "services", "poddisruptionbudgets.policy"):
+        assert can_i(operator, "create", resource, other_namespace), resource
+        assert can_i(operator, "patch", resource, other_namespace), resource
+    assert can_i(operator, "patch", "deployments.apps/scale", other_namespace)
+    assert can_i(operator, "create", "events", other_namespace)
+    assert can_i(operator, "list", "customresourcedefinitions.apiextensions.k8s.io")
+    # The Lease only where it lives.
+    assert can_i(operator, "update", "leases.coordination.k8s.io", namespace)
+    assert not can_i(operator, "update", "leases.coordination.k8s.io", other_namespace)
+
+    # Nothing more.
+    assert not can_i(operator, "delete", "falachefes.falachefe.io", other_namespace)
+    assert not can_i(operator, "list", "secrets")
+    assert not can_i(operator, "list", "secrets", "kube-system")
+    assert not can_i(operator, "list", "namespaces")
+    assert not can_i(operator, "delete", "namespaces")
+    assert not can_i(operator, "create", "pods")
+    assert not can_i(operator, "create", "pods/exec", other_namespace)
+    assert not can_i(operator, "create", "clusterroles.rbac.authorization.k8s.io")
+    assert not can_i(operator, "create", "rolebindings.rbac.authorization.k8s.io", namespace)
+    assert not can_i(operator, "impersonate", "serviceaccounts", namespace)
+    assert not can_i(operator, "get", "nodes")
+
+    # And the API server says so on real calls, with the real token.
+    denied = kubectl(operator, "get", "secrets", "--namespace", "kube-system", check=False)
+    assert denied.returncode != 0
+    assert f'User "system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}" cannot list resource "secrets"' in denied.stderr
+    denied = kubectl(operator, "delete", "namespace", other_namespace, check=False)
+    assert denied.returncode != 0
+    assert 'cannot delete resource "namespaces"' in denied.stderr
+    allowed = kubectl(operator, "get", "deployments", "--namespace", other_namespace, check=False)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+@pytest.mark.slow
+def test_namespaced_mode_confines_the_operator_to_its_namespaces(
+    cluster_helm: Helm,
+    kube: ControlPlane,
+    namespace: str,
+    other_namespace: str,
+    release: str,
+    tmp_path: Path,
+) -> None:
+    cluster_helm.install(release, namespace, {"watch": {"allNamespaces": False, "namespaces": [namespace]}})
+    operator = service_account_kubeconfig(kube, SERVICE_ACCOUNT, namespace, tmp_path / "operator.kubeconfig")
+    assert can_i(operator, "patch", "deployments.apps", namespace)
+    assert can_i(operator, "watch", "falachefes.falachefe.io", namespace)
+    assert not can_i(operator, "list", "deployments.apps", other_namespace)
+    assert not can_i(operator, "watch", "falachefes.falachefe.io", other_namespace)
+    assert not can_i(operator, "watch", "falachefes.falachefe.io")
+    assert not can_i(operator, "delete", "namespaces")
+    denied = kubectl(operator, "get", "configmaps", "--namespace", other_namespace, check=False)
+    assert 'cannot list resource "configmaps"' in denied.stderr

@@ -1,0 +1,118 @@
+"""The falachefe chart: one Falachefe from values, its schema generated from the CRD, idempotent under Helm."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helmchart import CHART, KUBE_VERSION, REPO, Helm, HelmError, kubectl
+
+from falachefe_devstack.kube import ControlPlane
+
+WORKLOAD_CHART = REPO / "helm" / "falachefe"
+
+
+def render(helm: Helm, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = helm.run(
+        "template", "shop", str(WORKLOAD_CHART), "-n", "apps", "--kube-version", KUBE_VERSION, *helm.values_args(values)
+    )
+    (resource,) = [doc for doc in yaml.safe_load_all(out) if doc]
+    return dict(resource)
+
+
+def test_values_schema_is_generated_from_the_crd() -> None:
+    result = subprocess.run(
+        [sys.executable, str(WORKLOAD_CHART / "values_schema.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_lint_and_render(helm: Helm) -> None:
+    assert "0 chart(s) failed" in helm.run("lint", str(WORKLOAD_CHART), "--strict", "--kube-version", KUBE_VERSION)
+    resource = render(helm)
+    defaults = yaml.safe_load((WORKLOAD_CHART / "values.yaml").read_text())
+    assert resource["apiVersion"] == "falachefe.io/v1alpha1"
+    assert resource["kind"] == "Falachefe"
+    assert resource["metadata"]["name"] == "shop"
+    assert resource["metadata"]["namespace"] == "apps"
+    assert resource["spec"] == defaults["spec"]
+    named = render(helm, {"name": "checkout", "labels": {"team": "payments"}, "annotations": {"owner": "ana"}})
+    assert named["metadata"]["name"] == "checkout"
+    assert named["metadata"]["labels"]["team"] == "payments"
+    assert named["metadata"]["annotations"] == {"owner": "ana"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"spec": {"pools": {"auth": {"minReplica": 2}}}}, "at '/spec/pools/auth': additional properties 'minReplica'"),
+        ({"spec": {"pools": {"autth": {}}}}, "at '/spec/pools': additional properties 'autth' not allowed"),
+        ({"spec": {"pools": {"auth": {"concurrency": -1}}}}, "at '/spec/pools/auth/concurrency': minimum"),
+        ({"spec": {"imagePullPolicy": "Sometimes"}}, "at '/spec/imagePullPolicy'"),
+        ({"spec": {"databse": {}}}, "additional properties 'databse' not allowed"),
+    ],
+    ids=["typo in a pool", "unknown pool", "negative concurrency", "bad enum", "typo at the top"],
+)
+def test_a_typo_in_the_spec_is_refused_before_it_reaches_the_cluster(
+    helm: Helm, values: dict[str, Any], message: str
+) -> None:
+    """The API server would prune an unknown field silently; the chart's schema refuses it instead."""
+    with pytest.raises(HelmError) as refused:
+        render(helm, values)
+    assert message in str(refused.value)
+
+
+@pytest.fixture
+def falachefe_crd(kube: ControlPlane) -> None:
+    """The CRD as the operator chart installs it (Helm does not install CRDs of another chart)."""
+    kubectl(kube.kubeconfig, "apply", "--server-side", "-f", str(CHART / "crds"))
+    kubectl(kube.kubeconfig, "wait", "--for=condition=Established", "crd/falachefes.falachefe.io", "--timeout=60s")
+
+
+@pytest.fixture
+def workload_helm(cluster_helm: Helm, namespace: str) -> Iterator[Helm]:
+    yield cluster_helm
+    cluster_helm.run("uninstall", "shop", "--namespace", namespace, "--ignore-not-found")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("falachefe_crd")
+def test_helm_upgrade_with_the_same_values_changes_nothing(
+    workload_helm: Helm, kube: ControlPlane, namespace: str
+) -> None:
+    workload_helm.run("install", "shop", str(WORKLOAD_CHART), "--namespace", namespace)
+
+    def current() -> dict[str, Any]:
+        out = kubectl(kube.kubeconfig, "get", "falachefe", "shop", "-n", namespace, "-o", "json").stdout
+        return dict(json.loads(out)["metadata"])
+
+    before = current()
+    workload_helm.run("upgrade", "shop", str(WORKLOAD_CHART), "--namespace", namespace)
+    after = current()
+    assert (after["generation"], after["resourceVersion"]) == (before["generation"], before["resourceVersion"])
+    # A real change of the spec is a new generation.
+    workload_helm.run(
+        "upgrade", "shop", str(WORKLOAD_CHART), "--namespace", namespace, "--set", "spec.image=falachefe:0.1.1"
+    )
+    assert current()["generation"] == before["generation"] + 1
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("falachefe_crd")
+def test_what_only_cel_can_say_is_refused_by_the_api_server(
+    workload_helm: Helm, namespace: str, tmp_path: Path
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"spec": {"pools": {"auth": {"minReplicas": 5, "maxReplicas": 2}}}}))
+    with pytest.raises(HelmError) as refused:
+        workload_helm.run("install", "shop", str(WORKLOAD_CHART), "--namespace", namespace, "--values", str(values))
+    assert "minReplicas must not exceed maxReplicas" in str(refused.value)

@@ -1,0 +1,263 @@
+"""The operator installed by the chart, run as the chart's identity, behaves under a GitOps pipeline.
+
+Pods cannot run here (no kubelet), so the operator runs as a local process
+with exactly the command and arguments of the chart's Deployment, a real
+token of the chart's ServiceAccount (TokenRequest) and nothing else: every
+request it makes is authorised by the chart's RBAC alone.
+
+A pipeline (Argo CD, Flux, `kubectl apply` in CI) re-applies the same
+manifests over and over. Applying them again must change nothing, and
+re-applying the Falachefe with a new image must not reset the replicas the
+autoscaler chose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helmchart import Helm, kubectl, one, service_account_kubeconfig
+from kubernetes import client as k8s
+
+from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.process import ManagedProcess, free_port
+from falachefe_devstack.waiting import wait_for
+
+RELEASE = "fc"
+SERVICE_ACCOUNT = "fc-falachefe-operator"
+POD_NAME = "fc-falachefe-operator-7d9c5-x2x4q"
+OWNED_KINDS = ("deployments", "configmaps", "services", "poddisruptionbudgets")
+VENV_BIN = Path(sys.executable).parent
+
+
+def sample(namespace: str, image: str = "falachefe:0.1.0", **annotations: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "falachefe.io/v1alpha1",
+        "kind": "Falachefe",
+        "metadata": {"name": "shop", "namespace": namespace, "annotations": annotations},
+        "spec": {
+            "image": image,
+            "database": {"secretRef": {"name": "shop-db"}},
+            "redis": {"secretRef": {"name": "shop-redis"}},
+            # Nothing reads queue depth or CPU here: the replicas are whatever
+            # the (simulated) autoscaler set, within min..max.
+            "pools": {"auth": {"minReplicas": 1, "maxReplicas": 5, "autoscaling": {"enabled": False}}},
+        },
+    }
+
+
+@dataclass
+class Pipeline:
+    """`kubectl apply` as a CI job would run it, with the admin's credentials."""
+
+    kube: ControlPlane
+    workdir: Path
+
+    def apply(self, manifest: dict[str, Any]) -> str:
+        path = self.workdir / "falachefe.yaml"
+        path.write_text(yaml.safe_dump(manifest))
+        return kubectl(self.kube.kubeconfig, "apply", "-f", str(path)).stdout.strip()
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def shop_namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
+    """A team's namespace with the Secrets its Falachefe names."""
+    name = f"shop-{os.urandom(3).hex()}"
+    core = k8s.CoreV1Api(kube_api)
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    for secret, key, value in (
+        ("shop-db", "dsn", "postgresql://shop@db/shop"),
+        ("shop-redis", "url", "redis://redis:6379/0"),
+    ):
+        core.create_namespaced_secret(
+            name, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret), string_data={key: value})
+        )
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def workloads_namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
+    """Where the platform team's Falachefe lives: not the operator's namespace."""
+    yield from shop_namespace(kube_api)
+
+
+@pytest.fixture
+def other_workloads_namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
+    yield from shop_namespace(kube_api)
+
+
+@dataclass
+class RunningOperator:
+    process: ManagedProcess
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def start_operator(
+    cluster_helm: Helm, kube: ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[Callable[[dict[str, Any]], RunningOperator]]:
+    """Install the chart, then run its operator container's command locally as the chart's ServiceAccount."""
+    started: list[ManagedProcess] = []
+
+    def start(values: dict[str, Any]) -> RunningOperator:
+        health, metrics = free_port(), free_port()
+        cluster_helm.install(RELEASE, namespace, {**values, "ports": {"health": health, "metrics": metrics}})
+        deployment = one(cluster_helm.manifest(RELEASE, namespace), "Deployment")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        argv = [str(VENV_BIN / container["command"][0]), *container["command"][1:], *container["args"]]
+        kubeconfig = service_account_kubeconfig(kube, SERVICE_ACCOUNT, namespace, tmp_path / "sa.kubeconfig")
+        env = {"KUBECONFIG": str(kubeconfig)}
+        # The downward-API variables of the chart's pod, resolved as the kubelet would.
+        fields = {"metadata.name": POD_NAME, "metadata.namespace": namespace}
+        for variable in container["env"]:
+            env[variable["name"]] = variable.get("value") or fields[variable["valueFrom"]["fieldRef"]["fieldPath"]]
+        log = tmp_path / "operator.log"
+        process = ManagedProcess("falachefe-operator", argv, log, env=env).start()
+        started.append(process)
+        process.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/healthz"), 90, "GET /healthz answers 200")
+        return RunningOperator(process, log)
+
+    yield start
+    for process in started:
+        process.stop()
+    cluster_helm.run("uninstall", RELEASE, "--namespace", namespace, "--ignore-not-found")
+
+
+def owned_objects(kube: ControlPlane, namespace: str, owner_uid: str) -> dict[str, dict[str, Any]]:
+    listed = json.loads(kubectl(kube.kubeconfig, "get", ",".join(OWNED_KINDS), "-n", namespace, "-o", "json").stdout)
+    return {
+        f"{o['kind']}/{o['metadata']['name']}": o
+        for o in listed["items"]
+        if any(ref["uid"] == owner_uid and ref.get("controller") for ref in o["metadata"].get("ownerReferences", []))
+    }
+
+
+def versions(objects: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """What changes when someone writes an object: its generation where it has one (controllers
+    write the status of Deployments and PDBs, which does not count), else its resourceVersion."""
+    return {key: str(o["metadata"].get("generation") or o["metadata"]["resourceVersion"]) for key, o in objects.items()}
+
+
+def get_falachefe(kube: ControlPlane, namespace: str) -> dict[str, Any]:
+    return dict(json.loads(kubectl(kube.kubeconfig, "get", "falachefe", "shop", "-n", namespace, "-o", "json").stdout))
+
+
+def reconciled(kube: ControlPlane, namespace: str) -> dict[str, Any] | None:
+    """The resource once the operator has seen its current generation."""
+    resource = get_falachefe(kube, namespace)
+    status = resource.get("status") or {}
+    return resource if status.get("observedGeneration") == resource["metadata"]["generation"] else None
+
+
+@pytest.mark.slow
+def test_operator_as_the_chart_identity_reconciles_and_never_fights_the_pipeline(
+    start_operator: Callable[[dict[str, Any]], RunningOperator],
+    kube: ControlPlane,
+    namespace: str,
+    workloads_namespace: str,
+    tmp_path: Path,
+) -> None:
+    operator = start_operator({"replicaCount": 1})
+    pipeline = Pipeline(kube, tmp_path)
+    assert pipeline.apply(sample(workloads_namespace)).endswith("created")
+    resource = wait_for(lambda: reconciled(kube, workloads_namespace), timeout=90, what="status.observedGeneration")
+    uid = resource["metadata"]["uid"]
+    expected = {
+        "Deployment/shop-auth",
+        "ConfigMap/shop-config",
+        "Service/shop-metrics",
+        "PodDisruptionBudget/shop-auth",
+    }
+    owned = wait_for(
+        lambda: (found := owned_objects(kube, workloads_namespace, uid)) and expected <= set(found) and found,
+        timeout=60,
+        what="the owned objects",
+    )
+    assert {c["type"] for c in resource["status"]["conditions"]} >= {"Ready", "Progressing", "Degraded"}
+
+    # The same manifest again: nothing to apply, the generation stays, the operator rewrites nothing.
+    assert pipeline.apply(sample(workloads_namespace)).endswith("unchanged")
+    # A pipeline's bookkeeping (a tracking annotation) is metadata, not spec: same generation,
+    # and the operator's reconcile of it applies the same objects, so they do not change.
+    tracked = sample(workloads_namespace, **{"argocd.argoproj.io/tracking-id": "shop:falachefe.io/Falachefe:shop"})
+    assert pipeline.apply(tracked).endswith("configured")
+    after = get_falachefe(kube, workloads_namespace)
+    assert after["metadata"]["generation"] == resource["metadata"]["generation"]
+
+    # The autoscaler scales the pool through the scale subresource...
+    kubectl(kube.kubeconfig, "scale", "deployment/shop-auth", "--replicas=3", "-n", workloads_namespace)
+    # ...and the pipeline then rolls out a new image with the same manifest otherwise.
+    assert pipeline.apply(
+        sample(workloads_namespace, image="falachefe:0.1.1", **tracked["metadata"]["annotations"])
+    ).endswith("configured")
+    wait_for(lambda: reconciled(kube, workloads_namespace), timeout=60, what="the new generation reconciled")
+
+    def rolled_out() -> dict[str, Any] | None:
+        deployment = owned_objects(kube, workloads_namespace, uid)["Deployment/shop-auth"]
+        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        return deployment if image == "falachefe:0.1.1" else None
+
+    deployment = wait_for(rolled_out, timeout=60, what="the new image in the Deployment")
+    assert deployment["spec"]["replicas"] == 3, "re-applying the Falachefe reset the autoscaler's replicas"
+
+    # Only the Deployment's pod template changed: the ConfigMap, Service and PDB were never rewritten.
+    now = versions(owned_objects(kube, workloads_namespace, uid))
+    unchanged = {key: version for key, version in versions(owned).items() if key != "Deployment/shop-auth"}
+    assert {key: now[key] for key in unchanged} == unchanged
+
+    # It led through the chart's Lease, in the release namespace...
+    lease = json.loads(kubectl(kube.kubeconfig, "get", "lease", SERVICE_ACCOUNT, "-n", namespace, "-o", "json").stdout)
+    assert lease["spec"]["holderIdentity"]
+    # ...and everything above ran with the chart's RBAC alone: the API server refused the operator nothing.
+    assert_never_refused(operator)
+
+
+def assert_never_refused(operator: RunningOperator) -> None:
+    log = operator.log_text()
+    assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_namespaced_install_reconciles_its_namespaces_and_ignores_the_rest(
+    start_operator: Callable[[dict[str, Any]], RunningOperator],
+    kube: ControlPlane,
+    workloads_namespace: str,
+    other_workloads_namespace: str,
+    tmp_path: Path,
+) -> None:
+    operator = start_operator(
+        {"replicaCount": 1, "watch": {"allNamespaces": False, "namespaces": [workloads_namespace]}}
+    )
+    pipeline = Pipeline(kube, tmp_path)
+    pipeline.apply(sample(other_workloads_namespace))
+    pipeline.apply(sample(workloads_namespace))
+    resource = wait_for(lambda: reconciled(kube, workloads_namespace), timeout=90, what="status.observedGeneration")
+    wait_for(
+        lambda: "Deployment/shop-auth" in owned_objects(kube, workloads_namespace, resource["metadata"]["uid"]),
+        timeout=60,
+        what="the watched namespace's Deployment",
+    )
+    # The other namespace's resource was never touched: the operator may not even see it.
+    ignored = get_falachefe(kube, other_workloads_namespace)
+    assert "status" not in ignored
+    assert owned_objects(kube, other_workloads_namespace, ignored["metadata"]["uid"]) == {}
+    assert_never_refused(operator)
