@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,16 +22,6 @@ def render(helm: Helm, values: dict[str, Any] | None = None) -> dict[str, Any]:
     )
     (resource,) = [doc for doc in yaml.safe_load_all(out) if doc]
     return dict(resource)
-
-
-def test_values_schema_is_generated_from_the_crd() -> None:
-    result = subprocess.run(
-        [sys.executable, str(WORKLOAD_CHART / "values_schema.py"), "--check"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def test_lint_and_render(helm: Helm) -> None:

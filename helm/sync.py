@@ -1,11 +1,17 @@
-"""Generate the falachefe chart's values.schema.json from the Falachefe CRD.
+"""Keep the charts in step with crds/, the one source of truth for the Falachefe API.
 
-    python helm/falachefe/values_schema.py --write   # after the CRD changes
-    python helm/falachefe/values_schema.py --check   # what the tests run
+    python helm/sync.py --write   # after crds/ changes (e.g. `python -m falachefe_operator.crd --write`)
+    python helm/sync.py --check   # what the tests run: fails, naming the file, if a chart is behind
 
-The CRD's structural schema is the one source of truth for a spec; this
-turns its ``spec`` into JSON Schema draft-07 for Helm. Two differences
-matter:
+It does two things:
+
+1. copies every CustomResourceDefinition file of crds/ (not the samples)
+   into the falachefe-operator chart's crds/, byte for byte, since Helm
+   installs CRDs only from a chart's own crds/ directory;
+2. generates the falachefe chart's values.schema.json from the CRD's spec.
+
+The CRD's structural schema becomes JSON Schema draft-07 for Helm. Two
+differences matter:
 
 - the API server *prunes* unknown fields of a custom resource (a typo
   silently does nothing), so every object with declared properties gets
@@ -27,10 +33,13 @@ from typing import Any
 
 import yaml
 
-CHART = Path(__file__).resolve().parent
-#: The operator chart's copy of crds/ (a test keeps the two byte-identical).
-CRD = CHART.parent / "falachefe-operator" / "crds" / "falachefe.io_falachefes.yaml"
-SCHEMA = CHART / "values.schema.json"
+HELM = Path(__file__).resolve().parent
+REPO = HELM.parent
+CRDS = REPO / "crds"
+OPERATOR_CRDS = HELM / "falachefe-operator" / "crds"
+SCHEMA = HELM / "falachefe" / "values.schema.json"
+FALACHEFE_CRD = "falachefe.io_falachefes.yaml"
+
 
 #: OpenAPI keywords JSON Schema validators understand the same way.
 _KEPT = {
@@ -82,7 +91,7 @@ def values_schema(crd: dict[str, Any]) -> dict[str, Any]:
     string_map = {"type": "object", "additionalProperties": {"type": "string"}}
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
-        "title": "falachefe chart values (generated from the Falachefe CRD by values_schema.py)",
+        "title": "falachefe chart values (generated from the Falachefe CRD by helm/sync.py)",
         "type": "object",
         "additionalProperties": False,
         "required": ["spec"],
@@ -101,24 +110,59 @@ def values_schema(crd: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render() -> str:
-    return json.dumps(values_schema(yaml.safe_load(CRD.read_text())), indent=2) + "\n"
+def crd_files() -> dict[str, bytes]:
+    """crds/'s CustomResourceDefinition files, by name."""
+    files = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        if documents and all(doc.get("kind") == "CustomResourceDefinition" for doc in documents):
+            files[path.name] = path.read_bytes()
+    return files
+
+
+def expected_files() -> dict[Path, bytes]:
+    files = {OPERATOR_CRDS / name: data for name, data in crd_files().items()}
+    crd = yaml.safe_load(files[OPERATOR_CRDS / FALACHEFE_CRD])
+    files[SCHEMA] = (json.dumps(values_schema(crd), indent=2) + "\n").encode()
+    return files
+
+
+def out_of_date() -> list[str]:
+    """What differs from what crds/ says, as "path: why" lines."""
+    problems = []
+    expected = expected_files()
+    for path, data in expected.items():
+        if not path.is_file() or path.read_bytes() != data:
+            problems.append(f"{path.relative_to(REPO)}: differs from what crds/ says")
+    for path in OPERATOR_CRDS.iterdir():
+        if path not in expected:
+            problems.append(f"{path.relative_to(REPO)}: not a CRD of crds/")
+    return problems
+
+
+def write() -> None:
+    OPERATOR_CRDS.mkdir(exist_ok=True)
+    expected = expected_files()
+    for path in OPERATOR_CRDS.iterdir():
+        if path not in expected:
+            path.unlink()
+    for path, data in expected.items():
+        path.write_bytes(data)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write", action="store_true", help=f"write {SCHEMA.name}")
-    action.add_argument("--check", action="store_true", help=f"fail if {SCHEMA.name} is out of date")
+    action.add_argument("--write", action="store_true", help="bring the charts up to date")
+    action.add_argument("--check", action="store_true", help="fail if a chart is out of date")
     args = parser.parse_args(argv)
-    schema = render()
     if args.write:
-        SCHEMA.write_text(schema)
+        write()
         return 0
-    if SCHEMA.read_text() != schema:
-        sys.stderr.write(f"{SCHEMA} is out of date: run python helm/falachefe/values_schema.py --write\n")
-        return 1
-    return 0
+    problems = out_of_date()
+    for problem in problems:
+        sys.stderr.write(f"{problem}; run: python helm/sync.py --write\n")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
