@@ -210,6 +210,10 @@ async def test_next_call_succeeds_after_the_pooled_connections_are_terminated(pg
         assert await terminate_backends(pg_dsn, APP) >= 3
         assert await db.fetchval("SELECT 2") == 2
         assert await db.execute("CREATE TABLE after_restart (id int)") == "CREATE TABLE"
+        assert await terminate_backends(pg_dsn, APP) >= 1
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO after_restart VALUES (1)")
+        assert await db.fetchval("SELECT count(*) FROM after_restart") == 1
 
 
 async def test_a_read_whose_connection_drops_mid_statement_is_retried(pg_dsn: str) -> None:

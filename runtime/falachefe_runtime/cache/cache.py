@@ -398,13 +398,19 @@ class Cache:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._receive(message["data"])
-            except REDIS_FAILURES as error:
+            except Exception as error:
+                # Whatever went wrong, L1 must not outlive the subscription.
                 if self._listening:
                     L1_RESETS.inc()
                 self._listening = False
                 self._subscribed.clear()
                 self._reset_local()
-                self._health.failed("subscribe", error)
+                if isinstance(error, REDIS_FAILURES):
+                    self._health.failed("subscribe", error)
+                else:
+                    log.exception(
+                        "cache invalidation listener failed; resubscribing", extra={"event": "cache_listener"}
+                    )
             finally:
                 with contextlib.suppress(*REDIS_FAILURES):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

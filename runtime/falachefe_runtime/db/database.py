@@ -412,29 +412,52 @@ class Database:
     ) -> AsyncIterator[Transaction]:
         """A transaction on the primary: committed when the block exits normally, else rolled back.
 
-        Acquiring its connection is retried; the block itself is not (see
+        Getting a connection and ``BEGIN`` are retried on a dropped
+        connection (nothing has run yet); the block itself is not (see
         :class:`Transaction`).
         """
         pool = self._primary
-        attempts = self.settings.retry_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                connection = await pool.acquire()
-                break
-            except Exception as error:
-                if not retry.is_connect_failure(error) or attempt == attempts:
-                    raise
-                RETRIES.labels(pool.role, "acquire").inc()
-                await asyncio.sleep(retry.backoff_s(attempt))
+        connection, transaction = await self._begin(isolation=isolation, readonly=readonly, deferrable=deferrable)
         try:
-            async with connection.transaction(isolation=isolation, readonly=readonly, deferrable=deferrable):
+            try:
                 yield Transaction(connection, pool.monitor)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            await transaction.commit()
         except Exception as error:
             if retry.is_connection_lost(error) and pool.pool is not None:
                 await pool.pool.expire_connections()
             raise
         finally:
             await pool.release(connection)
+
+    async def _begin(self, *, isolation: Isolation, readonly: bool, deferrable: bool) -> tuple[Any, Any]:
+        pool = self._primary
+        attempts = self.settings.retry_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                connection = await pool.acquire()
+            except Exception as error:
+                if not retry.is_connect_failure(error) or attempt == attempts:
+                    raise
+                RETRIES.labels(pool.role, "acquire").inc()
+                await asyncio.sleep(retry.backoff_s(attempt))
+                continue
+            transaction = connection.transaction(isolation=isolation, readonly=readonly, deferrable=deferrable)
+            try:
+                await transaction.start()
+            except Exception as error:
+                await pool.release(connection)
+                if not retry.is_connection_lost(error) or attempt == attempts or pool.pool is None:
+                    raise
+                await pool.pool.expire_connections()
+                RETRIES.labels(pool.role, "begin").inc()
+                await asyncio.sleep(retry.backoff_s(attempt))
+                continue
+            return connection, transaction
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     # -- routing ---------------------------------------------------------------
 
