@@ -224,6 +224,16 @@ def test_operator_as_the_chart_identity_reconciles_and_never_fights_the_pipeline
     unchanged = {key: version for key, version in versions(owned).items() if key != "Deployment/shop-auth"}
     assert {key: now[key] for key in unchanged} == unchanged
 
+    # Of the Falachefe itself the operator wrote the status and nothing else: every field it
+    # manages was written through the status subresource; the spec and metadata are the pipeline's.
+    shown = kubectl(
+        kube.kubeconfig, "get", "falachefe", "shop", "-n", workloads_namespace, "-o", "json", "--show-managed-fields"
+    )
+    managed = json.loads(shown.stdout)["metadata"]["managedFields"]
+    operator_writes = [entry for entry in managed if entry["manager"] != "kubectl-client-side-apply"]
+    assert operator_writes, managed
+    assert {entry.get("subresource") for entry in operator_writes} == {"status"}, operator_writes
+
     # It led through the chart's Lease, in the release namespace...
     lease = json.loads(kubectl(kube.kubeconfig, "get", "lease", SERVICE_ACCOUNT, "-n", namespace, "-o", "json").stdout)
     assert lease["spec"]["holderIdentity"]
