@@ -73,7 +73,10 @@ def test_install_upgrade_and_uninstall(
     release: str,
     tmp_path: Path,
 ) -> None:
-    cluster_helm.install(release, namespace)
+    notes = cluster_helm.install(release, namespace)
+    assert f"installed as {SERVICE_ACCOUNT} in namespace {namespace}" in notes
+    assert "It watches every namespace" in notes
+    assert f"http://{SERVICE_ACCOUNT}-metrics.{namespace}.svc:9090/metrics" in notes
     installed = cluster_helm.manifest(release, namespace)
     live = live_objects(kube, installed, tmp_path / "installed.yaml")
     assert set(live) == {f"{m['kind']}/{m['metadata'].get('namespace', '')}/{m['metadata']['name']}" for m in installed}
