@@ -1,1 +1,0 @@
-"""Fakes that stand in for services that cannot run here, at the network boundary."""
