@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PYTHONPATH := $(CURDIR)/scripts
 
-.PHONY: setup test lint typecheck pytest demo bench lock clean
+.PHONY: setup test lint typecheck pytest demo bench lock charts clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -30,10 +30,16 @@ demo: setup
 bench: setup
 	$(VENV)/python -m bench $(BENCH_ARGS)
 
-# Re-resolve the pinned dependency set after editing pyproject.toml.
-lock:
-	$(HOME)/.cache/falachefe/uv-0.13.8/bin/uv pip compile pyproject.toml --extra dev \
-	  --python-version 3.11 --quiet -o requirements.lock
+# Re-resolve the pinned dependency sets after editing pyproject.toml: the
+# development set (tests, demo) and the image's runtime-only set.
+UV := $(HOME)/.cache/falachefe/uv-0.13.8/bin/uv
+lock: setup
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --quiet -o requirements.lock
+	$(UV) pip compile pyproject.toml --python-version 3.11 --quiet -o requirements-runtime.lock
+
+# Copy crds/ into the chart and regenerate the Falachefe chart's values schema.
+charts:
+	$(VENV)/python helm/sync.py --write
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache tests/node/node_modules

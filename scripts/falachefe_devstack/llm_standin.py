@@ -1,7 +1,7 @@
-"""An OpenAI-compatible chat completions server for CrewAI to talk to in tests.
+"""An OpenAI-compatible chat completions server: the stand-in LLM of the tests and the demo.
 
-No LLM is reachable from the test machines, so the tests run this small HTTP
-server and point ``crewai.LLM(base_url=...)`` at it. It answers
+No LLM is reachable from the test machines, so the tests and the demo run
+this small HTTP server and point ``crewai.LLM(base_url=...)`` at it. It answers
 ``POST /v1/chat/completions`` in the shape the ``openai`` SDK parses, both as
 one JSON body and as a server-sent-event stream when the request asks for
 ``"stream": true``, and it counts and keeps every request so a test can prove
@@ -33,7 +33,7 @@ Responder = Callable[[list[dict[str, Any]]], str]
 
 def echo_responder(messages: list[dict[str, Any]]) -> str:
     """A final answer that quotes the start of the conversation's last user turn."""
-    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     content = last_user.get("content", "")
     if isinstance(content, list):  # content parts
         content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))

@@ -7,6 +7,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +36,13 @@ class PostgresServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
+    #: Where the cluster's files live: ``workdir``, or as root a directory of
+    #: nobody's own (see ``_unprivileged_rundir``).
+    rundir: Path | None = None
 
     @property
     def datadir(self) -> Path:
-        return self.workdir / "data"
+        return (self.rundir or self.workdir) / "data"
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
@@ -46,10 +50,13 @@ class PostgresServer:
     def start(self, timeout: float = 60.0) -> PostgresServer:
         bindir = find_bindir()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pwfile = self.workdir / "pwfile"
+        self.rundir, run_as = _unprivileged_rundir()
+        rundir = self.rundir or self.workdir
+        pwfile = rundir / "pwfile"
         pwfile.write_text(PASSWORD + "\n")
+        if self.rundir is not None:
+            _give_to_nobody(pwfile)
         env = {**os.environ, "LC_ALL": "C.UTF-8"}
-        run_as = _unprivileged_prefix(self.workdir)
         subprocess.run(
             [
                 *run_as,
@@ -80,7 +87,7 @@ class PostgresServer:
             "-h",
             "127.0.0.1",
             "-k",
-            str(self.workdir),
+            str(rundir),
             # A test server: durability off, enough connections for pools of many workers.
             "-c",
             "fsync=off",
@@ -110,22 +117,29 @@ class PostgresServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(timeout=20)
+        if self.rundir is not None:
+            shutil.rmtree(self.rundir, ignore_errors=True)
 
 
-def _unprivileged_prefix(workdir: Path) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run it as ``nobody``."""
+def _unprivileged_rundir() -> tuple[Path | None, list[str]]:
+    """PostgreSQL refuses to run as root: as root, run it as ``nobody``.
+
+    nobody gets a directory of its own directly under the system's temporary
+    directory (world-traversable), rather than permissions widened on the
+    caller's work directory: pytest resets its base directory to 0700 when a
+    second session starts, which would cut a running server off its files.
+    """
     if os.geteuid() != 0:
-        return []
-    nobody = pwd.getpwnam("nobody")
-    for path in [workdir, *workdir.parents]:
-        if path == Path("/"):
-            break
-        # nobody needs to traverse to its data directory.
-        os.chmod(path, os.stat(path).st_mode | 0o011)  # noqa: S103 - search (x) bit only
-    os.chown(workdir, nobody.pw_uid, nobody.pw_gid)
-    for child in workdir.iterdir():
-        os.chown(child, nobody.pw_uid, nobody.pw_gid)
+        return None, []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         raise FileNotFoundError("running as root needs setpriv (util-linux) to drop to 'nobody' for PostgreSQL")
-    return [setpriv, f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+    rundir = Path(tempfile.mkdtemp(prefix="falachefe-pg-"))
+    _give_to_nobody(rundir)
+    nobody = pwd.getpwnam("nobody")
+    return rundir, [setpriv, f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+
+
+def _give_to_nobody(path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    os.chown(path, nobody.pw_uid, nobody.pw_gid)

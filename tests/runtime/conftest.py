@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from worker_harness import config_values
 
-from fakes.openai_server import FakeOpenAI
+from falachefe_devstack.llm_standin import FakeOpenAI
 from falachefe_runtime.config import RuntimeConfig
 from falachefe_runtime.db import migrate
 

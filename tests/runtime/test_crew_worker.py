@@ -1,6 +1,6 @@
 """End to end: inbound message -> auth worker -> crew worker running a real CrewAI crew -> stored reply.
 
-The LLM is the fake OpenAI-compatible server (``tests/fakes``); CrewAI,
+The LLM is the OpenAI-compatible stand-in (``falachefe_devstack.llm_standin``); CrewAI,
 PostgreSQL, Redis and bullmq are real. Both pools run in this process.
 """
 
@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from worker_harness import add_tenant, finished_job, inbound, running_pool
 
-from fakes.openai_server import FakeOpenAI
+from falachefe_devstack.llm_standin import FakeOpenAI
 from falachefe_runtime.auth.service import crew_job_id
 from falachefe_runtime.crew.service import reply_job_id
 from falachefe_runtime.payloads import PROCESS_CREW, PROCESS_MESSAGE

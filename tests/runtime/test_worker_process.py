@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from worker_harness import LLM_KEY, OTP_SECRET, Tenant, WorkerProcess, add_tenant, eventually
 
-from fakes.openai_server import FakeOpenAI
+from falachefe_devstack.llm_standin import FakeOpenAI
 from falachefe_devstack.postgres import PASSWORD
 from falachefe_runtime.payloads import PROCESS_CREW
 from falachefe_runtime.queues import CREW_QUEUE, OUTBOUND_QUEUE, Queues
