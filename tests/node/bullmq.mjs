@@ -6,8 +6,8 @@
 //       as addWhatsAppJob/addCrewAIJob do. Prints {"ids": [...]}.
 //
 //   node bullmq.mjs work < {"redis": URL, "queue": NAME, "concurrency": N, "count": K}
-//       A no-op Node worker (the benchmark's baseline): processes K jobs and
-//       prints {"seconds": ..., "latencies_ms": [...]} (enqueue to completion).
+//       A no-op Node worker (the benchmark's baseline): prints {"ready": true}
+//       once connected, processes K jobs, then prints {"completed": K}.
 //
 // Both read one JSON document on stdin and write one on stdout.
 import { Queue, Worker } from 'bullmq';
@@ -73,26 +73,21 @@ async function add({ redis, prefix = 'bull', jobs }) {
 }
 
 async function work({ redis, prefix = 'bull', queue, concurrency = 1, count }) {
-  const latencies = [];
-  let started = null;
+  let completed = 0;
   let worker;
   const finished = new Promise((resolve, reject) => {
-    worker = new Worker(queue, async (job) => {
-      started ??= Date.now();
-      return job.id;
-    }, { connection: connection(redis), prefix, concurrency });
-    worker.on('completed', (job) => {
-      latencies.push(Date.now() - job.timestamp);
-      if (latencies.length >= count) resolve();
+    worker = new Worker(queue, async (job) => job.id, { connection: connection(redis), prefix, concurrency });
+    worker.on('completed', () => {
+      completed += 1;
+      if (completed >= count) resolve();
     });
     worker.on('error', reject);
   });
   await worker.waitUntilReady();
   process.stdout.write(JSON.stringify({ ready: true }) + '\n');
   await finished;
-  const seconds = (Date.now() - started) / 1000;
   await worker.close();
-  return { seconds, latencies_ms: latencies };
+  return { completed };
 }
 
 const commands = { add, work };

@@ -111,6 +111,28 @@ class AuthStore:
         provider message id was already processed, and then nothing changes.
         """
         assert attempt.provider_message_id is not None
+        if session_ttl_s is None:
+            # The common case (refusals, and sessions still fresh in the
+            # cache): claim and log in one statement, one round trip, atomic.
+            logged = await self._db.fetchval(
+                "WITH claim AS ("
+                " INSERT INTO processed_messages (company_id, provider_message_id, stage) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING RETURNING true)"
+                " INSERT INTO whatsapp_auth_logs"
+                " (company_id, phone_number, user_id, event, success, reason, provider_message_id)"
+                " SELECT $1, $4, $5, $6, $7, $8, $2 FROM claim RETURNING true",
+                attempt.company_id,
+                attempt.provider_message_id,
+                AUTH_STAGE,
+                attempt.phone_number,
+                attempt.user_id,
+                attempt.event.value,
+                attempt.success,
+                attempt.reason,
+                name="auth.claim_and_log",
+                idempotent=False,
+            )
+            return bool(logged), None
         async with self._db.transaction() as tx:
             claimed = await tx.fetchval(
                 "INSERT INTO processed_messages (company_id, provider_message_id, stage) VALUES ($1, $2, $3)"
@@ -122,12 +144,10 @@ class AuthStore:
             )
             if not claimed:
                 return False, None
-            session = None
-            if session_ttl_s is not None:
-                assert attempt.user_id is not None
-                session = await self._open_session(
-                    tx, attempt.user_id, attempt.company_id, attempt.phone_number, session_ttl_s
-                )
+            assert attempt.user_id is not None
+            session = await self._open_session(
+                tx, attempt.user_id, attempt.company_id, attempt.phone_number, session_ttl_s
+            )
             await self._log(tx, attempt)
         return True, session
 

@@ -1,0 +1,365 @@
+"""Auth worker throughput (cached and uncached) against a Node bullmq no-op worker, on the same Redis.
+
+Run from the repository root::
+
+    PYTHONPATH=scripts .venv/bin/python -m bench.worker_throughput [--jobs N] [--concurrency C] [--rounds K]
+
+It starts its own Redis and PostgreSQL (falachefe_devstack), applies the
+schema and registers one company with 100 users. Each variant is a separate
+worker process with the same concurrency, consuming its own queue:
+
+- ``node no-op``: the Node bullmq 6.x worker of ``tests/node`` doing nothing
+  (the baseline: the queue's own cost in the original app's runtime);
+- ``python no-op``: our ``QueueWorker`` (Python bullmq) doing nothing;
+- ``auth cached``: the real auth handler (``process-message``) with the
+  two-layer cache warmed (company, user and session from L1);
+- ``auth uncached``: the same handler with the cache swapped for a
+  pass-through (every lookup is a PostgreSQL query).
+
+The auth variants do the real work of an authorized message: lookups, one
+transaction (claim the message id, log the attempt) and the hand-off to
+``crewai-processing``; the benchmark checks every job says "authorized".
+
+For each variant the queue is paused, filled with N jobs, the worker
+started, and the queue resumed; throughput is N over the time until the
+queue is drained. Latency is each job's ``finishedOn - processedOn``
+(BullMQ's own millisecond timestamps, the same for both languages). Jobs
+are kept after completion (``removeOnComplete: false``) so every one can be
+read back. A warm-up batch of one message per user runs before the measured
+one. Variants take turns for K rounds; the median round is reported, and
+ratios are against the Node no-op worker of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as redis
+from pydantic import BaseModel, ConfigDict
+
+from falachefe_devstack.postgres import PostgresServer
+from falachefe_devstack.redis import RedisServer
+from falachefe_runtime.auth.rate_limit import FixedWindowLimiter
+from falachefe_runtime.auth.service import AuthService
+from falachefe_runtime.auth.store import AuthStore
+from falachefe_runtime.cache import Cache
+from falachefe_runtime.cache.keys import CacheKind, Scope
+from falachefe_runtime.companies import Companies
+from falachefe_runtime.config import AuthSettings, CacheSettings, DatabaseSettings, PoolSettings, RedisSettings
+from falachefe_runtime.db import Database, migrate
+from falachefe_runtime.interfaces import ReadThroughCache
+from falachefe_runtime.payloads import PROCESS_MESSAGE, ProcessMessage
+from falachefe_runtime.queues import CREW_QUEUE, SEED_JOB_OPTIONS, WHATSAPP_QUEUE, Queues
+from falachefe_runtime.worker.routing import JobInfo, JobResult, Route, Routes
+from falachefe_runtime.worker.runner import QueueWorker, WorkerTuning
+
+REPO = Path(__file__).resolve().parents[1]
+NODE_SCRIPT = REPO / "tests" / "node" / "bullmq.mjs"
+USERS = 100
+VARIANTS = ("node no-op", "python no-op", "auth cached", "auth uncached")
+
+
+# -- the Python worker process (``--serve``) -------------------------------------------
+
+
+class AnyPayload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class PassThroughCache:
+    """The cache switched off: every lookup goes to the loader (PostgreSQL)."""
+
+    async def get_or_load(
+        self, kind: CacheKind, key: str, loader: Callable[[], Awaitable[Any]], *, scope: Scope
+    ) -> Any:
+        return await loader()
+
+    async def set(self, kind: CacheKind, key: str, value: Any, *, scope: Scope) -> bool:
+        return False
+
+
+async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency: int) -> None:
+    closers: list[Callable[[], Awaitable[Any]]] = []
+    if variant == "python no-op":
+
+        async def nothing(payload: AnyPayload, info: JobInfo) -> JobResult:
+            return None
+
+        routes: Routes = {PROCESS_MESSAGE: Route(AnyPayload, nothing)}
+    else:
+        db = Database(DatabaseSettings(dsn=dsn, primary=PoolSettings(min_size=concurrency, max_size=concurrency)))
+        await db.start()
+        closers.append(db.close)
+        cache: ReadThroughCache
+        if variant == "auth cached":
+            real_cache = Cache(RedisSettings(url=redis_url), CacheSettings())
+            await real_cache.start()
+            closers.append(real_cache.close)
+            cache = real_cache
+        else:
+            cache = PassThroughCache()
+        client = redis.Redis.from_url(redis_url)
+        closers.append(client.aclose)
+        queues = Queues(redis_url)
+        closers.append(queues.close)
+        auth = AuthService(
+            store=AuthStore(db),
+            companies=Companies(db, cache),
+            cache=cache,
+            queues=queues,
+            limiter=FixedWindowLimiter(client, limit=3, window_s=900),
+            settings=AuthSettings(otp_secret="bench-secret"),
+            rate_limit_prefix="bench:auth",
+        )
+        routes = {PROCESS_MESSAGE: Route(ProcessMessage, auth.handle_message)}
+    worker = QueueWorker(queue, routes, redis_url=redis_url, tuning=WorkerTuning(concurrency=concurrency))
+    await worker.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print(json.dumps({"ready": True}), flush=True)
+    await stop.wait()
+    await worker.stop(grace_s=30)
+    for close in reversed(closers):
+        await close()
+
+
+# -- the driver ------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    variant: str
+    seconds: float
+    jobs: int
+    latencies_ms: list[int]
+    #: CPU time (user + system) the worker process spent on the measured jobs.
+    cpu_seconds: float
+    #: ... and PostgreSQL's server processes.
+    db_cpu_seconds: float
+
+    @property
+    def cpu_ms_per_job(self) -> float:
+        return 1000 * self.cpu_seconds / self.jobs
+
+    @property
+    def db_cpu_ms_per_job(self) -> float:
+        return 1000 * self.db_cpu_seconds / self.jobs
+
+    @property
+    def per_second(self) -> float:
+        return self.jobs / self.seconds
+
+    def percentile_ms(self, fraction: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))])
+
+
+class WorkerProcess:
+    def __init__(self, variant: str, redis_url: str, dsn: str, queue: str, concurrency: int, count: int) -> None:
+        self.variant = variant
+        if variant == "node no-op":
+            request = {"redis": redis_url, "queue": queue, "concurrency": concurrency, "count": count}
+            argv = ["node", str(NODE_SCRIPT), "work"]
+        else:
+            request = None
+            argv = [sys.executable, "-m", "bench.worker_throughput", "--serve", variant, "--redis", redis_url]
+            argv += ["--dsn", dsn, "--queue", queue, "--concurrency", str(concurrency)]
+        self.popen = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=_env()
+        )
+        assert self.popen.stdin is not None and self.popen.stdout is not None
+        if request is not None:
+            self.popen.stdin.write(json.dumps(request))
+        self.popen.stdin.close()
+        ready = self.popen.stdout.readline()
+        if '"ready": true' not in ready.replace('"ready":true', '"ready": true'):
+            raise RuntimeError(f"{variant} worker did not start: {ready!r}")
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.popen.pid)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        self.popen.wait(60)
+
+
+def _stat(pid: int) -> list[str]:
+    # Fields after the command name, which may contain spaces: state is [0], ppid [1], utime [11].
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu_seconds(pid: int, *, with_children: bool = False) -> float:
+    """User plus system CPU time of a process (Linux /proc); with its children, live and reaped."""
+    fields = _stat(pid)
+    ticks = int(fields[11]) + int(fields[12])
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])  # children it has waited for
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    child = _stat(int(entry.name))
+                except OSError:
+                    continue
+                if int(child[1]) == pid:
+                    ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO / 'scripts'}:{os.environ.get('PYTHONPATH', '')}"}
+
+
+def messages(company: uuid.UUID, count: int, tag: str) -> list[dict[str, Any]]:
+    options = {**SEED_JOB_OPTIONS[WHATSAPP_QUEUE], "removeOnComplete": False}
+    return [
+        {
+            "name": PROCESS_MESSAGE,
+            "data": {
+                "messageData": {
+                    "phoneNumber": f"+55119{n % USERS:08d}",
+                    "companyId": str(company),
+                    "text": "Qual o horário de hoje?",
+                    "providerMessageId": f"bench.{tag}.{n}",
+                    "timestamp": int(time.time() * 1000),
+                }
+            },
+            "opts": options,
+        }
+        for n in range(count)
+    ]
+
+
+async def drain(queues: Queues, queue: str, jobs: list[dict[str, Any]]) -> float:
+    """Pause, fill, resume; the seconds until the queue has nothing left to do."""
+    bull = queues.queue(queue)
+    await bull.pause()
+    for start in range(0, len(jobs), 500):
+        await bull.addBulk(jobs[start : start + 500])
+    started = time.perf_counter()
+    await bull.resume()
+    while await queues.backlog(queue) > 0:  # noqa: ASYNC110 - the queue is in Redis, polled at 5 ms
+        await asyncio.sleep(0.005)
+    return time.perf_counter() - started
+
+
+async def measure(
+    variant: str, redis_url: str, pg: PostgresServer, company: uuid.UUID, jobs: int, concurrency: int, index: int
+) -> Round:
+    dsn = pg.dsn("bench")
+    assert pg.process is not None and pg.process.popen is not None
+    postmaster = pg.process.popen.pid
+    queue = f"bench-{index}-{variant.replace(' ', '-')}"
+    queues = Queues(redis_url)
+    worker = WorkerProcess(variant, redis_url, dsn, queue, concurrency, count=USERS + jobs)
+    try:
+        await drain(queues, queue, messages(company, USERS, f"{index}.warm"))
+        await queues.queue(queue).clean(0, 0, "completed")
+        cpu_before = worker.cpu_seconds()
+        db_before = process_cpu_seconds(postmaster, with_children=True)
+        seconds = await drain(queues, queue, messages(company, jobs, f"{index}.run"))
+        cpu_seconds = worker.cpu_seconds() - cpu_before
+        db_cpu_seconds = process_cpu_seconds(postmaster, with_children=True) - db_before
+        done = await queues.queue(queue).getJobs(["completed"], 0, -1, True)
+        failed = await queues.counts(queue)
+        if len(done) != jobs or failed["failed"]:
+            raise RuntimeError(f"{variant}: {len(done)} of {jobs} jobs completed, {failed['failed']} failed")
+        if variant.startswith("auth") and {job.returnvalue["outcome"] for job in done} != {"authorized"}:
+            raise RuntimeError(f"{variant}: not every message was authorized")
+        latencies = [int(job.finishedOn) - int(job.processedOn) for job in done]
+        await queues.queue(queue).obliterate(force=True)
+        await queues.queue(CREW_QUEUE).obliterate(force=True)
+        return Round(variant, seconds, jobs, latencies, cpu_seconds, db_cpu_seconds)
+    finally:
+        worker.stop()
+        await queues.close()
+
+
+async def seed(dsn: str) -> uuid.UUID:
+    connection = await asyncpg.connect(dsn)
+    try:
+        company: uuid.UUID = await connection.fetchval("INSERT INTO companies (name) VALUES ('bench') RETURNING id")
+        await connection.copy_records_to_table(
+            "users",
+            records=[(company, f"+55119{n:08d}", f"user {n}") for n in range(USERS)],
+            columns=["company_id", "phone_number", "name"],
+        )
+        return company
+    finally:
+        await connection.close()
+
+
+async def run(jobs: int, concurrency: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as workdir:
+        pg = PostgresServer(Path(workdir) / "pg").start()
+        cache = RedisServer(Path(workdir) / "redis").start()
+        try:
+            admin = await asyncpg.connect(pg.dsn())
+            await admin.execute("CREATE DATABASE bench")
+            await admin.close()
+            dsn = pg.dsn("bench")
+            await migrate(dsn)
+            company = await seed(dsn)
+            redis_url = cache.url(0)
+            results: dict[str, list[Round]] = {variant: [] for variant in VARIANTS}
+            for index in range(rounds):
+                for variant in VARIANTS:
+                    results[variant].append(await measure(variant, redis_url, pg, company, jobs, concurrency, index))
+        finally:
+            cache.stop()
+            pg.stop()
+    medians = [sorted(rs, key=lambda r: r.per_second)[len(rs) // 2] for rs in results.values()]
+    baseline = medians[0]
+    print(f"{jobs} jobs per variant, concurrency {concurrency}, median of {rounds} rounds (Redis and PostgreSQL local)")
+    print(f"{'worker':<16} {'jobs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x node no-op':>13} {'CPU ms/job':>11}")
+    for result in medians:
+        print(
+            f"{result.variant:<16} {result.per_second:>9.0f} {result.percentile_ms(0.5):>8.0f} "
+            f"{result.percentile_ms(0.99):>8.0f} {result.per_second / baseline.per_second:>12.2f}x "
+            f"{result.cpu_ms_per_job:>11.2f}"
+        )
+    cached, uncached = medians[2], medians[3]
+    print(
+        f"auth cached / auth uncached: {cached.per_second / uncached.per_second:.2f}x jobs/s, "
+        f"p50 {cached.percentile_ms(0.5):.0f} vs {uncached.percentile_ms(0.5):.0f} ms"
+    )
+    spread = {v: [round(r.per_second) for r in rs] for v, rs in results.items()}
+    print("jobs/s per round:", json.dumps(spread))
+    for label, per_job in (("worker", "cpu_ms_per_job"), ("PostgreSQL", "db_cpu_ms_per_job")):
+        cpu = {v: round(statistics.median(getattr(r, per_job) for r in rs), 2) for v, rs in results.items()}
+        print(f"{label} CPU ms per job (median of rounds):", json.dumps(cpu))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2_000)
+    parser.add_argument("--concurrency", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve", choices=VARIANTS[1:], help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    parser.add_argument("--dsn", help=argparse.SUPPRESS)
+    parser.add_argument("--queue", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.serve:
+        asyncio.run(serve(arguments.serve, arguments.redis, arguments.dsn, arguments.queue, arguments.concurrency))
+    else:
+        asyncio.run(run(arguments.jobs, arguments.concurrency, arguments.rounds))
+
+
+if __name__ == "__main__":
+    main()
