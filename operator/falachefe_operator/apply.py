@@ -122,15 +122,17 @@ async def converge(
     api: KubeApi,
     resource: Resource,
     owned: Iterable[ObjectRef],
+    established: Iterable[tuple[str, str]],
 ) -> ApplyResult:
     """Apply every desired object, set the replicas apply leaves alone, delete what is no longer desired.
 
     ``owned`` is what the operator has seen of this resource's objects (from
     its watches); any of them not desired any more (a removed pool's) is
-    deleted.
+    deleted. ``established`` are the Deployments seen running (not still
+    paused from their creation); the others are created as new ones are.
     """
     owned = list(owned)
-    known = {ref.key for ref in owned}
+    known = set(established)
     manifests = builders.desired_objects(resource)
     refs = [builders.ref_of(manifest) for manifest in manifests]
     result = ApplyResult()
@@ -171,13 +173,18 @@ async def _apply_new_deployment(
 
     It is created paused (the Deployment controller makes no ReplicaSet for
     a new paused Deployment), scaled to ``minReplicas`` through the scale
-    subresource, then applied as usual, which unpauses it. "Believed new"
-    comes from the watches; if the Deployment existed after all, it was
-    paused for the length of one request and nothing else changed.
+    subresource, then applied as usual, which unpauses it. The watches may
+    not have shown an existing Deployment yet (just after the operator
+    starts), so one GET decides: an existing one is applied as usual,
+    unless it is an earlier creation interrupted before its first scale,
+    which is finished now.
     """
+    existing = await api.get(ref.path)
+    if existing is not None and not still_unborn(existing):
+        return await api.apply(ref.path, manifest, manager=naming.FIELD_MANAGER)
     paused = {**manifest, "spec": {**manifest["spec"], "paused": True}}
     first = await api.apply(ref.path, paused, manager=naming.FIELD_MANAGER)
-    if first.created:
+    if first.created or still_unborn(first.body):
         kind = naming.pool_of(manifest["metadata"]["labels"])
         pool = dict(resource.spec.pools.items())[kind] if kind is not None else None
         if pool is not None:
@@ -209,6 +216,17 @@ async def _keep_within_bounds(api: KubeApi, resource: Resource, result: ApplyRes
 
 async def _scale(api: KubeApi, ref: ObjectRef, replicas: int) -> None:
     await api.merge_patch(f"{ref.path}/scale", {"spec": {"replicas": replicas}}, manager=naming.FIELD_MANAGER)
+
+
+def still_unborn(deployment: Mapping[str, Any]) -> bool:
+    """Created paused by this operator and never scaled or unpaused since (an interrupted creation).
+
+    Scaling or unpausing a Deployment changes its spec, so its generation
+    is 1 only until either happens.
+    """
+    return (
+        bool((deployment.get("spec") or {}).get("paused")) and (deployment.get("metadata") or {}).get("generation") == 1
+    )
 
 
 def _problem(what: str, error: BaseException) -> Problem:

@@ -149,7 +149,7 @@ async def _operate(
     background = [asyncio.create_task(hold_lease()), asyncio.create_task(forward_stop())]
     try:
         await kopf.operator(
-            registry=handlers.build_registry(fleet, configuration),
+            registry=handlers.build_registry(fleet, configuration, kopf_stop),
             settings=handlers.operator_settings(identity=identity, clusterwide=not args.namespace),
             clusterwide=not args.namespace,
             namespaces=args.namespace,

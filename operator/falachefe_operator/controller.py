@@ -89,9 +89,10 @@ class Owned:
 
 
 def _slim_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
+    spec = body.get("spec") or {}
     return {
         "metadata": {"generation": (body.get("metadata") or {}).get("generation", 0)},
-        "spec": {"replicas": (body.get("spec") or {}).get("replicas", 1)},
+        "spec": {"replicas": spec.get("replicas", 1), "paused": bool(spec.get("paused"))},
         "status": dict(body.get("status") or {}),
     }
 
@@ -285,7 +286,16 @@ class Controller:
             with metrics.RECONCILE_SECONDS.time():
                 secrets, result = await asyncio.gather(
                     apply.check_secrets(self._api, self.namespace, spec),
-                    apply.converge(self._api, resource, [owned.ref for owned in self._owned.values()]),
+                    apply.converge(
+                        self._api,
+                        resource,
+                        [owned.ref for owned in self._owned.values()],
+                        established=[
+                            key
+                            for key, owned in self._owned.items()
+                            if owned.deployment is not None and not apply.still_unborn(owned.deployment)
+                        ],
+                    ),
                 )
         finally:
             self._applying = False

@@ -9,6 +9,7 @@ written to the ``Falachefe`` except by its controller (its status).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, cast
 
@@ -21,7 +22,8 @@ from .controller import Fleet
 from .resource import GROUP, PLURAL, VERSION
 
 
-def build_registry(fleet: Fleet, configuration: k8s.Configuration) -> kopf.OperatorRegistry:
+def build_registry(fleet: Fleet, configuration: k8s.Configuration, stop_flag: asyncio.Event) -> kopf.OperatorRegistry:
+    """The handlers; ``stop_flag`` is the one given to ``kopf.operator`` (set on cleanup, see below)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -43,6 +45,9 @@ def build_registry(fleet: Fleet, configuration: k8s.Configuration) -> kopf.Opera
 
     @kopf.on.cleanup(registry=registry)
     async def stop_controllers(**_: Any) -> None:
+        # On a signal, Kopf stops by itself but still waits on its stop flag,
+        # and would count that wait as a hung task for 5 s: release it.
+        stop_flag.set()
         await fleet.stop()
 
     return registry

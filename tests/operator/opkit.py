@@ -50,7 +50,7 @@ def install_crd(kube: ControlPlane) -> None:
         found = kubectl(kube.kubeconfig, "get", f"crd/{crd.CRD_NAME}", "-o", "json", check=False)
         if found.returncode != 0:
             return False
-        conditions = json.loads(found.stdout).get("status", {}).get("conditions", [])
+        conditions = (json.loads(found.stdout).get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     wait_for(established, timeout=60, what=f"CRD {crd.CRD_NAME} established")
