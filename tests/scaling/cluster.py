@@ -62,7 +62,7 @@ def create_worker_deployment(api: k8s.ApiClient, namespace: str, name: str, pool
 
 
 def scale_of(api: k8s.ApiClient, namespace: str, name: str) -> int:
-    return int(k8s.AppsV1Api(api).read_namespaced_deployment_scale(name, namespace).spec.replicas)
+    return int(k8s.AppsV1Api(api).read_namespaced_deployment_scale(name, namespace).spec.replicas or 0)
 
 
 def pods(api: k8s.ApiClient, namespace: str, pool: str, count: int) -> list[Any]:

@@ -224,17 +224,33 @@ def test_growing_queue_is_met_where_it_will_be() -> None:
     history = History()
     decision: Decision | None = None
     # Arrivals at 20/s, 4 replicas finishing 8/s: the backlog grows 12/s.
-    for second in range(0, 25, 5):
+    for second in range(0, 35, 5):
         backlog = 60 + 12 * second
         counts = queue(backlog - 20, active=20, added=20 * second)
         decision = decide(policy, observe(4, counts), history, now=float(second))
         history = decision.history
     assert decision is not None
     proposals = {p.metric: p.replicas for p in decision.proposals}
-    # Backlog 300 -> 15 now; 300 + 12 * 30 = 660 in 30 s -> 33.
-    assert proposals["queue"] == 15
-    assert proposals["queue-forecast"] == 33
-    assert decision.recommendation == 33
+    # Backlog 420 -> 21 now; 420 + 12 * 30 = 780 in 30 s -> 39.
+    assert proposals["queue"] == 21
+    assert proposals["queue-forecast"] == 39
+    assert decision.recommendation == 39
+
+
+def test_a_trend_is_projected_no_further_than_its_history() -> None:
+    policy = replace(QUEUE_POLICY, min_replicas=0, max_replicas=100, target_queue_depth_per_replica=3)
+    # One job on an idle pool, seen 2 s after an empty poll: 0.5 jobs/s for
+    # 2 s says one job more at most, not 15 in 30 s. One replica wakes.
+    idle = decide(policy, observe(0, queue()), History(), now=0.0)
+    woken = decide(policy, observe(0, queue(1, added=1)), idle.history, now=2.0)
+    assert woken.desired_replicas == 1
+    assert "queue growing 0.5/s: 2 jobs in 2s / 3 per replica -> 1" in woken.reason
+    # A bulk add of 3000 between two polls 2 s apart: at most twice the backlog.
+    bulk = decide(replace(policy, target_queue_depth_per_replica=100), observe(1, queue()), History(), now=0.0)
+    seen = decide(
+        replace(policy, target_queue_depth_per_replica=100), observe(1, queue(3000, added=3000)), bulk.history, 2.0
+    )
+    assert {p.metric: p.replicas for p in seen.proposals}["queue-forecast"] == 60
 
 
 def test_arrivals_keep_a_pool_that_keeps_up() -> None:

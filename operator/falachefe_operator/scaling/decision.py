@@ -20,21 +20,22 @@ Beyond the HPA:
 
 - the queue proposes on its backlog (waiting + prioritized + delayed-due +
   active, as KEDA would with a bullmq-aware scaler), on the backlog it
-  will have ``forecastHorizonSeconds`` from now if it keeps growing at its
-  measured rate, and on its arrival rate times the measured service time
-  (the replicas needed to keep up). The two rate-based proposals size a
-  scale-up that the backlog or the CPU calls for, and hold back a
-  scale-down, but never start a scale-up on their own (see ``_combine``):
-  a growing queue is met before it is deep, a pool that keeps up is not
-  shrunk until it falls behind, and noise inside the tolerance band never
-  moves the pool;
+  will have ``forecastHorizonSeconds`` from now (at most as far ahead as
+  the history behind the trend) if it keeps growing at its measured rate,
+  and on its arrival rate times the measured service time (the replicas
+  needed to keep up). The two rate-based proposals size a scale-up that
+  the backlog or the CPU calls for, and hold back a scale-down, but never
+  start a scale-up on their own (see ``_combine``): a growing queue is met
+  before it is deep, a pool that keeps up is not shrunk until it falls
+  behind, and noise inside the tolerance band never moves the pool;
 - a queue paused in bullmq is not drained whatever the size: the pool holds;
 - never below the replicas the in-flight jobs occupy (active / concurrency);
 - a metric that could not be read never lets the pool shrink: it holds,
   or grows on what the other metrics say;
-- scale to zero when ``minReplicas`` is 0 and the queue has been empty, with
-  no arrivals, for the scale-down window; the first runnable job wakes it to one replica at
-  once, whatever the scale-up window or rules say.
+- scale to zero when ``minReplicas`` is 0 and the queue has been empty,
+  with no arrivals, for the scale-down window; the first runnable job
+  wakes it to one replica at once, whatever the scale-up window or rules
+  say.
 """
 
 from __future__ import annotations
@@ -213,16 +214,18 @@ def _queue_proposals(
     if rates is None:
         return proposals
     growth = rates.backlog_growth_rate
-    if growth > 0 and policy.forecast_horizon_seconds > 0:
-        forecast = queue.backlog + growth * policy.forecast_horizon_seconds
+    # A trend is projected no further ahead than the history it was fitted
+    # on: two polls of a bulk add, or of one job, say little about a minute.
+    horizon = min(policy.forecast_horizon_seconds, rates.window_seconds)
+    if growth > 0 and horizon > 0:
+        forecast = queue.backlog + growth * horizon
         proposals.append(
             _with_tolerance(
                 "queue-forecast",
                 forecast / target,
                 current,
                 policy.tolerance,
-                f"queue growing {growth:.1f}/s: {forecast:.0f} jobs in {_number(policy.forecast_horizon_seconds)}s"
-                f" / {per_replica} per replica",
+                f"queue growing {growth:.1f}/s: {forecast:.0f} jobs in {horizon:.0f}s / {per_replica} per replica",
             )
         )
     service_time = rates.service_time_seconds

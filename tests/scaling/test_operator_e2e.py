@@ -1,0 +1,203 @@
+"""End to end: the operator process autoscales a Falachefe's pools from a real bullmq queue.
+
+The real ``falachefe-operator`` (as the chart runs it) watches a namespace
+of its own; a resource with an auth pool (1..5) and a crew pool (0..3,
+scale to zero) is applied with kubectl; the real bullmq fills the queues
+and real bullmq workers drain them. The Deployments' replicas are watched
+from outside, as a platform team would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from bullmq import Queue, Worker
+from kubernetes import client as k8s
+
+from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.process import ManagedProcess, free_port, port_open
+from falachefe_devstack.waiting import async_wait_for, wait_for
+from falachefe_operator import crd
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR = Path(sys.executable).parent / "falachefe-operator"
+POLL_SECONDS = 2
+WINDOW_SECONDS = 8
+
+
+def kubectl(kube: ControlPlane, *args: str, stdin: str | None = None) -> str:
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(kube.kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+@pytest.fixture
+def operator(kube: ControlPlane, kube_api: k8s.ApiClient, namespace: str, tmp_path: Path) -> Iterator[ManagedProcess]:
+    kubectl(kube, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / crd.CRD_PATH))
+    extensions = k8s.ApiextensionsV1Api(kube_api)
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in (extensions.read_custom_resource_definition(crd.CRD_NAME).status.conditions or [])
+        ),
+        timeout=60,
+        what="the CRD established",
+    )
+    liveness = free_port()
+    process = ManagedProcess(
+        "falachefe-operator",
+        [
+            str(OPERATOR),
+            "--standalone",
+            f"--namespace={namespace}",
+            f"--liveness-port={liveness}",
+            f"--metrics-port={free_port()}",
+            "--log-format=text",
+        ],
+        tmp_path / "operator.log",
+        env={"KUBECONFIG": str(kube.kubeconfig)},
+    ).start()
+    process.wait_until(lambda: port_open(liveness), 60, "liveness port open")
+    yield process
+    process.stop(timeout=30)
+
+
+def scaling(target: int, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    return {
+        "minReplicas": min_replicas,
+        "maxReplicas": max_replicas,
+        "autoscaling": {
+            "pollingIntervalSeconds": POLL_SECONDS,
+            "targetQueueDepthPerReplica": target,
+            "targetCPUUtilizationPercentage": 0,  # the queue alone: no metrics-server here
+            "rateWindowSeconds": 5,
+            "behavior": {
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Pods", "value": 10, "periodSeconds": 1}],
+                },
+                "scaleDown": {
+                    "stabilizationWindowSeconds": WINDOW_SECONDS,
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}],
+                },
+            },
+        },
+    }
+
+
+async def test_operator_scales_pools_up_on_a_full_queue_and_back_after_the_window(
+    operator: ManagedProcess, kube: ControlPlane, kube_api: k8s.ApiClient, namespace: str, redis_url: str
+) -> None:
+    core = k8s.CoreV1Api(kube_api)
+    for secret, key, value in (("busy-db", "dsn", "postgresql://u:p@db/x"), ("busy-redis", "url", redis_url)):
+        core.create_namespaced_secret(
+            namespace,
+            k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret), data={key: base64.b64encode(value.encode()).decode()}),
+        )
+    manifest = {
+        "apiVersion": "falachefe.io/v1alpha1",
+        "kind": "Falachefe",
+        "metadata": {"name": "busy", "namespace": namespace},
+        "spec": {
+            "image": "falachefe:1.0",
+            "database": {"secretRef": {"name": "busy-db"}},
+            "redis": {"secretRef": {"name": "busy-redis"}},
+            "llm": {"model": "test-model"},
+            "pools": {"auth": scaling(100, 1, 5), "crew": scaling(3, 0, 3)},
+        },
+    }
+    kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump(manifest))
+    apps = k8s.AppsV1Api(kube_api)
+
+    def replicas(deployment: str) -> int | None:
+        try:
+            # The scale omits replicas when they are 0.
+            return int(apps.read_namespaced_deployment_scale(deployment, namespace).spec.replicas or 0)
+        except k8s.ApiException:
+            return None
+
+    wait_for(lambda: replicas("busy-auth") == 1 and replicas("busy-crew") == 0, timeout=60, what="pools at min")
+
+    auth = Queue("whatsapp-processing", {"connection": redis_url})
+    crew = Queue("crewai-processing", {"connection": redis_url})
+    workers: list[Worker] = []
+    try:
+        # Thousands of messages: 3000 / 100 per replica -> 30, bounded at 5.
+        for chunk in range(3):
+            await auth.addBulk([{"name": "message", "data": {"n": chunk * 1000 + n}} for n in range(1000)])
+        # One crew job wakes the idle crew pool.
+        await crew.add("crew", {"message": "olá"})
+        await async_wait_for(
+            lambda: _is(replicas, "busy-auth", 5), timeout=POLL_SECONDS + 20, what="auth scaled to its bound"
+        )
+        await async_wait_for(lambda: _is(replicas, "busy-crew", 1), timeout=POLL_SECONDS + 20, what="crew woken")
+
+        # Workers drain both queues; the pools stay up through the window, then go back to min.
+        async def noop(job: Any, token: str) -> None:
+            return None
+
+        workers = [
+            Worker(name, noop, {"connection": redis_url, "concurrency": 50})
+            for name in ("whatsapp-processing", "crewai-processing")
+        ]
+        emptied: dict[str, float] = {}
+
+        async def drained() -> bool:
+            for deployment, queue in (("busy-auth", auth), ("busy-crew", crew)):
+                if deployment not in emptied and await _empty(queue):
+                    emptied[deployment] = time.monotonic()
+            return len(emptied) == 2
+
+        await async_wait_for(drained, timeout=60, what="queues drained")
+        first_drop: dict[str, float] = {}
+
+        async def back_to_min() -> bool:
+            now = time.monotonic()
+            sizes = {"busy-auth": replicas("busy-auth"), "busy-crew": replicas("busy-crew")}
+            if sizes["busy-auth"] is not None and sizes["busy-auth"] < 5:
+                first_drop.setdefault("busy-auth", now)
+            if sizes["busy-crew"] == 0:
+                first_drop.setdefault("busy-crew", now)
+            return sizes == {"busy-auth": 1, "busy-crew": 0}
+
+        await async_wait_for(back_to_min, timeout=WINDOW_SECONDS + 60, interval=0.2, what="pools back to min")
+    finally:
+        for worker in workers:
+            await worker.close()
+        await auth.close()
+        await crew.close()
+
+    # The window was honoured: the last poll that saw a backlog was at most
+    # one polling interval (and a probe) before the queue was seen empty.
+    for deployment, dropped in first_drop.items():
+        assert dropped - emptied[deployment] >= WINDOW_SECONDS - POLL_SECONDS - 1, (deployment, first_drop, emptied)
+    events = k8s.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+    scaled = [e.message for e in events if e.reason == "Scaled"]
+    assert any("pool auth: 1 -> 5 replicas" in m and "per replica" in m for m in scaled), scaled
+    assert any("pool crew: 0 -> 1 replicas" in m for m in scaled), scaled
+    assert any("pool crew: 1 -> 0 replicas" in m for m in scaled), scaled
+
+
+async def _is(replicas: Any, deployment: str, expected: int) -> bool:
+    return bool(await asyncio.to_thread(replicas, deployment) == expected)
+
+
+async def _empty(queue: Queue) -> bool:
+    counts = await queue.getJobCounts("wait", "prioritized", "delayed", "active")
+    return not any(counts.values())
