@@ -2,9 +2,9 @@
 
 The field names mirror the CRD's camelCase (``minReplicas`` is
 ``min_replicas``, ``autoscaling.behavior.scaleUp`` is ``scale_up``, ...);
-``policy_from_spec`` does that mapping, so the operator hands over the pool's
-spec as the API server returned it and gets either a policy or a
-``PolicyError`` naming the offending field.
+the operator maps its typed spec onto these (``falachefe_operator.autoscaling``),
+and a value the decision cannot work with is a ``PolicyError`` naming the
+field the way the CRD spells it.
 
 Defaults are the Kubernetes HPA's (autoscaling/v2), so a platform team that
 knows the HPA gets what it expects:
@@ -16,10 +16,7 @@ knows the HPA gets what it expects:
 from __future__ import annotations
 
 import enum
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 #: The HPA caps a policy's period at 30 minutes and a stabilization window at an hour.
 MAX_PERIOD_SECONDS = 1_800
@@ -150,106 +147,6 @@ class ScalingPolicy:
             self.scale_down.longest_period_seconds,
             self.rate_window_seconds,
         )
-
-
-# -- the CRD's pool spec -> ScalingPolicy -----------------------------------------
-
-
-def policy_from_spec(pool: Mapping[str, Any], path: str = "spec.pools[]") -> ScalingPolicy:
-    """Map one pool of the ``Falachefe`` spec (camelCase, as the API returns it) to a policy.
-
-    Reads ``minReplicas``, ``maxReplicas`` and ``autoscaling`` (its
-    ``targetQueueDepthPerReplica``, ``targetCPUUtilizationPercentage``,
-    ``tolerance``, ``pollingIntervalSeconds``, ``forecastHorizonSeconds``,
-    ``rateWindowSeconds`` and ``behavior.scaleUp`` / ``behavior.scaleDown``
-    with ``stabilizationWindowSeconds``, ``selectPolicy`` and ``policies``
-    of ``{type, value, periodSeconds}``). Absent fields take the HPA's
-    defaults. Other keys (``queue``, ``resources``, ``autoscaling.enabled``,
-    ...) are the operator's business and are ignored here: the CRD's
-    structural schema has already refused typos. ``path`` prefixes error
-    messages, e.g. ``spec.pools.auth``.
-    """
-    autoscaling = _mapping(pool.get("autoscaling", {}), f"{path}.autoscaling")
-    behavior = _mapping(autoscaling.get("behavior", {}), f"{path}.autoscaling.behavior")
-    arguments: dict[str, Any] = {
-        "min_replicas": _number(pool, "minReplicas", path, 1, integer=True),
-        "max_replicas": _number(pool, "maxReplicas", path, None, integer=True),
-        "target_queue_depth_per_replica": _number(
-            autoscaling, "targetQueueDepthPerReplica", f"{path}.autoscaling", None
-        ),
-        "target_cpu_utilization_percentage": _number(
-            autoscaling, "targetCPUUtilizationPercentage", f"{path}.autoscaling", None
-        ),
-        "tolerance": _number(autoscaling, "tolerance", f"{path}.autoscaling", 0.1),
-        "polling_interval_seconds": _number(autoscaling, "pollingIntervalSeconds", f"{path}.autoscaling", 5.0),
-        "forecast_horizon_seconds": _number(autoscaling, "forecastHorizonSeconds", f"{path}.autoscaling", 30.0),
-        "rate_window_seconds": _number(autoscaling, "rateWindowSeconds", f"{path}.autoscaling", 60.0),
-        "scale_up": _rules(behavior.get("scaleUp"), DEFAULT_SCALE_UP, f"{path}.autoscaling.behavior.scaleUp"),
-        "scale_down": _rules(behavior.get("scaleDown"), DEFAULT_SCALE_DOWN, f"{path}.autoscaling.behavior.scaleDown"),
-    }
-    if arguments["max_replicas"] is None:
-        raise PolicyError(f"{path}.maxReplicas: required")
-    try:
-        return ScalingPolicy(**arguments)
-    except PolicyError as error:
-        raise PolicyError(f"{path}: {error}") from None
-
-
-def _rules(spec: Any, default: ScalingRules, path: str) -> ScalingRules:
-    if spec is None:
-        return default
-    spec = _mapping(spec, path)
-    window = _number(spec, "stabilizationWindowSeconds", path, default.stabilization_window_seconds, integer=True)
-    select_text = spec.get("selectPolicy", default.select_policy.value)
-    try:
-        select = SelectPolicy(select_text)
-    except ValueError:
-        choices = ", ".join(choice.value for choice in SelectPolicy)
-        raise PolicyError(f"{path}.selectPolicy: must be one of {choices}, got {select_text!r}") from None
-    policies = default.policies
-    if "policies" in spec:
-        if not isinstance(spec["policies"], list):
-            raise PolicyError(f"{path}.policies: must be a list")
-        policies = tuple(_rule(item, f"{path}.policies[{index}]") for index, item in enumerate(spec["policies"]))
-    try:
-        return ScalingRules(stabilization_window_seconds=window, policies=policies, select_policy=select)
-    except PolicyError as error:
-        raise PolicyError(f"{path}: {error}") from None
-
-
-def _rule(spec: Any, path: str) -> ScalingRule:
-    spec = _mapping(spec, path)
-    try:
-        kind = RuleType(spec.get("type"))
-    except ValueError:
-        raise PolicyError(f"{path}.type: must be Pods or Percent, got {spec.get('type')!r}") from None
-    value = _number(spec, "value", path, None, integer=True)
-    period = _number(spec, "periodSeconds", path, None, integer=True)
-    if value is None or period is None:
-        raise PolicyError(f"{path}: value and periodSeconds are required")
-    try:
-        return ScalingRule(kind, value, period)
-    except PolicyError as error:
-        raise PolicyError(f"{path}: {error}") from None
-
-
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise PolicyError(f"{path}: must be an object, got {type(value).__name__}")
-    return value
-
-
-def _number(spec: Mapping[str, Any], key: str, path: str, default: Any, integer: bool = False) -> Any:
-    value = spec.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PolicyError(f"{path}.{key}: must be a number, got {value!r}")
-    if integer:
-        if value != int(value):
-            raise PolicyError(f"{path}.{key}: must be a whole number, got {value!r}")
-        return int(value)
-    return float(value)
 
 
 def _camel(snake: str) -> str:
