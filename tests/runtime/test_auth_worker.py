@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
-from worker_harness import OTP_SECRET, Tenant, add_tenant, cli, finished_job, inbound, running_pool
+from worker_harness import OTP_SECRET, Tenant, add_tenant, cli, eventually, finished_job, inbound, running_pool
 
+from falachefe_devstack.postgres import PostgresServer
 from falachefe_runtime.auth.codes import code_mac
 from falachefe_runtime.auth.service import crew_job_id
 from falachefe_runtime.payloads import PROCESS_MESSAGE, REQUEST_LINK_CODE, SEND_MESSAGE, VERIFY_LINK_CODE
@@ -249,3 +250,43 @@ async def test_link_code_for_an_unregistered_phone_is_refused_without_sending_an
     assert job.returnvalue == {"outcome": "refused", "reason": "unknown_number"}
     assert (await queues.counts(OUTBOUND_QUEUE))["wait"] == 0
     assert await sql.fetchval("SELECT count(*) FROM phone_link_codes") == 0
+
+
+async def test_a_database_outage_fails_the_attempt_and_the_seeds_backoff_retries_it(
+    auth_pool: None, queues: Queues, sql: asyncpg.Connection, pg_server: PostgresServer, app_dsn: str
+) -> None:
+    tenant = await add_tenant(sql)
+    database = app_dsn.rsplit("/", 1)[1]
+    retries_before = REGISTRY.get_sample_value("falachefe_job_retries_total", {"queue": WHATSAPP_QUEUE}) or 0.0
+    admin = await asyncpg.connect(pg_server.dsn())
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        job_id = await queues.enqueue(
+            WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.retry")
+        )
+
+        async def waiting_for_retry() -> bool:
+            job = await queues.queue(WHATSAPP_QUEUE).getJob(job_id)
+            return job.attemptsMade == 1 and await job.getState() == "delayed"
+
+        await eventually(waiting_for_retry, "the first attempt to fail and wait for its backoff")
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+    job = await finished_job(queues, WHATSAPP_QUEUE, job_id)
+    assert await job.getState() == "completed" and job.attemptsMade == 2
+    assert job.returnvalue["outcome"] == "authorized"
+    assert REGISTRY.get_sample_value("falachefe_job_retries_total", {"queue": WHATSAPP_QUEUE}) == retries_before + 1
+    sql = await asyncpg.connect(app_dsn)
+    try:
+        assert (
+            await sql.fetchval("SELECT count(*) FROM whatsapp_auth_logs WHERE provider_message_id = 'wamid.retry'") == 1
+        )
+    finally:
+        await sql.close()

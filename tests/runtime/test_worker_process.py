@@ -149,3 +149,28 @@ async def test_sigterm_lets_in_flight_jobs_finish_takes_no_new_ones_and_exits_0(
     completed = [record for record in records if record["message"] == "job completed"]
     assert sorted(record["job_id"] for record in completed) == sorted(job_ids)
     assert {record["queue"] for record in completed} == {CREW_QUEUE}
+
+
+async def test_jobs_still_running_when_the_grace_period_ends_are_abandoned_and_the_exit_code_says_so(
+    values: dict[str, Any],
+    tmp_path: Path,
+    workers: list[WorkerProcess],
+    queues: Queues,
+    sql: asyncpg.Connection,
+    llm: FakeOpenAI,
+) -> None:
+    values["worker"] = {**values["worker"], "shutdown_grace_s": 1}
+    tenant = await add_tenant(sql)
+    llm.delays.extend([600, 600, 600])  # kickoffs that will not end in any reasonable time
+    await enqueue_three(queues, tenant)
+    worker = WorkerProcess("crew", values, tmp_path / "worker.log")
+    workers.append(worker)
+    await in_flight(llm, 3)
+
+    worker.send(signal.SIGTERM)
+    # The kickoff threads cannot be interrupted; the process must not wait for them.
+    assert worker.wait(60) == 1, worker.log()
+    assert "shutdown grace period over, abandoning in-flight jobs to another worker" in worker.log()
+    # Nothing was stored; the jobs stay active until their locks expire and another worker takes them.
+    assert (await queues.counts(CREW_QUEUE))["active"] == 3
+    assert await sql.fetchval("SELECT count(*) FROM messages") == 0

@@ -77,8 +77,13 @@ class CrewKickoff:
         return text.strip()
 
     def close(self) -> None:
-        """Wait for running kickoffs; called once the worker took its last job."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Release the threads; called once the worker has stopped taking jobs.
+
+        Does not wait: after a clean stop no kickoff is running, and after a
+        grace period ran out the ones still running are abandoned (their
+        jobs go to another worker) and the process exits without them.
+        """
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _kickoff(self, crew: CrewDefinition, inputs: dict[str, str]) -> str:
         crewai = self._crewai

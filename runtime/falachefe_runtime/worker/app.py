@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -54,7 +55,14 @@ class Resources:
 
 def run_worker(config: RuntimeConfig) -> int:
     configure_logging(config.observability.log_level, config.observability.log_format)
-    return asyncio.run(serve(config))
+    code = asyncio.run(serve(config))
+    if code != 0:
+        # Jobs were abandoned mid-way: their threads (a CrewAI kickoff
+        # cannot be interrupted) would hold the interpreter's exit until
+        # they end. Their jobs belong to another worker now; leave at once.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def missing_settings(config: RuntimeConfig) -> list[str]:
