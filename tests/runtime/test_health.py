@@ -33,7 +33,7 @@ async def test_readyz_follows_the_database_and_metrics_are_served(
                 return response.json() if response.status_code == expected else None
 
             ready = await eventually(lambda: readiness(200), "/readyz 200")
-            assert ready["checks"] == {"database": True, "redis": True}
+            assert ready["checks"] == {"database": True, "redis": True, "worker": True}
             assert (await http.get("/healthz")).json() == {"status": "ok", "problems": []}
 
             # The database goes away: no new connections, existing ones cut.
@@ -43,13 +43,13 @@ async def test_readyz_follows_the_database_and_metrics_are_served(
                 database,
             )
             down = await eventually(lambda: readiness(503), "/readyz 503 without the database")
-            assert down["checks"] == {"database": False, "redis": True}
+            assert down["checks"] == {"database": False, "redis": True, "worker": True}
             # Not ready is not dead: the kubelet must not restart the worker for it.
             assert (await http.get("/healthz")).status_code == 200
 
             await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
             back = await eventually(lambda: readiness(200), "/readyz 200 once the database is back")
-            assert back["checks"] == {"database": True, "redis": True}
+            assert back["checks"] == {"database": True, "redis": True, "worker": True}
 
             job_id = await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant))
             job = await finished_job(queues, WHATSAPP_QUEUE, job_id)

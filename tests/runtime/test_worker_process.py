@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from worker_harness import LLM_KEY, OTP_SECRET, Tenant, WorkerProcess, add_tenant, eventually
 
@@ -60,6 +61,16 @@ async def enqueue_three(queues: Queues, tenant: Tenant) -> list[str]:
         await queues.enqueue(CREW_QUEUE, PROCESS_CREW, crew_job(tenant, f"Pergunta número {n}", f"wamid.p{n}"))
         for n in range(3)
     ]
+
+
+async def readiness(worker: WorkerProcess, status: int) -> dict[str, Any] | None:
+    """The worker's /readyz answer if it has ``status``, else None."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            response = await http.get(f"http://127.0.0.1:{worker.health_port}/readyz")
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == status else None
 
 
 async def in_flight(llm: FakeOpenAI, count: int) -> None:
@@ -125,14 +136,19 @@ async def test_sigterm_lets_in_flight_jobs_finish_takes_no_new_ones_and_exits_0(
 ) -> None:
     values["observability"]["log_format"] = "json"
     tenant = await add_tenant(sql)
-    llm.delay_s = 4.0
+    llm.delay_s = 6.0
     job_ids = await enqueue_three(queues, tenant)
     worker = WorkerProcess("crew", values, tmp_path / "worker.log")
     workers.append(worker)
     await in_flight(llm, 3)
+    ready = await eventually(lambda: readiness(worker, 200), "/readyz 200 while consuming")
+    assert ready["checks"] == {"database": True, "redis": True, "worker": True}
 
     worker.send(signal.SIGTERM)
     late = await queues.enqueue(CREW_QUEUE, PROCESS_CREW, crew_job(tenant, "Chegou tarde", "wamid.late"))
+    # Draining: no longer ready, still finishing its jobs.
+    draining = await eventually(lambda: readiness(worker, 503), "/readyz 503 while draining", timeout=10)
+    assert draining["shutting_down"] is True
     assert worker.wait(60) == 0, worker.log()
 
     for job_id in job_ids:

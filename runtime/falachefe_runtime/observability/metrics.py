@@ -29,6 +29,12 @@ JOB_RETRIES = Counter(
     ["queue"],
 )
 
+JOBS_STALLED = Counter(
+    "falachefe_jobs_stalled_total",
+    "Jobs this worker's stalled check found abandoned (their worker died) and put back in the queue.",
+    ["queue"],
+)
+
 JOB_DURATION = Histogram(
     "falachefe_job_duration_seconds",
     "Wall time of one job attempt in this worker.",

@@ -1,7 +1,8 @@
 """A worker process from start to exit: ``falachefe-runtime worker --pool <kind>``.
 
-Start-up opens PostgreSQL, the cache and Redis, builds the pool's handlers,
-then serves health and metrics and starts consuming. SIGTERM (what the
+Start-up serves health and metrics first (alive at once, ready once the
+worker consumes), then opens PostgreSQL, the cache and Redis, builds the
+pool's handlers and starts consuming. SIGTERM (what the
 kubelet sends) or SIGINT starts a graceful stop: ``/readyz`` turns 503, the
 worker takes no new job, in-flight jobs get ``worker.shutdown_grace_s`` to
 finish, and the process exits 0. If the grace period runs out the
@@ -87,15 +88,33 @@ async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> 
     queue = config.worker.queue_name
     stop = stop or _stop_on_signals()
     resources = Resources()
+    db = Database(config.database)
+    client = redis.Redis.from_url(redis_url, socket_timeout=config.redis.socket_timeout_s)
+    resources.closers.append(client.aclose)
+    consumer: list[QueueWorker] = []  # the worker, once it consumes
+
+    async def redis_answers() -> bool:
+        return bool(await client.ping())
+
+    async def consuming() -> bool:
+        return bool(consumer) and consumer[0].running
+
+    # Up first, so probes get answers while the rest starts (CrewAI takes
+    # seconds to import): alive from now on, ready once the worker consumes.
+    health = HealthServer(
+        readiness={"database": db.ping, "redis": redis_answers, "worker": consuming},
+        alive=lambda: not consumer or consumer[0].running,
+        health_port=config.observability.health_port,
+        metrics_port=config.observability.metrics_port,
+    )
     try:
-        db = Database(config.database)
+        await health.start()
+        resources.closers.append(health.stop)
         await db.start()
         resources.closers.append(db.close)
         cache = Cache.from_config(config)
         await cache.start()
         resources.closers.append(cache.close)
-        client = redis.Redis.from_url(redis_url, socket_timeout=config.redis.socket_timeout_s)
-        resources.closers.append(client.aclose)
         queues = Queues(redis_url, prefix=config.redis.queue_prefix, socket_timeout_s=config.redis.socket_timeout_s)
         resources.closers.append(queues.close)
         pool = await build_routes(config, db=db, cache=cache, client=client, queues=queues)
@@ -113,21 +132,10 @@ async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> 
                 stalled_interval_s=config.queues.stalled_interval_s,
                 max_stalled_count=config.queues.max_stalled_count,
             ),
-            name=f"{kind.value}",
+            name=kind.value,
         )
-
-        async def redis_answers() -> bool:
-            return bool(await client.ping())
-
-        health = HealthServer(
-            readiness={"database": db.ping, "redis": redis_answers},
-            alive=lambda: worker.running,
-            health_port=config.observability.health_port,
-            metrics_port=config.observability.metrics_port,
-        )
-        await health.start()
-        resources.closers.append(health.stop)
         await worker.start()
+        consumer.append(worker)
         sampled = [*pool.depth_queues] if kind is WorkerKind.ADMIN else [queue]
         sampler = asyncio.create_task(_sample_depth(queues, sampled), name="queue-depth-sampler")
         log.info(

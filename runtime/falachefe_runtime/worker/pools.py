@@ -6,6 +6,7 @@ is only imported when the crew pool starts.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -81,7 +82,8 @@ async def build_routes(
         from falachefe_runtime.crew.service import CrewService  # noqa: PLC0415
         from falachefe_runtime.crew.store import CrewStore  # noqa: PLC0415
 
-        kickoff = CrewKickoff(config.llm, threads=config.worker.crew_threads)
+        # Importing CrewAI takes seconds: off the event loop, so health probes are answered meanwhile.
+        kickoff = await asyncio.to_thread(CrewKickoff, config.llm, threads=config.worker.crew_threads)
         crew = CrewService(store=CrewStore(db), companies=companies, cache=cache, queues=queues, kickoff=kickoff)
 
         async def close() -> None:

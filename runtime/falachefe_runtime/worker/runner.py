@@ -180,4 +180,5 @@ class QueueWorker:
         log.error("bullmq worker error", extra={"queue": self.queue, "error": repr(error)})
 
     def _on_stalled(self, job_id: str, *_: Any) -> None:
+        metrics.JOBS_STALLED.labels(self.queue).inc()
         log.warning("stalled job put back in the queue", extra={"queue": self.queue, "stalled_job_id": job_id})
