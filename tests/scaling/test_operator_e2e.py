@@ -187,11 +187,19 @@ async def test_operator_scales_pools_up_on_a_full_queue_and_back_after_the_windo
     # one polling interval (and a probe) before the queue was seen empty.
     for deployment, dropped in first_drop.items():
         assert dropped - emptied[deployment] >= WINDOW_SECONDS - POLL_SECONDS - 1, (deployment, first_drop, emptied)
-    events = k8s.CoreV1Api(kube_api).list_namespaced_event(namespace).items
-    scaled = [e.message for e in events if e.reason == "Scaled"]
-    assert any("pool auth: 1 -> 5 replicas" in m and "per replica" in m for m in scaled), scaled
-    assert any("pool crew: 0 -> 1 replicas" in m for m in scaled), scaled
-    assert any("pool crew: 1 -> 0 replicas" in m for m in scaled), scaled
+    # Each scale has its Event, with the numbers behind it (written just after the scale).
+    expected = ("pool auth: 1 -> 5 replicas", "pool crew: 0 -> 1 replicas", "pool crew: 1 -> 0 replicas")
+
+    def scaled_events() -> list[str]:
+        events = k8s.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+        return [e.message for e in events if e.reason == "Scaled"]
+
+    messages = wait_for(
+        lambda: (found := scaled_events()) and all(any(m.startswith(e) for m in found) for e in expected) and found,
+        timeout=30,
+        what="Scaled Events for each scale",
+    )
+    assert any(m.startswith(expected[0]) and "per replica" in m and "queue depth" in m for m in messages), messages
 
 
 async def _is(replicas: Any, deployment: str, expected: int) -> bool:
