@@ -1,11 +1,644 @@
-"""The demo: for now, the local stack up until Ctrl-C (grows with the operator and workers)."""
+"""The demo: the whole Falachefe system on one machine, in one command (``make demo``).
+
+What runs, all of it real except the two parts that cannot run here:
+
+- the local stack: PostgreSQL, Redis, and a Kubernetes control plane (etcd,
+  kube-apiserver with RBAC, kube-controller-manager);
+- the ``Falachefe`` CRD and the operator (``falachefe-operator``), which
+  reconciles a sample resource with an auth pool and a crew pool into
+  Deployments and scales them on queue depth;
+- the workers (``falachefe-runtime worker``), run as local processes by the
+  kubelet stand-in (:mod:`falachefe_devstack.standin`), one per pod the
+  ReplicaSet controller creates, so they follow the Deployments' replicas;
+- the database schema (``falachefe-runtime migrate``) and a seeded company
+  with users and a crew;
+- a burst of WhatsApp-style messages on the real ``whatsapp-processing``
+  queue; the replies come back on ``whatsapp-outbound``, where the demo
+  plays the WhatsApp sender.
+
+Stand-ins, labelled as such on screen: the kubelet (no container runtime
+here) and the LLM (a local OpenAI-compatible server, unless ``--llm-url``
+names a real endpoint).
+
+``--short --headless`` is the CI mode: a smaller burst, short windows, one
+status line every few seconds, and a JSON summary (``--summary-json``).
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
-from .stack import main as stack_main
+import asyncpg
+from bullmq import Job, Worker
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from falachefe_runtime.payloads import PROCESS_MESSAGE
+from falachefe_runtime.queues import Queues
+
+from .llm_standin import FakeOpenAI
+from .process import ManagedProcess, free_port
+from .stack import LocalStack
+from .standin import KubeletStandIn
+from .waiting import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "falachefe-demo"
+RESOURCE = "demo"
+GROUP, VERSION, PLURAL = "falachefe.io", "v1alpha1", "falachefes"
+INBOUND_QUEUE = "whatsapp-processing"
+OUTBOUND_QUEUE = "whatsapp-outbound"
+POOLS = ("auth", "crew")
+
+log = logging.getLogger("falachefe.demo")
+
+
+@dataclass(frozen=True)
+class Options:
+    messages: int
+    users: int
+    distinct_texts: int
+    burst_seconds: float
+    scale_down_window_s: int
+    llm_delay_s: float
+    timeout_s: float
+    headless: bool
+    llm_url: str | None
+    llm_key: str | None
+    llm_model: str
+    plot: Path | None
+    summary_json: Path | None
+    keep: bool
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> Options:
+        parser = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n\n")[0])
+        parser.add_argument("--short", action="store_true", help="a small burst and short windows (CI mode)")
+        parser.add_argument("--headless", action="store_true", help="plain status lines instead of a live screen")
+        parser.add_argument("--messages", type=int, help="messages in the burst (default 240, short 60)")
+        parser.add_argument("--llm-url", help="a real OpenAI-compatible endpoint instead of the local stand-in")
+        parser.add_argument("--llm-key", default=os.environ.get("FALACHEFE_DEMO_LLM_KEY"), help="its API key")
+        parser.add_argument("--llm-model", default="gpt-4o-mini")
+        parser.add_argument("--plot", type=Path, help="write the timeline as a PNG here")
+        parser.add_argument("--summary-json", type=Path, help="write the summary as JSON here")
+        parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
+        args = parser.parse_args(argv)
+        short = bool(args.short)
+        return cls(
+            messages=args.messages or (60 if short else 240),
+            users=10 if short else 30,
+            distinct_texts=40 if short else 120,
+            burst_seconds=3.0 if short else 10.0,
+            scale_down_window_s=10 if short else 30,
+            llm_delay_s=0.5,
+            timeout_s=420 if short else 900,
+            headless=bool(args.headless),
+            llm_url=args.llm_url,
+            llm_key=args.llm_key,
+            llm_model=args.llm_model,
+            plot=args.plot,
+            summary_json=args.summary_json,
+            keep=bool(args.keep),
+        )
+
+
+@dataclass
+class PoolSample:
+    desired: int
+    ready: int
+    queue_depth: int
+
+
+@dataclass
+class Sample:
+    t: float
+    pools: dict[str, PoolSample]
+    answered: int
+
+
+@dataclass
+class Summary:
+    sent: int
+    answered: int
+    refused: int
+    failed_jobs: dict[str, int]
+    peak_replicas: dict[str, int]
+    final_replicas: dict[str, int]
+    min_replicas: dict[str, int]
+    scaled_up: bool
+    scaled_back: bool
+    latency_p50_s: float | None
+    latency_p99_s: float | None
+    duration_s: float
+    scale_events: list[str] = field(default_factory=list)
+    llm: str = "stand-in"
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.answered == self.sent
+            and self.refused == 0
+            and not any(self.failed_jobs.values())
+            and self.scaled_up
+            and self.scaled_back
+        )
+
+
+class Demo:
+    def __init__(self, options: Options, workdir: Path) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.stack = LocalStack(workdir / "stack")
+        self.operator: ManagedProcess | None = None
+        self.standin: KubeletStandIn | None = None
+        self.llm: FakeOpenAI | None = None
+        self.api: k8s.ApiClient | None = None
+        self.sent_at: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.refused = 0
+        self.samples: list[Sample] = []
+        self.events_seen: set[str] = set()
+        self.scale_events: list[str] = []
+        self.events_printed = 0
+        self.min_replicas: dict[str, int] = {}
+        self.company_id = ""
+        self.started = time.monotonic()
+        self.burst_started = self.started
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def set_up(self) -> None:
+        self.say("starting PostgreSQL, Redis and the Kubernetes control plane (first run builds it: minutes)")
+        self.stack.start()
+        assert self.stack.kube is not None and self.stack.postgres is not None and self.stack.redis is not None
+        self.api = k8s_config.new_client_from_config(config_file=str(self.stack.kube.kubeconfig))
+        self.say(self.stack.describe())
+        self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+        self.kubectl("create", "namespace", NAMESPACE)
+        dsn = self.stack.postgres.dsn("falachefe")
+        self.run_sql("postgres", "CREATE DATABASE falachefe")
+        self.runtime_cli("migrate", env={"FALACHEFE_DATABASE__DSN": dsn})
+        self.company_id = self.seed(dsn)
+        llm_url, llm_key = self.options.llm_url, self.options.llm_key or "demo-key-not-secret"
+        if llm_url is None:
+            self.llm = FakeOpenAI(delay_s=self.options.llm_delay_s).start()
+            llm_url = self.llm.base_url
+            self.say(f"LLM: the demo's stand-in model (a local OpenAI-compatible server) at {llm_url}")
+        else:
+            self.say(f"LLM: {llm_url} ({self.options.llm_model})")
+        secrets = {
+            "falachefe-db": {"dsn": dsn},
+            "falachefe-redis": {"url": self.stack.redis.url(0)},
+            "falachefe-llm": {"apiKey": llm_key},
+            "falachefe-otp": {"otpSecret": uuid.uuid4().hex},
+        }
+        core = k8s.CoreV1Api(self.api)
+        for name, data in secrets.items():
+            core.create_namespaced_secret(
+                NAMESPACE, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=name), string_data=data)
+            )
+        self.start_operator()
+        self.apply_resource(llm_url)
+        self.standin = KubeletStandIn(
+            self.api,
+            NAMESPACE,
+            f"app.kubernetes.io/instance={RESOURCE}",
+            self.workdir / "pods",
+            extra_env={"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true", "CREWAI_TESTING": "true"},
+        ).start()
+        self.say("kubelet: the demo's stand-in runs each worker pod as a local process")
+        wait_for(self.resource_ready, timeout=180, interval=0.5, what="Falachefe Ready")
+        self.say("Falachefe is Ready")
+
+    def start_operator(self) -> None:
+        assert self.stack.kube is not None
+        argv = [
+            _program("falachefe-operator"),
+            "--namespace",
+            NAMESPACE,
+            "--standalone",
+            "--liveness-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ]
+        env = {"KUBECONFIG": str(self.stack.kube.kubeconfig)}
+        self.operator = ManagedProcess("falachefe-operator", argv, self.workdir / "operator.log", env=env).start()
+
+    def apply_resource(self, llm_url: str) -> None:
+        window = self.options.scale_down_window_s
+        scale_down = {
+            "stabilizationWindowSeconds": window,
+            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 5}],
+        }
+        scale_up = {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 4, "periodSeconds": 5}]}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Falachefe",
+            "metadata": {"name": RESOURCE, "namespace": NAMESPACE},
+            "spec": {
+                "image": "falachefe:demo",
+                "database": {"secretRef": {"name": "falachefe-db"}},
+                "redis": {"secretRef": {"name": "falachefe-redis"}},
+                "llm": {
+                    "model": self.options.llm_model,
+                    "baseURL": llm_url,
+                    "apiKeySecretRef": {"name": "falachefe-llm"},
+                },
+                "auth": {"otpSecretRef": {"name": "falachefe-otp"}},
+                "pools": {
+                    "auth": {
+                        "minReplicas": 1,
+                        "maxReplicas": 3,
+                        "terminationGracePeriodSeconds": 30,
+                        "autoscaling": {
+                            "pollingIntervalSeconds": 2,
+                            "targetQueueDepthPerReplica": 10,
+                            "targetCPUUtilizationPercentage": 0,
+                            "behavior": {"scaleUp": scale_up, "scaleDown": scale_down},
+                        },
+                    },
+                    "crew": {
+                        "minReplicas": 1,
+                        "maxReplicas": 3,
+                        "terminationGracePeriodSeconds": 60,
+                        "autoscaling": {
+                            "pollingIntervalSeconds": 2,
+                            "targetQueueDepthPerReplica": 6,
+                            "targetCPUUtilizationPercentage": 0,
+                            "behavior": {"scaleUp": scale_up, "scaleDown": scale_down},
+                        },
+                    },
+                },
+            },
+        }
+        k8s.CustomObjectsApi(self.api).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+        self.min_replicas = {pool: body["spec"]["pools"][pool]["minReplicas"] for pool in POOLS}  # type: ignore[index]
+
+    def seed(self, dsn: str) -> str:
+        """A company, its users and a two-agent crew, straight into the schema."""
+
+        async def insert() -> str:
+            connection = await asyncpg.connect(dsn)
+            try:
+                async with connection.transaction():
+                    company_id = await connection.fetchval(
+                        "INSERT INTO companies (name, domain) VALUES ($1, $2) RETURNING id",
+                        "Padaria Demo",
+                        "demo.example",
+                    )
+                    await connection.executemany(
+                        "INSERT INTO users (company_id, phone_number, name) VALUES ($1, $2, $3)",
+                        [(company_id, _phone(i), f"Cliente {i}") for i in range(self.options.users)],
+                    )
+                    crew_id = await connection.fetchval(
+                        "INSERT INTO crews (company_id, name) VALUES ($1, $2) RETURNING id", company_id, "Atendimento"
+                    )
+                    agent_id = await connection.fetchval(
+                        "INSERT INTO crew_agents (crew_id, role, goal, backstory, position) "
+                        "VALUES ($1, $2, $3, $4, 0) RETURNING id",
+                        crew_id,
+                        "Atendente",
+                        "Responder clientes da padaria com cordialidade",
+                        "Trabalha na padaria há dez anos.",
+                    )
+                    await connection.execute(
+                        "INSERT INTO crew_tasks (crew_id, agent_id, description, expected_output, position) "
+                        "VALUES ($1, $2, $3, $4, 0)",
+                        crew_id,
+                        agent_id,
+                        "Responda à mensagem do cliente: {message}",
+                        "Uma resposta curta e educada",
+                    )
+                    return str(company_id)
+            finally:
+                await connection.close()
+
+        company_id = asyncio.run(insert())
+        self.say(f"seeded company {company_id} with {self.options.users} users and a crew")
+        return company_id
+
+    # -- the burst ------------------------------------------------------------------------
+
+    async def run_burst(self) -> None:
+        assert self.stack.redis is not None
+        redis_url = self.stack.redis.url(0)
+        queues = Queues(redis_url)
+        sender = Worker(
+            OUTBOUND_QUEUE,
+            self.deliver,
+            {"connection": redis_url, "concurrency": 20, "autorun": True},
+        )
+        try:
+            self.say(
+                f"sending {self.options.messages} WhatsApp messages over {self.options.burst_seconds:.0f}s "
+                f"from {self.options.users} users"
+            )
+            self.burst_started = time.monotonic()
+            feeder = asyncio.create_task(self.feed(queues))
+            deadline = time.monotonic() + self.options.timeout_s
+            next_render = 0.0
+            while time.monotonic() < deadline:
+                sample = await asyncio.to_thread(self.sample)
+                await self.sample_queues(queues, sample)
+                self.samples.append(sample)
+                if time.monotonic() >= next_render:
+                    await asyncio.to_thread(self.render, sample)
+                    next_render = time.monotonic() + (3.0 if self.options.headless else 1.0)
+                if feeder.done() and self.finished(sample):
+                    break
+                await asyncio.sleep(0.5)
+            await feeder
+        finally:
+            await sender.close()
+            await queues.close()
+
+    async def feed(self, queues: Queues) -> None:
+        interval = self.options.burst_seconds / max(self.options.messages, 1)
+        for i in range(self.options.messages):
+            provider_id = f"demo-{i:05d}-{uuid.uuid4().hex[:6]}"
+            text = f"Bom dia! Vocês têm pão de queijo? (pergunta {i % self.options.distinct_texts})"
+            now = datetime.now(UTC)
+            self.sent_at[provider_id] = time.monotonic()
+            await queues.enqueue(
+                INBOUND_QUEUE,
+                PROCESS_MESSAGE,
+                {
+                    "messageData": {
+                        "phoneNumber": _phone(i % self.options.users),
+                        "companyId": self.company_id,
+                        "text": text,
+                        "providerMessageId": provider_id,
+                        "timestamp": now.isoformat(),
+                    }
+                },
+            )
+            await asyncio.sleep(interval)
+
+    async def deliver(self, job: Job, token: str) -> None:
+        """The WhatsApp sender's stand-in: record each reply and how long it took."""
+        data = job.data
+        reply_to = data.get("replyTo") or data.get("reply_to")
+        if data.get("kind") == "refusal":
+            self.refused += 1
+        sent = self.sent_at.pop(reply_to, None) if reply_to else None
+        if sent is not None and data.get("kind") == "reply":
+            self.latencies.append(time.monotonic() - sent)
+
+    # -- observation ------------------------------------------------------------------------
+
+    def sample(self) -> Sample:
+        apps = k8s.AppsV1Api(self.api)
+        pools: dict[str, PoolSample] = {}
+        for pool in POOLS:
+            try:
+                deployment = apps.read_namespaced_deployment(f"{RESOURCE}-{pool}", NAMESPACE)
+                desired = deployment.spec.replicas or 0
+                ready = deployment.status.ready_replicas or 0
+            except ApiException:
+                desired = ready = 0
+            pools[pool] = PoolSample(desired=desired, ready=ready, queue_depth=0)
+        self.collect_events()
+        return Sample(t=time.monotonic() - self.burst_started, pools=pools, answered=len(self.latencies))
+
+    async def sample_queues(self, queues: Queues, sample: Sample) -> None:
+        for pool, queue in (("auth", INBOUND_QUEUE), ("crew", "crewai-processing")):
+            sample.pools[pool].queue_depth = await queues.backlog(queue)
+
+    def collect_events(self) -> None:
+        events = k8s.CoreV1Api(self.api).list_namespaced_event(NAMESPACE).items
+        for event in sorted(events, key=lambda e: e.metadata.creation_timestamp):
+            if event.metadata.uid in self.events_seen:
+                continue
+            self.events_seen.add(event.metadata.uid)
+            if event.involved_object.kind == "Falachefe":
+                line = f"{event.reason}: {event.message}"
+                self.scale_events.append(line)
+
+    def finished(self, sample: Sample) -> bool:
+        everything_answered = len(self.latencies) + self.refused >= self.options.messages
+        back_to_min = all(sample.pools[p].desired == self.min_replicas[p] for p in POOLS)
+        scaled_up = any(self.peak(p) > self.min_replicas[p] for p in POOLS)
+        return everything_answered and back_to_min and scaled_up
+
+    def peak(self, pool: str) -> int:
+        return max((s.pools[pool].desired for s in self.samples), default=0)
+
+    def resource_ready(self) -> bool:
+        resource = k8s.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, PLURAL, RESOURCE
+        )
+        conditions = resource.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    # -- screen -------------------------------------------------------------------------------
+
+    def render(self, sample: Sample) -> None:
+        answered = sample.answered
+        p99 = _percentile(self.latencies, 0.99)
+        pools = "  ".join(
+            f"{pool}: {s.ready}/{s.desired} ready, queue {s.queue_depth:>4}" for pool, s in sample.pools.items()
+        )
+        latency = f"  p99 {p99:.2f}s" if p99 is not None else ""
+        line = f"t={sample.t:6.1f}s  {pools}  answered {answered}/{self.options.messages}{latency}"
+        if self.options.headless:
+            print(line, flush=True)
+            for event in self.scale_events[self.events_printed :]:
+                print(f"    event  {event}", flush=True)
+            self.events_printed = len(self.scale_events)
+            return
+        screen = ["\x1b[2J\x1b[H", "Falachefe demo (kubelet and LLM are the demo's stand-ins)", "", line, ""]
+        screen.append("pool   desired  ready  queue depth")
+        for pool, s in sample.pools.items():
+            screen.append(f"{pool:<6} {s.desired:>7}  {s.ready:>5}  {s.queue_depth:>11}")
+        screen += ["", "operator events (newest last):"]
+        screen += [f"  {event}" for event in self.scale_events[-8:]]
+        print("\n".join(screen), flush=True)
+
+    def say(self, message: str) -> None:
+        print(f"[demo] {message}", flush=True)
+
+    # -- results -----------------------------------------------------------------------------
+
+    async def failed_counts(self) -> dict[str, int]:
+        assert self.stack.redis is not None
+        queues = Queues(self.stack.redis.url(0))
+        try:
+            return {
+                queue: (await queues.counts(queue, ("failed",)))["failed"]
+                for queue in (INBOUND_QUEUE, "crewai-processing", OUTBOUND_QUEUE)
+            }
+        finally:
+            await queues.close()
+
+    def summary(self, failed: dict[str, int]) -> Summary:
+        final = self.samples[-1].pools if self.samples else {}
+        peak = {pool: self.peak(pool) for pool in POOLS}
+        return Summary(
+            sent=self.options.messages,
+            answered=len(self.latencies),
+            refused=self.refused,
+            failed_jobs=failed,
+            peak_replicas=peak,
+            final_replicas={pool: final[pool].desired for pool in final},
+            min_replicas=dict(self.min_replicas),
+            scaled_up=any(peak[p] > self.min_replicas[p] for p in POOLS),
+            scaled_back=all(final.get(p) is not None and final[p].desired == self.min_replicas[p] for p in POOLS),
+            latency_p50_s=_percentile(self.latencies, 0.5),
+            latency_p99_s=_percentile(self.latencies, 0.99),
+            duration_s=round(time.monotonic() - self.started, 1),
+            scale_events=[e for e in self.scale_events if e.startswith("Scaled:")],
+            llm="stand-in" if self.llm is not None else str(self.options.llm_url),
+        )
+
+    def plot(self, path: Path) -> None:
+        import matplotlib  # noqa: PLC0415 - only --plot needs it, and it is slow to import
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        times = [s.t for s in self.samples]
+        figure, (replicas, depth) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+        for pool in POOLS:
+            replicas.step(times, [s.pools[pool].desired for s in self.samples], where="post", label=f"{pool} desired")
+            replicas.step(
+                times, [s.pools[pool].ready for s in self.samples], where="post", linestyle=":", label=f"{pool} ready"
+            )
+            depth.plot(times, [s.pools[pool].queue_depth for s in self.samples], label=f"{pool} queue depth")
+        depth.plot(times, [s.answered for s in self.samples], label="answered (cumulative)", color="black")
+        replicas.set_ylabel("replicas")
+        depth.set_ylabel("jobs")
+        depth.set_xlabel("seconds since the burst started")
+        replicas.legend(loc="upper right", fontsize="small")
+        depth.legend(loc="upper right", fontsize="small")
+        replicas.set_title("Falachefe demo: pools scaling on queue depth (kubelet and LLM are stand-ins)")
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def kubectl(self, *args: str) -> None:
+        assert self.stack.kube is not None
+        subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.stack.kube.kubeconfig), *args], check=True, capture_output=True
+        )
+
+    def run_sql(self, database: str, sql: str) -> None:
+        assert self.stack.postgres is not None
+        dsn = self.stack.postgres.dsn(database)
+
+        async def execute() -> None:
+            connection = await asyncpg.connect(dsn)
+            try:
+                await connection.execute(sql)
+            finally:
+                await connection.close()
+
+        asyncio.run(execute())
+
+    def runtime_cli(self, *args: str, env: dict[str, str]) -> None:
+        subprocess.run(
+            [_program("falachefe-runtime"), *args],
+            check=True,
+            capture_output=True,
+            env={**os.environ, **env},
+        )
+
+    def tear_down(self) -> None:
+        if self.standin is not None:
+            self.say("stopping the workers (SIGTERM: in-flight jobs finish first)")
+            self.standin.stop()
+        if self.operator is not None:
+            self.operator.stop()
+        if self.llm is not None:
+            self.llm.stop()
+        self.stack.stop()
+
+
+def _phone(i: int) -> str:
+    return f"+55119{i:08d}"
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 3)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1], 3)
+
+
+def _program(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+@contextlib.contextmanager
+def _interrupts_as_exit() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C: unwind and tear everything down."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    options = Options.from_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="falachefe-demo-"))
+    demo = Demo(options, workdir)
+    summary: Summary | None = None
+    with _interrupts_as_exit():
+        try:
+            demo.set_up()
+            asyncio.run(demo.run_burst())
+            summary = demo.summary(asyncio.run(demo.failed_counts()))
+        except KeyboardInterrupt:
+            demo.say("interrupted: tearing down")
+        finally:
+            demo.tear_down()
+    if summary is not None:
+        print(json.dumps(asdict(summary), indent=2), flush=True)
+        if options.summary_json:
+            options.summary_json.write_text(json.dumps(asdict(summary), indent=2))
+        if options.plot:
+            demo.plot(options.plot)
+            demo.say(f"timeline written to {options.plot}")
+        verdict = "OK" if summary.ok else "NOT OK"
+        demo.say(
+            f"{verdict}: {summary.answered}/{summary.sent} answered, failures {sum(summary.failed_jobs.values())}, "
+            f"peak replicas {summary.peak_replicas}, p99 {summary.latency_p99_s}s"
+        )
+    if options.keep:
+        demo.say(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if summary is not None and summary.ok else 1
+
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], "up", *sys.argv[1:]]
-    raise SystemExit(stack_main())
+    raise SystemExit(main())

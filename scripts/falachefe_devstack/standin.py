@@ -59,9 +59,13 @@ class StandInPod:
     metrics_port: int
     log_path: Path
     grace_seconds: float
+    argv: list[str]
+    env: dict[str, str]
     started_at: float = field(default_factory=time.monotonic)
-    ready_reported: bool = False
+    ready_reported: bool | None = None
     stopping_since: float | None = None
+    restarts: int = 0
+    restart_at: float | None = None
 
 
 class KubeletStandIn:
@@ -142,6 +146,7 @@ class KubeletStandIn:
             if name not in self.pods:
                 self.pods[name] = self._start_pod(pod)
         for standin in self.pods.values():
+            self._restart_if_crashed(standin)
             self._report(standin)
         self._reap_terminated()
 
@@ -167,22 +172,42 @@ class KubeletStandIn:
         argv = [*(container.command or []), *(container.args or [])]
         argv[0] = _resolve_program(argv[0])
         log_path = self.workdir / f"{pod.metadata.name}.standin.log"
-        with log_path.open("ab") as out:
-            process = subprocess.Popen(
-                argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
         grace = float(pod.spec.termination_grace_period_seconds or 30)
-        log.info("started %s as pid %d", pod.metadata.name, process.pid)
-        return StandInPod(
+        standin = StandInPod(
             name=pod.metadata.name,
             uid=pod.metadata.uid,
             labels=dict(pod.metadata.labels or {}),
-            process=process,
+            process=_launch(argv, env, log_path),
             health_port=health_port,
             metrics_port=metrics_port,
             log_path=log_path,
             grace_seconds=grace,
+            argv=argv,
+            env=env,
         )
+        log.info("started %s as pid %d", standin.name, standin.process.pid)
+        return standin
+
+    def _restart_if_crashed(self, standin: StandInPod) -> None:
+        """restartPolicy Always, with the kubelet's back-off (10 s doubling, capped at 5 min)."""
+        if standin.process.poll() is None:
+            return
+        now = time.monotonic()
+        if standin.restart_at is None:
+            backoff = min(10.0 * 2**standin.restarts, 300.0)
+            standin.restart_at = now + backoff
+            log.warning(
+                "%s exited with %s; restarting in %.0fs (see %s)",
+                standin.name,
+                standin.process.returncode,
+                backoff,
+                standin.log_path,
+            )
+        elif now >= standin.restart_at:
+            standin.restarts += 1
+            standin.restart_at = None
+            standin.started_at = now
+            standin.process = _launch(standin.argv, standin.env, standin.log_path)
 
     def _materialise_volumes(self, pod: k8s.V1Pod, container: k8s.V1Container, pod_dir: Path) -> dict[str, Path]:
         """Write each ConfigMap volume to a local directory; map mount path -> directory."""
@@ -225,12 +250,12 @@ class KubeletStandIn:
         """Patch the pod's status to what the process is doing, as a kubelet would."""
         alive = standin.process.poll() is None
         ready = alive and _http_ok(f"http://127.0.0.1:{standin.health_port}/readyz")
-        if ready == standin.ready_reported and alive:
+        if ready == standin.ready_reported:
             return
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        phase = "Running" if alive else ("Succeeded" if standin.process.returncode == 0 else "Failed")
+        # A crashed container is restarted, not given up on: the pod stays Running, not Ready.
         status: dict[str, Any] = {
-            "phase": phase,
+            "phase": "Running",
             "message": STANDIN_MESSAGE,
             "hostIP": "127.0.0.1",
             "podIP": "127.0.0.1",
@@ -267,6 +292,13 @@ class KubeletStandIn:
                 continue
             still.append(standin)
         self.terminating = still
+
+
+def _launch(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
 
 def _rewrite_paths(value: str, mounts: dict[str, Path]) -> str:
