@@ -89,7 +89,7 @@ async def test_jobs_of_a_worker_killed_mid_job_are_finished_by_another_worker_on
     llm: FakeOpenAI,
 ) -> None:
     # Short locks, so a dead worker's jobs come back in seconds rather than a minute.
-    values["queues"] = {"lock_duration_s": 3, "stalled_interval_s": 1.5}
+    values["queues"] = {"lock_duration_s": 5, "stalled_interval_s": 2}
     tenant = await add_tenant(sql)
     llm.delays.extend([600, 600, 600])  # the first worker's three calls never get an answer
     job_ids = await enqueue_three(queues, tenant)
