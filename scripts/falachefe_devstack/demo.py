@@ -17,8 +17,9 @@ What runs, all of it real except the two parts that cannot run here:
   plays the WhatsApp sender.
 
 Stand-ins, labelled as such on screen: the kubelet (no container runtime
-here) and the LLM (a local OpenAI-compatible server, unless ``--llm-url``
-names a real endpoint).
+here), metrics-server (served through the API server's aggregation layer,
+with the CPU the worker processes really use) and the LLM (a local
+OpenAI-compatible server, unless ``--llm-url`` names a real endpoint).
 
 ``--short --headless`` is the CI mode: a smaller burst, short windows, one
 status line every few seconds, and a JSON summary (``--summary-json``).
@@ -55,6 +56,7 @@ from falachefe_runtime.payloads import PROCESS_MESSAGE
 from falachefe_runtime.queues import Queues
 
 from .llm_standin import FakeOpenAI
+from .metrics_standin import MetricsServerStandIn, registered
 from .process import ManagedProcess, free_port
 from .stack import LocalStack
 from .standin import KubeletStandIn
@@ -170,6 +172,8 @@ class Demo:
         self.operator: ManagedProcess | None = None
         self.standin: KubeletStandIn | None = None
         self.llm: FakeOpenAI | None = None
+        self.metrics: MetricsServerStandIn | None = None
+        self.cleanups = contextlib.ExitStack()
         self.api: k8s.ApiClient | None = None
         self.sent_at: dict[str, float] = {}
         self.latencies: list[float] = []
@@ -218,12 +222,16 @@ class Demo:
             )
         self.start_operator()
         self.apply_resource(llm_url)
+        self.metrics = MetricsServerStandIn(self.workdir / "metrics-server").start()
+        self.cleanups.enter_context(registered(self.api, self.metrics))
+        self.say("metrics-server: the demo's stand-in serves metrics.k8s.io with the workers' real CPU use")
         self.standin = KubeletStandIn(
             self.api,
             NAMESPACE,
             f"app.kubernetes.io/instance={RESOURCE}",
             self.workdir / "pods",
             extra_env={"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true", "CREWAI_TESTING": "true"},
+            metrics=self.metrics,
         ).start()
         self.say("kubelet: the demo's stand-in runs each worker pod as a local process")
         wait_for(self.resource_ready, timeout=180, interval=0.5, what="Falachefe Ready")
@@ -270,10 +278,10 @@ class Demo:
                         "minReplicas": 1,
                         "maxReplicas": 3,
                         "terminationGracePeriodSeconds": 30,
+                        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
                         "autoscaling": {
                             "pollingIntervalSeconds": 2,
                             "targetQueueDepthPerReplica": 10,
-                            "targetCPUUtilizationPercentage": 0,
                             "behavior": {"scaleUp": scale_up, "scaleDown": scale_down},
                         },
                     },
@@ -281,10 +289,10 @@ class Demo:
                         "minReplicas": 1,
                         "maxReplicas": 3,
                         "terminationGracePeriodSeconds": 60,
+                        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
                         "autoscaling": {
                             "pollingIntervalSeconds": 2,
                             "targetQueueDepthPerReplica": 6,
-                            "targetCPUUtilizationPercentage": 0,
                             "behavior": {"scaleUp": scale_up, "scaleDown": scale_down},
                         },
                     },
@@ -570,6 +578,10 @@ class Demo:
             self.standin.stop()
         if self.operator is not None:
             self.operator.stop()
+        with contextlib.suppress(Exception):  # the cluster goes away next anyway
+            self.cleanups.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.llm is not None:
             self.llm.stop()
         self.stack.stop()

@@ -1,8 +1,9 @@
 """A stand-in for metrics-server, served through the real API server's aggregation layer.
 
 No kubelet runs here, so nothing measures CPU; this small HTTPS server
-answers ``metrics.k8s.io/v1beta1`` with the usage a test sets per pod, and
-the test registers it the way metrics-server is registered: an APIService
+answers ``metrics.k8s.io/v1beta1`` with the usage set per pod (by a test,
+or by the demo's kubelet stand-in from what its worker processes really
+use), and is registered the way metrics-server is registered: an APIService
 ``v1beta1.metrics.k8s.io`` pointing at a Service. The operator's code reads
 ``/apis/metrics.k8s.io/...`` from the API server as it would in a cluster,
 and cannot tell.
@@ -54,7 +55,7 @@ def host_ip() -> str:
 
 
 @dataclass
-class FakeMetricsServer:
+class MetricsServerStandIn:
     """Serves PodMetrics for the usage set with ``set_usage``; runs on its own loop in a thread."""
 
     workdir: Path
@@ -71,7 +72,12 @@ class FakeMetricsServer:
         with self._lock:
             self._usage[(namespace, pod)] = (labels, cpu)
 
-    def start(self) -> FakeMetricsServer:
+    def forget(self, namespace: str, pod: str) -> None:
+        with self._lock:
+            self._usage.pop((namespace, pod), None)
+
+    def start(self) -> MetricsServerStandIn:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         cert, key = self.workdir / "tls.crt", self.workdir / "tls.key"
         subprocess.run(
             [
@@ -103,10 +109,10 @@ class FakeMetricsServer:
             self._loop.run_until_complete(serve())
             self._loop.run_forever()
 
-        self._thread = threading.Thread(target=run, name="fake-metrics-server", daemon=True)
+        self._thread = threading.Thread(target=run, name="metrics-server-standin", daemon=True)
         self._thread.start()
         if not ready.wait(10):
-            raise RuntimeError("fake metrics server did not start")
+            raise RuntimeError("metrics-server stand-in did not start")
         return self
 
     def stop(self) -> None:
@@ -173,11 +179,11 @@ def _parse_selector(selector: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def registered(api: k8s.ApiClient, server: FakeMetricsServer) -> Iterator[str]:
+def registered(api: k8s.ApiClient, server: MetricsServerStandIn) -> Iterator[str]:
     """Register ``server`` as metrics.k8s.io (Service, Endpoints, APIService); yields its namespace."""
     core = k8s.CoreV1Api(api)
     registration = k8s.ApiregistrationV1Api(api)
-    namespace = f"fake-metrics-{uuid.uuid4().hex[:6]}"
+    namespace = f"metrics-standin-{uuid.uuid4().hex[:6]}"
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
     try:
         core.create_namespaced_service(

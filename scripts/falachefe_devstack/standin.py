@@ -12,7 +12,11 @@ plays the kubelet's part for the pods it is told to watch:
   to Running/Ready, so the ReplicaSet, the Deployment and the operator see
   real readiness through the real controllers;
 - when the pod is deleted (scale-down), the process gets SIGTERM and the
-  grace period the pod spec asks for, exactly like a container.
+  grace period the pod spec asks for, exactly like a container;
+- a process that exits is restarted with the kubelet's back-off;
+- given a :class:`~falachefe_devstack.metrics_standin.MetricsServerStandIn`,
+  it reports the CPU each process really uses (from ``/proc``), as the
+  kubelet's cAdvisor would to metrics-server.
 
 Every process it starts is labelled as a stand-in in its log file name and
 in the pod's status message, so nobody mistakes it for a real kubelet.
@@ -40,11 +44,20 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from .metrics_standin import MetricsServerStandIn
 from .process import free_port
 
 log = logging.getLogger("falachefe.standin")
 
+#: CPU usage is averaged over this window, like metrics-server's 15 s default.
+CPU_WINDOW_S = 15.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
 STANDIN_MESSAGE = "running as a local process by the demo's kubelet stand-in"
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -62,10 +75,13 @@ class StandInPod:
     argv: list[str]
     env: dict[str, str]
     started_at: float = field(default_factory=time.monotonic)
+    start_time: str = field(default_factory=_now_iso)
     ready_reported: bool | None = None
     stopping_since: float | None = None
     restarts: int = 0
     restart_at: float | None = None
+    #: (monotonic time, CPU seconds used) samples of the last CPU_WINDOW_S.
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)
 
 
 class KubeletStandIn:
@@ -80,6 +96,7 @@ class KubeletStandIn:
         *,
         extra_env: dict[str, str] | None = None,
         interval: float = 0.5,
+        metrics: MetricsServerStandIn | None = None,
     ) -> None:
         self.core = k8s.CoreV1Api(api)
         self.namespace = namespace
@@ -87,6 +104,7 @@ class KubeletStandIn:
         self.workdir = workdir
         self.extra_env = extra_env or {}
         self.interval = interval
+        self.metrics = metrics
         self.pods: dict[str, StandInPod] = {}
         self.terminating: list[StandInPod] = []
         self._stop = threading.Event()
@@ -148,6 +166,7 @@ class KubeletStandIn:
         for standin in self.pods.values():
             self._restart_if_crashed(standin)
             self._report(standin)
+            self._report_cpu(standin)
         self._reap_terminated()
 
     # -- pods -> processes ---------------------------------------------------------------
@@ -252,14 +271,14 @@ class KubeletStandIn:
         ready = alive and _http_ok(f"http://127.0.0.1:{standin.health_port}/readyz")
         if ready == standin.ready_reported:
             return
-        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        now = _now_iso()
         # A crashed container is restarted, not given up on: the pod stays Running, not Ready.
         status: dict[str, Any] = {
             "phase": "Running",
             "message": STANDIN_MESSAGE,
             "hostIP": "127.0.0.1",
             "podIP": "127.0.0.1",
-            "startTime": now,
+            "startTime": standin.start_time,
             "conditions": [
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
                 {"type": "Initialized", "status": "True", "lastTransitionTime": now},
@@ -271,9 +290,25 @@ class KubeletStandIn:
             self.core.patch_namespaced_pod_status(standin.name, self.namespace, {"status": status})
             standin.ready_reported = ready
 
+    def _report_cpu(self, standin: StandInPod) -> None:
+        if self.metrics is None:
+            return
+        used = _cpu_seconds(standin.process.pid) if standin.process.poll() is None else None
+        if used is None:
+            return
+        now = time.monotonic()
+        standin.cpu_samples = [(t, c) for t, c in standin.cpu_samples if now - t <= CPU_WINDOW_S] + [(now, used)]
+        (first_t, first_c), (last_t, last_c) = standin.cpu_samples[0], standin.cpu_samples[-1]
+        if last_t - first_t < 1.0:
+            return
+        millicores = max(0, round((last_c - first_c) / (last_t - first_t) * 1000))
+        self.metrics.set_usage(self.namespace, standin.name, standin.labels, f"{millicores}m")
+
     # -- termination -----------------------------------------------------------------
 
     def _terminate(self, standin: StandInPod) -> None:
+        if self.metrics is not None:
+            self.metrics.forget(self.namespace, standin.name)
         if standin.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(standin.process.pid, signal.SIGTERM)
@@ -292,6 +327,18 @@ class KubeletStandIn:
                 continue
             still.append(standin)
         self.terminating = still
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process, from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after it are fixed.
+    fields = stat.rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / _CLOCK_TICKS
 
 
 def _launch(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -1,6 +1,6 @@
 """CPU utilisation through the real API server: pods from the core API, usage from metrics.k8s.io.
 
-metrics.k8s.io is served by ``metrics_api.FakeMetricsServer`` behind a real
+metrics.k8s.io is served by ``falachefe_devstack.metrics_standin.MetricsServerStandIn`` behind a real
 APIService, so the reader and the engine go through the aggregation layer
 exactly as they would to metrics-server.
 """
@@ -8,13 +8,16 @@ exactly as they would to metrics-server.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
 from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.metrics_standin import MetricsServerStandIn, registered
 from falachefe_operator.scaling.cpu import CpuReader, utilization
 from falachefe_operator.scaling.engine import Autoscaler, PoolTarget
 from falachefe_operator.scaling.metrics import ScalingMetrics
@@ -31,7 +34,6 @@ from .cluster import (
     selector,
     set_ready,
 )
-from .metrics_api import FakeMetricsServer, registered
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +52,50 @@ def test_pods_without_a_cpu_request_are_named() -> None:
     assert "pod crew-7f9c container worker has no CPU request" in result.message
 
 
+def _ready_pod(name: str, started: datetime, ready_since: datetime) -> k8s.V1Pod:
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name),
+        spec=k8s.V1PodSpec(
+            containers=[
+                k8s.V1Container(
+                    name="worker", image="x", resources=k8s.V1ResourceRequirements(requests={"cpu": "500m"})
+                )
+            ]
+        ),
+        status=k8s.V1PodStatus(
+            phase="Running",
+            start_time=started,
+            conditions=[k8s.V1PodCondition(type="Ready", status="True", last_transition_time=ready_since)],
+        ),
+    )
+
+
+def test_samples_taken_during_start_up_do_not_count() -> None:
+    """A new pod's first sample includes its start-up work: like the HPA, it is not load."""
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    sample_at = now.isoformat().replace("+00:00", "Z")
+
+    def metric(name: str, cpu: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "timestamp": sample_at,
+            "window": "15s",
+            "containers": [{"usage": {"cpu": cpu}}],
+        }
+
+    settled = _ready_pod("settled", started=now - timedelta(minutes=2), ready_since=now - timedelta(seconds=60))
+    fresh = _ready_pod("fresh", started=now - timedelta(seconds=20), ready_since=now - timedelta(seconds=5))
+    old = _ready_pod("old", started=now - timedelta(minutes=10), ready_since=now - timedelta(seconds=5))
+    result = utilization(
+        [settled, fresh, old], [metric("settled", "100m"), metric("fresh", "1500m"), metric("old", "400m")], now
+    )
+    assert isinstance(result, CpuSample)
+    # "fresh" became Ready 5 s ago: its 15 s window began while it was starting.
+    # "old" flipped Ready recently too, but is past the 5-minute initialization period.
+    assert (result.ready_pods, result.unaccounted_pods) == (2, 1)
+    assert result.utilization == pytest.approx((0.1 + 0.4) / (0.5 + 0.5))
+
+
 async def test_metrics_api_not_served(kube_api: k8s.ApiClient, namespace: str) -> None:
     """No metrics-server registered (this test runs before the module registers the fake)."""
     result = await CpuReader(kube_api).read(namespace, "app=none")
@@ -58,8 +104,8 @@ async def test_metrics_api_not_served(kube_api: k8s.ApiClient, namespace: str) -
 
 
 @pytest.fixture(scope="module")
-def metrics_api(kube_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeMetricsServer]:
-    server = FakeMetricsServer(tmp_path_factory.mktemp("metrics-server")).start()
+def metrics_api(kube_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsServerStandIn]:
+    server = MetricsServerStandIn(tmp_path_factory.mktemp("metrics-server")).start()
     try:
         with registered(kube_api, server):
             yield server
@@ -72,7 +118,7 @@ async def test_pool_scales_on_cpu_and_ignores_starting_pods(
     kube_api: k8s.ApiClient,
     namespace: str,
     redis_url: str,
-    metrics_api: FakeMetricsServer,
+    metrics_api: MetricsServerStandIn,
     tmp_path: Path,
 ) -> None:
     create_worker_deployment(kube_api, namespace, "demo-crew", "crew", replicas=2)

@@ -8,6 +8,12 @@ have a usage sample; pods that are starting, or Ready but not yet sampled,
 are reported as unaccounted rather than idle. Terminating and finished pods
 are left out altogether.
 
+Start-up is busy (imports, pool warm-up), so like the HPA's CPU
+initialization period: during a pod's first five minutes, a sample whose
+window began before the pod became Ready measures its start-up, not its
+load, and the pod counts as starting. Without this, every new pod would
+look overloaded and trigger the next scale-up.
+
 The ``kubernetes`` client is synchronous, so both calls run in threads and
 the event loop (Kopf's) never blocks on the API server.
 """
@@ -15,6 +21,8 @@ the event loop (Kopf's) never blocks on the API server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +35,11 @@ from .observation import CpuSample, MetricUnavailable
 
 METRICS_GROUP = "metrics.k8s.io"
 METRICS_VERSION = "v1beta1"
+
+#: The HPA's --horizontal-pod-autoscaler-cpu-initialization-period default.
+CPU_INITIALIZATION_PERIOD = timedelta(minutes=5)
+#: metrics-server's default resolution, when a sample does not say its window.
+DEFAULT_METRIC_WINDOW = timedelta(seconds=15)
 
 
 class CpuReader:
@@ -62,9 +75,13 @@ class CpuReader:
         return utilization(pods.items, usage.get("items", []))
 
 
-def utilization(pods: list[Any], pod_metrics: list[dict[str, Any]]) -> CpuSample | MetricUnavailable:
+def utilization(
+    pods: list[Any], pod_metrics: list[dict[str, Any]], now: datetime | None = None
+) -> CpuSample | MetricUnavailable:
     """The HPA's grouping and ratio, from the pods (V1Pod) and their PodMetrics."""
+    now = now or datetime.now(UTC)
     usage_by_pod: dict[str, Decimal] = {}
+    window_start_by_pod: dict[str, datetime] = {}
     for item in pod_metrics:
         name = item.get("metadata", {}).get("name")
         containers = item.get("containers") or []
@@ -72,6 +89,9 @@ def utilization(pods: list[Any], pod_metrics: list[dict[str, Any]]) -> CpuSample
             usage_by_pod[name] = sum(
                 (parse_quantity(c.get("usage", {}).get("cpu", "0")) for c in containers), Decimal(0)
             )
+            window_start = _window_start(item)
+            if window_start is not None:
+                window_start_by_pod[name] = window_start
 
     usage = Decimal(0)
     requests = Decimal(0)
@@ -80,7 +100,11 @@ def utilization(pods: list[Any], pod_metrics: list[dict[str, Any]]) -> CpuSample
     for pod in pods:
         if pod.metadata.deletion_timestamp is not None or (pod.status and pod.status.phase in {"Succeeded", "Failed"}):
             continue
-        if not _is_ready(pod) or pod.metadata.name not in usage_by_pod:
+        if (
+            not _is_ready(pod)
+            or pod.metadata.name not in usage_by_pod
+            or _sampled_while_starting(pod, window_start_by_pod.get(pod.metadata.name), now)
+        ):
             unaccounted += 1
             continue
         pod_request = Decimal(0)
@@ -103,8 +127,48 @@ def utilization(pods: list[Any], pod_metrics: list[dict[str, Any]]) -> CpuSample
 
 
 def _is_ready(pod: Any) -> bool:
+    return _ready_since(pod) is not None
+
+
+def _ready_since(pod: Any) -> datetime | None:
+    """When the pod became Ready (its condition's lastTransitionTime), or None if it is not."""
     conditions = (pod.status and pod.status.conditions) or []
-    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+    for condition in conditions:
+        if condition.type == "Ready" and condition.status == "True":
+            return _aware(condition.last_transition_time) or datetime.min.replace(tzinfo=UTC)
+    return None
+
+
+def _sampled_while_starting(pod: Any, window_start: datetime | None, now: datetime) -> bool:
+    """Is this Ready pod's sample from before it was Ready, within its initialization period?"""
+    started = _aware(pod.status.start_time) if pod.status else None
+    ready_since = _ready_since(pod)
+    if started is None or ready_since is None or window_start is None:
+        return False
+    return now - started < CPU_INITIALIZATION_PERIOD and window_start < ready_since
+
+
+def _window_start(item: dict[str, Any]) -> datetime | None:
+    """When a PodMetrics sample's measuring window began (its timestamp minus its window)."""
+    raw = item.get("timestamp")
+    if not raw:
+        return None
+    try:
+        timestamp = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    window = DEFAULT_METRIC_WINDOW
+    raw_window = str(item.get("window") or "")
+    if raw_window.endswith("s"):
+        with contextlib.suppress(ValueError):
+            window = timedelta(seconds=float(raw_window[:-1]))
+    return timestamp.replace(tzinfo=timestamp.tzinfo or UTC) - window
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _api_error(error: ApiException, namespace: str) -> str:
