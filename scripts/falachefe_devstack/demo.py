@@ -236,6 +236,7 @@ class Demo:
         self.say("kubelet: the demo's stand-in runs each worker pod as a local process")
         wait_for(self.resource_ready, timeout=180, interval=0.5, what="Falachefe Ready")
         self.say("Falachefe is Ready")
+        self.show_resource()
 
     def start_operator(self) -> None:
         assert self.stack.kube is not None
@@ -474,7 +475,13 @@ class Demo:
                 print(f"    event  {event}", flush=True)
             self.events_printed = len(self.scale_events)
             return
-        screen = ["\x1b[2J\x1b[H", "Falachefe demo (kubelet and LLM are the demo's stand-ins)", "", line, ""]
+        screen = [
+            "\x1b[2J\x1b[H",
+            "Falachefe demo (kubelet, metrics-server and LLM are the demo's stand-ins)",
+            "",
+            line,
+            "",
+        ]
         screen.append("pool   desired  ready  queue depth")
         for pool, s in sample.pools.items():
             screen.append(f"{pool:<6} {s.desired:>7}  {s.ready:>5}  {s.queue_depth:>11}")
@@ -538,18 +545,29 @@ class Demo:
         depth.set_xlabel("seconds since the burst started")
         replicas.legend(loc="upper right", fontsize="small")
         depth.legend(loc="upper right", fontsize="small")
-        replicas.set_title("Falachefe demo: pools scaling on queue depth (kubelet and LLM are stand-ins)")
+        replicas.set_title(
+            "Falachefe demo: pools scaling on queue depth and CPU (kubelet, metrics-server, LLM: stand-ins)"
+        )
         figure.tight_layout()
         figure.savefig(path, dpi=110)
         plt.close(figure)
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def kubectl(self, *args: str) -> None:
+    def kubectl(self, *args: str) -> str:
         assert self.stack.kube is not None
-        subprocess.run(
-            ["kubectl", "--kubeconfig", str(self.stack.kube.kubeconfig), *args], check=True, capture_output=True
+        result = subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.stack.kube.kubeconfig), *args],
+            check=True,
+            capture_output=True,
+            text=True,
         )
+        return result.stdout
+
+    def show_resource(self) -> None:
+        """What a platform engineer would look at: `kubectl get falachefe -o wide`."""
+        self.say(f"$ kubectl get falachefe -n {NAMESPACE} -o wide")
+        print(self.kubectl("get", "falachefe", "-n", NAMESPACE, "-o", "wide"), end="", flush=True)
 
     def run_sql(self, database: str, sql: str) -> None:
         assert self.stack.postgres is not None
@@ -629,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             demo.set_up()
             asyncio.run(demo.run_burst())
             summary = demo.summary(asyncio.run(demo.failed_counts()))
+            demo.show_resource()
         except KeyboardInterrupt:
             demo.say("interrupted: tearing down")
         finally:
