@@ -123,6 +123,8 @@ async def converge(
     resource: Resource,
     owned: Iterable[ObjectRef],
     established: Iterable[tuple[str, str]],
+    *,
+    first_visit: bool,
 ) -> ApplyResult:
     """Apply every desired object, set the replicas apply leaves alone, delete what is no longer desired.
 
@@ -130,6 +132,8 @@ async def converge(
     its watches); any of them not desired any more (a removed pool's) is
     deleted. ``established`` are the Deployments seen running (not still
     paused from their creation); the others are created as new ones are.
+    ``first_visit``: no operator has reported on this resource yet, so it
+    owns no running Deployment.
     """
     owned = list(owned)
     known = set(established)
@@ -138,7 +142,7 @@ async def converge(
     result = ApplyResult()
     outcomes = await asyncio.gather(
         *(
-            _apply_new_deployment(api, resource, manifest, ref)
+            _apply_new_deployment(api, resource, manifest, ref, surely_new=first_visit)
             if ref.kind == "Deployment" and ref.key not in known
             else api.apply(ref.path, manifest, manager=naming.FIELD_MANAGER)
             for ref, manifest in zip(refs, manifests, strict=True)
@@ -167,7 +171,7 @@ async def converge(
 
 
 async def _apply_new_deployment(
-    api: KubeApi, resource: Resource, manifest: Mapping[str, Any], ref: ObjectRef
+    api: KubeApi, resource: Resource, manifest: Mapping[str, Any], ref: ObjectRef, *, surely_new: bool
 ) -> Applied:
     """Create a Deployment at its pool's minimum without ever running the API's default of one replica.
 
@@ -175,19 +179,21 @@ async def _apply_new_deployment(
     a new paused Deployment), scaled to ``minReplicas`` through the scale
     subresource, then applied as usual, which unpauses it. The watches may
     not have shown an existing Deployment yet (just after the operator
-    starts), so one GET decides: an existing one is applied as usual,
-    unless it is an earlier creation interrupted before its first scale,
-    which is finished now.
+    starts), so unless the resource is ``surely_new``, one GET decides: an
+    existing one is applied as usual, unless it is an earlier creation
+    interrupted before its first scale, which is finished now.
     """
-    existing = await api.get(ref.path)
-    if existing is not None and not still_unborn(existing):
-        return await api.apply(ref.path, manifest, manager=naming.FIELD_MANAGER)
+    if not surely_new:
+        existing = await api.get(ref.path)
+        if existing is not None and not still_unborn(existing):
+            return await api.apply(ref.path, manifest, manager=naming.FIELD_MANAGER)
     paused = {**manifest, "spec": {**manifest["spec"], "paused": True}}
     first = await api.apply(ref.path, paused, manager=naming.FIELD_MANAGER)
     if first.created or still_unborn(first.body):
         kind = naming.pool_of(manifest["metadata"]["labels"])
         pool = dict(resource.spec.pools.items())[kind] if kind is not None else None
-        if pool is not None:
+        current = int((first.body.get("spec") or {}).get("replicas", 1))
+        if pool is not None and pool.min_replicas != current:
             await _scale(api, ref, pool.min_replicas)
     final = await api.apply(ref.path, manifest, manager=naming.FIELD_MANAGER)
     return Applied(body=final.body, created=first.created)

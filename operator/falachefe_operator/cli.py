@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import uuid
 from typing import Any
 
 import kopf
@@ -84,7 +85,8 @@ async def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    identity = f"{socket.gethostname()}-{os.getpid()}"
+    # The pod's name says which replica leads; the suffix tells a restarted container from its predecessor.
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     configuration = load_configuration(args.kubeconfig)
     api = KubeApi(configuration)
     elector: LeaderElector | None = None

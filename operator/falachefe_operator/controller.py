@@ -97,6 +97,24 @@ def _slim_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _slim_resource(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a pass and its Events need of the resource, without managedFields and annotations.
+
+    Those two (kubectl's last-applied annotation repeats the whole spec)
+    are most of an object's size, and a controller holds its resource for
+    as long as it lives.
+    """
+    metadata = body["metadata"]
+    kept = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {key: metadata[key] for key in kept if key in metadata},
+        "spec": body.get("spec"),
+        "status": body.get("status"),
+    }
+
+
 def _owned(body: Mapping[str, Any]) -> Owned:
     metadata = body["metadata"]
     api_version, kind = body["apiVersion"], body["kind"]
@@ -169,7 +187,7 @@ class Controller:
         if self._uid is not None and uid != self._uid:
             self._reset()
         self._uid = uid
-        self._body = body
+        self._body = _slim_resource(body)
         self._wake.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"falachefe {self.namespace}/{self.name}")
@@ -295,6 +313,8 @@ class Controller:
                             for key, owned in self._owned.items()
                             if owned.deployment is not None and not apply.still_unborn(owned.deployment)
                         ],
+                        first_visit=self._applied_generation is None
+                        and (body.get("status") or {}).get("observedGeneration") is None,
                     ),
                 )
         finally:

@@ -99,5 +99,6 @@ def operator_settings(*, identity: str, clusterwide: bool, watch_timeout: int = 
     settings.scanning.disabled = not clusterwide
     settings.posting.reporting_component = naming.FIELD_MANAGER
     settings.posting.reporting_instance = identity
+    settings.posting.event_name_prefix = "falachefe-"
     settings.posting.level = logging.INFO
     return settings
