@@ -54,6 +54,8 @@ RETRY_SECONDS = (2.0, 4.0, 8.0, 15.0, 30.0)
 #: While a pool's queue cannot be read, the Secret with the Redis URL is read
 #: again this often: the fix may be a corrected URL.
 SECRETS_RECHECK_SECONDS = 10.0
+#: How long a pass waits for more of the burst of events that woke it.
+COALESCE_SECONDS = 0.02
 
 
 class Scaler(Protocol):
@@ -139,6 +141,7 @@ class Controller:
         api: KubeApi,
         scaler: Scaler | None,
         resync_seconds: float,
+        slots: asyncio.Semaphore,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.namespace = namespace
@@ -146,6 +149,7 @@ class Controller:
         self._api = api
         self._scaler = scaler
         self._resync = resync_seconds
+        self._slots = slots
         self._clock = clock or asyncio.get_running_loop().time
         self._body: dict[str, Any] | None = None
         self._owned: dict[tuple[str, str], Owned] = {}
@@ -157,7 +161,7 @@ class Controller:
         """Forget everything learned about the resource's objects (it is a new resource)."""
         self._uid: str | None = None
         self._applied_generation: int | None = None
-        #: Each object as the last apply left it, and the keys it applied.
+        #: Each object as the last apply left it, and what the last apply wanted.
         self._applied: dict[tuple[str, str], Owned] = {}
         self._desired: set[tuple[str, str]] | None = None
         self._applying = False
@@ -173,6 +177,7 @@ class Controller:
         self._targets: dict[WorkerKind, PoolTarget] = {}
         self._next_poll: dict[WorkerKind, float] = {}
         self._written_status: dict[str, Any] | None = None
+        self._spec: tuple[int, FalachefeSpec] | None = None
 
     # -- fed by the watches ---------------------------------------------------------
 
@@ -224,9 +229,7 @@ class Controller:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._scaler is not None:
-            for target in self._targets.values():
-                self._scaler.forget(target)
+        self._forget_pools()
 
     def gone(self) -> None:
         """The resource was deleted: stop acting on it (the garbage collector takes its objects)."""
@@ -234,6 +237,10 @@ class Controller:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        self._forget_pools()
+
+    def _forget_pools(self) -> None:
+        """Drop the autoscaler's history and series of this resource's pools."""
         if self._scaler is not None:
             for target in self._targets.values():
                 self._scaler.forget(target)
@@ -247,6 +254,8 @@ class Controller:
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=None if delay == float("inf") else delay)
+            # Changes come in bursts (an apply echoes back as several events): one pass for the burst.
+            await asyncio.sleep(COALESCE_SECONDS)
             self._wake.clear()
             try:
                 await self._pass()
@@ -276,7 +285,7 @@ class Controller:
             return
         generation = int(body["metadata"].get("generation", 1))
         try:
-            spec = FalachefeSpec.model_validate(body.get("spec") or {})
+            spec = self._parsed(generation, body)
         except ValidationError as error:
             problem = Problem("InvalidSpec", describe_validation_error(error))
             self._next_apply = float("inf")  # until the spec changes
@@ -294,6 +303,12 @@ class Controller:
         await self._autoscale(body, spec)
         await self._write_status(body, self._observation(spec, generation))
 
+    def _parsed(self, generation: int, body: Mapping[str, Any]) -> FalachefeSpec:
+        """The spec, parsed once per generation (a pass runs on every event about the resource's objects)."""
+        if self._spec is None or self._spec[0] != generation:
+            self._spec = (generation, FalachefeSpec.model_validate(body.get("spec") or {}))
+        return self._spec[1]
+
     async def _reconcile(self, body: dict[str, Any], spec: FalachefeSpec, generation: int) -> None:
         drifted, self._drifted = self._drifted, set()
         resource = Resource(self.name, self.namespace, str(body["metadata"]["uid"]), spec)
@@ -301,22 +316,23 @@ class Controller:
         # Events that arrive while applying are this apply's own echoes (or older).
         self._applying = True
         try:
-            with metrics.RECONCILE_SECONDS.time():
-                secrets, result = await asyncio.gather(
-                    apply.check_secrets(self._api, self.namespace, spec),
-                    apply.converge(
-                        self._api,
-                        resource,
-                        [owned.ref for owned in self._owned.values()],
-                        established=[
-                            key
-                            for key, owned in self._owned.items()
-                            if owned.deployment is not None and not apply.still_unborn(owned.deployment)
-                        ],
-                        first_visit=self._applied_generation is None
-                        and (body.get("status") or {}).get("observedGeneration") is None,
-                    ),
-                )
+            async with self._slots:
+                with metrics.RECONCILE_SECONDS.time():
+                    secrets, result = await asyncio.gather(
+                        apply.check_secrets(self._api, self.namespace, spec),
+                        apply.converge(
+                            self._api,
+                            resource,
+                            [owned.ref for owned in self._owned.values()],
+                            established=[
+                                key
+                                for key, owned in self._owned.items()
+                                if owned.deployment is not None and not apply.still_unborn(owned.deployment)
+                            ],
+                            first_visit=self._applied_generation is None
+                            and (body.get("status") or {}).get("observedGeneration") is None,
+                        ),
+                    )
         finally:
             self._applying = False
         self._take_secrets(secrets)
@@ -484,17 +500,24 @@ class Fleet:
     whose controller owner reference points at one.
     """
 
-    def __init__(self, api: KubeApi, scaler: Scaler | None, *, resync_seconds: float = 600.0) -> None:
+    def __init__(
+        self, api: KubeApi, scaler: Scaler | None, *, resync_seconds: float = 600.0, concurrent_reconciles: int = 32
+    ) -> None:
         self._api = api
         self._scaler = scaler
         self._resync = resync_seconds
+        # Reconciles hold every object they applied until they finish: bounding
+        # them bounds the memory a burst (an operator restart) takes.
+        self._slots = asyncio.Semaphore(concurrent_reconciles)
         self._controllers: dict[tuple[str, str], Controller] = {}
 
     def _controller(self, namespace: str, name: str) -> Controller:
         key = (namespace, name)
         controller = self._controllers.get(key)
         if controller is None:
-            controller = Controller(namespace, name, api=self._api, scaler=self._scaler, resync_seconds=self._resync)
+            controller = Controller(
+                namespace, name, api=self._api, scaler=self._scaler, resync_seconds=self._resync, slots=self._slots
+            )
             self._controllers[key] = controller
             metrics.RESOURCES.set(len(self._controllers))
         return controller
