@@ -178,6 +178,7 @@ class Controller:
         self._next_poll: dict[WorkerKind, float] = {}
         self._written_status: dict[str, Any] | None = None
         self._spec: tuple[int, FalachefeSpec] | None = None
+        self._invalid = False
 
     # -- fed by the watches ---------------------------------------------------------
 
@@ -270,8 +271,13 @@ class Controller:
         if self._wake.is_set():
             return self._clock()
         body = self._body
-        if body is None or (body.get("spec") or {}).get("paused"):
-            return float("inf")
+        if (
+            body is None
+            or body["metadata"].get("deletionTimestamp")
+            or (body.get("spec") or {}).get("paused")
+            or self._invalid
+        ):
+            return float("inf")  # until the resource changes
         return min([self._next_apply, self._next_secrets, *self._next_poll.values()])
 
     def _retry_later(self) -> None:
@@ -288,10 +294,11 @@ class Controller:
             spec = self._parsed(generation, body)
         except ValidationError as error:
             problem = Problem("InvalidSpec", describe_validation_error(error))
-            self._next_apply = float("inf")  # until the spec changes
+            self._invalid = True
             self._announce([problem], body)
             await self._write_status(body, Observation(generation, problems=[problem]))
             return
+        self._invalid = False
         if spec.paused:
             await self._write_status(body, self._observation(spec, generation, paused=True))
             return

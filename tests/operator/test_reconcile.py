@@ -78,6 +78,9 @@ def test_a_sample_reconciles_into_owned_objects_and_becomes_ready(
     assert objects["Deployment/shop-crew"]["spec"]["replicas"] == 0, "minReplicas 0 starts no worker"
     assert objects["Deployment/shop-auth"]["spec"]["replicas"] == 1
     assert not resource["metadata"].get("finalizers"), "no finalizer: deleting never waits for the operator"
+    # The operator writes the status and nothing else of the resource (no annotation, no label).
+    managers = {(e["manager"], e.get("subresource")) for e in resource["metadata"]["managedFields"]}
+    assert managers == {("kubectl-client-side-apply", None), (naming.FIELD_MANAGER, "status")}
 
     wait_condition(kube_api, op_namespace, "shop", "Ready", "False", "WorkersNotReady")
     wait_for(
