@@ -64,13 +64,15 @@ async def check_secrets(api: KubeApi, namespace: str, spec: FalachefeSpec) -> Se
     """Whether every Secret key the workers reference exists (a pod cannot start without it)."""
     refs = builders.secret_refs(spec)
     names = sorted({ref.name for _, ref in refs})
-    fetched = await asyncio.gather(*(_read_secret(api, namespace, name) for name in names), return_exceptions=True)
+    fetched = await asyncio.gather(*(_read_secret(api, namespace, name) for name in names))
     secrets = dict(zip(names, fetched, strict=True))
     problems = []
     for field_path, ref in refs:
         secret = secrets[ref.name]
-        if isinstance(secret, BaseException):
-            problems.append(Problem("SecretUnreadable", f"Secret {namespace}/{ref.name} ({field_path}): {secret}"))
+        if isinstance(secret, _Unreadable):
+            problems.append(
+                Problem("SecretUnreadable", f"Secret {namespace}/{ref.name} ({field_path}): {secret.reason}")
+            )
         elif secret is None:
             problems.append(Problem("SecretNotFound", f"Secret {namespace}/{ref.name} not found ({field_path}.name)"))
         elif ref.key not in (secret.get("data") or {}):
@@ -87,13 +89,19 @@ async def check_secrets(api: KubeApi, namespace: str, spec: FalachefeSpec) -> Se
     return SecretsCheck(problems, redis_url)
 
 
-async def _read_secret(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class _Unreadable:
+    reason: str
+
+
+async def _read_secret(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | _Unreadable | None:
+    """The Secret, None if there is none, or why it could not be read."""
     try:
         return await api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
     except ApiError as error:
-        raise RuntimeError(f"{error.status} {error.reason}: {error.message}") from None
+        return _Unreadable(f"{error.status} {error.reason}: {error.message}")
     except (aiohttp.ClientError, TimeoutError) as error:
-        raise RuntimeError(f"API server unreachable: {type(error).__name__}") from None
+        return _Unreadable(f"API server unreachable: {type(error).__name__}")
 
 
 def _decode(value: str | None) -> str | None:
