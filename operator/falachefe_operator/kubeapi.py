@@ -133,7 +133,10 @@ class KubeApi:
                 ) as response:
                     text = await response.text()
                     metrics.API_REQUESTS.labels(method, str(response.status)).inc()
-        payload = json.loads(text) if text else {}
+        try:
+            payload = json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            payload = {}  # an error page from something in front of the API server
         if response.status >= 400:
             raise ApiError(
                 response.status,
