@@ -171,22 +171,20 @@ async def test_sources_down_hold_the_pool(
 async def test_scale_write_survives_status_churn_but_not_a_concurrent_resize(
     kube_api: k8s.ApiClient, namespace: str, redis_url: str, engine: tuple[Autoscaler, CollectorRegistry]
 ) -> None:
-    """The write is guarded by the resourceVersion the decision was made on."""
+    """The write is a compare-and-swap on the replicas the decision was made from."""
     autoscaler, _ = engine
     apps = k8s.AppsV1Api(kube_api)
     create_worker_deployment(kube_api, namespace, "demo-auth", "auth", replicas=2)
     target = target_for(namespace, redis_url)
-    seen = apps.read_namespaced_deployment("demo-auth", namespace).metadata.resource_version
 
     # Something else touches the Deployment (as the ReplicaSet controller
     # does with its status): the version moves on, replicas do not.
     apps.patch_namespaced_deployment("demo-auth", namespace, {"metadata": {"annotations": {"touched": "yes"}}})
-    assert await autoscaler._scale(target, 2, seen, 4) is None
+    assert await autoscaler._scale(target, 2, 4) is None
     assert scale_of(kube_api, namespace, "demo-auth") == 4
 
     # Someone resizes it after the decision was made: their size stands.
-    seen = apps.read_namespaced_deployment("demo-auth", namespace).metadata.resource_version
     apps.patch_namespaced_deployment_scale("demo-auth", namespace, {"spec": {"replicas": 5}})
-    problem = await autoscaler._scale(target, 4, seen, 1)
+    problem = await autoscaler._scale(target, 4, 1)
     assert problem == "replicas changed concurrently to 5; deciding again next poll"
     assert scale_of(kube_api, namespace, "demo-auth") == 5

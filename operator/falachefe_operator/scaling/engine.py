@@ -13,10 +13,10 @@ A step:
    utilisation (metrics.k8s.io), concurrently;
 3. decides (``decision.decide``, pure);
 4. when the decision differs from the current size, writes ``spec.replicas``
-   through the Deployment's *scale subresource*, guarded by the
-   resourceVersion read in 1, so a concurrent change (a person's
-   ``kubectl scale``, a rollout) makes the write fail with a conflict and
-   the next poll decides again on fresh numbers. The operator's server-side
+   through the Deployment's *scale subresource* as a compare-and-swap (a
+   JSON patch that tests the size read in 1), so a concurrent resize (a
+   person's ``kubectl scale``) makes the write fail and the next poll
+   decides again on fresh numbers, while status churn does not. The operator's server-side
    apply leaves ``replicas`` alone after creation, so the two never fight.
 
 Nothing here raises for a metric source or the API server being down: the
@@ -41,9 +41,6 @@ from .metrics import ScalingMetrics, default_metrics
 from .observation import CpuSample, MetricUnavailable, Observation, QueueCounts
 from .policy import ScalingPolicy
 from .queue import QueueReader, QueueRef
-
-#: Conditional writes of the scale before leaving it to the next poll.
-SCALE_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -152,9 +149,7 @@ class Autoscaler:
         messages = [str(u) for u in observation.unavailable]
         scaled = False
         if decision.desired_replicas != current:
-            problem = await self._scale(
-                target, current, deployment.metadata.resource_version, decision.desired_replicas
-            )
+            problem = await self._scale(target, current, decision.desired_replicas)
             if problem is None:
                 scaled = True
                 history = history.scaled(now, current, decision.desired_replicas)
@@ -202,56 +197,44 @@ class Autoscaler:
             unavailable=unavailable,
         )
 
-    async def _scale(self, target: PoolTarget, current: int, resource_version: str, replicas: int) -> str | None:
+    async def _scale(self, target: PoolTarget, current: int, replicas: int) -> str | None:
         """Write spec.replicas through the scale subresource; the problem, or None.
 
-        The write is conditional on the resourceVersion the decision was
-        made on. Status updates (pods becoming ready) also bump it, so on a
-        conflict the Deployment is read again (its ``spec.replicas`` and
-        resourceVersion are the scale's; reading it needs no grant on the
-        scale subresource beyond update): while ``spec.replicas`` is still
-        what was decided from, the write is retried on the new version, a
-        few times; once someone else changed it, their change stands until
-        the next poll.
+        A compare-and-swap on ``spec.replicas`` alone: a JSON patch that
+        first tests the value the decision was made from. Status updates
+        (pods becoming ready) do not disturb it, as a resourceVersion guard
+        would while a Deployment is rolling; a resize by someone else since
+        the decision makes the test fail, and their size stands until the
+        next poll.
         """
-        version = resource_version
-        for _ in range(SCALE_ATTEMPTS):
-            try:
-                await self._replace_scale(target, version, replicas)
-                return None
-            except ApiException as error:
-                if error.status != 409:
-                    return _describe(error)
-            except (HTTPError, OSError, TimeoutError) as error:
+        patch = [
+            {"op": "test", "path": "/spec/replicas", "value": current},
+            {"op": "replace", "path": "/spec/replicas", "value": replicas},
+        ]
+        try:
+            await asyncio.to_thread(
+                self._apps.patch_namespaced_deployment_scale,
+                target.deployment,
+                target.namespace,
+                patch,
+                _request_timeout=self._timeout,
+            )
+            return None
+        except ApiException as error:
+            if error.status not in {409, 422}:
                 return _describe(error)
-            try:
-                fresh = await asyncio.to_thread(
-                    self._apps.read_namespaced_deployment,
-                    target.deployment,
-                    target.namespace,
-                    _request_timeout=self._timeout,
-                )
-            except (ApiException, HTTPError, OSError, TimeoutError) as error:
-                return _describe(error)
-            if fresh.spec.replicas != current:
-                return f"replicas changed concurrently to {fresh.spec.replicas}; deciding again next poll"
-            version = fresh.metadata.resource_version
-        return f"the Deployment kept changing under {SCALE_ATTEMPTS} attempts; deciding again next poll"
-
-    async def _replace_scale(self, target: PoolTarget, resource_version: str, replicas: int) -> None:
-        body = k8s.V1Scale(
-            metadata=k8s.V1ObjectMeta(
-                name=target.deployment, namespace=target.namespace, resource_version=resource_version
-            ),
-            spec=k8s.V1ScaleSpec(replicas=replicas),
-        )
-        await asyncio.to_thread(
-            self._apps.replace_namespaced_deployment_scale,
-            target.deployment,
-            target.namespace,
-            body,
-            _request_timeout=self._timeout,
-        )
+        except (HTTPError, OSError, TimeoutError) as error:
+            return _describe(error)
+        try:
+            fresh = await asyncio.to_thread(
+                self._apps.read_namespaced_deployment,
+                target.deployment,
+                target.namespace,
+                _request_timeout=self._timeout,
+            )
+        except (ApiException, HTTPError, OSError, TimeoutError) as error:
+            return _describe(error)
+        return f"replicas changed concurrently to {fresh.spec.replicas}; deciding again next poll"
 
 
 def _describe(error: BaseException) -> str:
