@@ -257,6 +257,10 @@ async def test_a_database_outage_fails_the_attempt_and_the_seeds_backoff_retries
 ) -> None:
     tenant = await add_tenant(sql)
     database = app_dsn.rsplit("/", 1)[1]
+    # The outage must hit a running worker, not its start-up (which would
+    # fail fast and leave the restart to Kubernetes): one message through first.
+    warm_up = await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.up"))
+    assert (await finished_job(queues, WHATSAPP_QUEUE, warm_up)).returnvalue["outcome"] == "authorized"
     retries_before = REGISTRY.get_sample_value("falachefe_job_retries_total", {"queue": WHATSAPP_QUEUE}) or 0.0
     admin = await asyncpg.connect(pg_server.dsn())
     try:
