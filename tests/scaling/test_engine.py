@@ -183,8 +183,14 @@ async def test_scale_write_survives_status_churn_but_not_a_concurrent_resize(
     assert await autoscaler._scale(target, 2, 4) is None
     assert scale_of(kube_api, namespace, "demo-auth") == 4
 
+    # From and to zero (a Scale of 0 has no spec.replicas at all).
+    assert await autoscaler._scale(target, 4, 0) is None
+    assert scale_of(kube_api, namespace, "demo-auth") == 0
+    assert await autoscaler._scale(target, 0, 1) is None
+    assert scale_of(kube_api, namespace, "demo-auth") == 1
+
     # Someone resizes it after the decision was made: their size stands.
     apps.patch_namespaced_deployment_scale("demo-auth", namespace, {"spec": {"replicas": 5}})
-    problem = await autoscaler._scale(target, 4, 1)
+    problem = await autoscaler._scale(target, 1, 4)
     assert problem == "replicas changed concurrently to 5; deciding again next poll"
     assert scale_of(kube_api, namespace, "demo-auth") == 5

@@ -207,9 +207,11 @@ class Autoscaler:
         the decision makes the test fail, and their size stands until the
         next poll.
         """
+        # A Scale of 0 replicas serializes its spec as {} (omitempty): test the
+        # whole spec, and "add" (which also replaces) the member.
         patch = [
-            {"op": "test", "path": "/spec/replicas", "value": current},
-            {"op": "replace", "path": "/spec/replicas", "value": replicas},
+            {"op": "test", "path": "/spec", "value": {"replicas": current} if current else {}},
+            {"op": "add", "path": "/spec/replicas", "value": replicas},
         ]
         try:
             await asyncio.to_thread(
