@@ -1,4 +1,4 @@
-"""``falachefe-runtime``: run a worker pool, migrate, and look into and feed the queues.
+"""falachefe-runtime: run a worker pool, migrate, and look into and feed the queues.
 
 Every command reads the same configuration as the workers (environment and
 ``$FALACHEFE_CONFIG_FILE``) and validates it first: a bad value stops the
