@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .process import ManagedProcess, free_port
+from .process import ManagedProcess, free_port, http_ok
 from .toolchain import Toolchain
 
 ADMIN_USER = "admin"
@@ -180,7 +180,7 @@ class ControlPlane:
         ]
         etcd = ManagedProcess("etcd", argv, self.workdir / "etcd.log").start()
         self.processes.append(etcd)
-        etcd.wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.etcd_port}/health"), timeout, "healthy")
+        etcd.wait_until(lambda: http_ok(f"http://127.0.0.1:{self.etcd_port}/health"), timeout, "healthy")
 
     def _start_apiserver(self, timeout: float) -> None:
         pki = self.pki
@@ -281,14 +281,6 @@ class ControlPlane:
 
     def _ready(self) -> bool:
         return self.ca_file.exists() and self._get_ok("/readyz")
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback URL we built
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _openssl(*args: str) -> None:

@@ -28,14 +28,10 @@ import base64
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +41,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from .metrics_standin import MetricsServerStandIn
-from .process import free_port
+from .process import free_port, http_ok, program_path
 
 log = logging.getLogger("falachefe.standin")
 
@@ -69,12 +65,10 @@ class StandInPod:
     labels: dict[str, str]
     process: subprocess.Popen[bytes]
     health_port: int
-    metrics_port: int
     log_path: Path
     grace_seconds: float
     argv: list[str]
     env: dict[str, str]
-    started_at: float = field(default_factory=time.monotonic)
     start_time: str = field(default_factory=_now_iso)
     ready_reported: bool | None = None
     stopping_since: float | None = None
@@ -135,15 +129,6 @@ class KubeletStandIn:
                 pod.process.wait()
         self.terminating.clear()
 
-    def running_counts(self, label: str) -> dict[str, int]:
-        """Live processes per value of the pod label ``label`` (e.g. the pool's)."""
-        counts: dict[str, int] = {}
-        for pod in self.pods.values():
-            if pod.process.poll() is None:
-                value = pod.labels.get(label, "")
-                counts[value] = counts.get(value, 0) + 1
-        return counts
-
     # -- the loop ------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -189,7 +174,7 @@ class KubeletStandIn:
         for directory in (pod_dir / "home", pod_dir / "tmp"):
             directory.mkdir(parents=True, exist_ok=True)
         argv = [*(container.command or []), *(container.args or [])]
-        argv[0] = _resolve_program(argv[0])
+        argv[0] = program_path(argv[0])
         log_path = self.workdir / f"{pod.metadata.name}.standin.log"
         grace = float(pod.spec.termination_grace_period_seconds or 30)
         standin = StandInPod(
@@ -198,7 +183,6 @@ class KubeletStandIn:
             labels=dict(pod.metadata.labels or {}),
             process=_launch(argv, env, log_path),
             health_port=health_port,
-            metrics_port=metrics_port,
             log_path=log_path,
             grace_seconds=grace,
             argv=argv,
@@ -225,7 +209,6 @@ class KubeletStandIn:
         elif now >= standin.restart_at:
             standin.restarts += 1
             standin.restart_at = None
-            standin.started_at = now
             standin.process = _launch(standin.argv, standin.env, standin.log_path)
 
     def _materialise_volumes(self, pod: k8s.V1Pod, container: k8s.V1Container, pod_dir: Path) -> dict[str, Path]:
@@ -268,7 +251,7 @@ class KubeletStandIn:
     def _report(self, standin: StandInPod) -> None:
         """Patch the pod's status to what the process is doing, as a kubelet would."""
         alive = standin.process.poll() is None
-        ready = alive and _http_ok(f"http://127.0.0.1:{standin.health_port}/readyz")
+        ready = alive and http_ok(f"http://127.0.0.1:{standin.health_port}/readyz", timeout=0.5)
         if ready == standin.ready_reported:
             return
         now = _now_iso()
@@ -353,22 +336,3 @@ def _rewrite_paths(value: str, mounts: dict[str, Path]) -> str:
         if value == mount_path or value.startswith(mount_path + "/"):
             return str(local) + value[len(mount_path) :]
     return value
-
-
-def _resolve_program(program: str) -> str:
-    """A console script of the image, found next to this interpreter (the venv's bin)."""
-    beside = Path(sys.executable).parent / program
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(program)
-    if found is None:
-        raise FileNotFoundError(f"{program}: not found in {beside.parent} or PATH")
-    return found
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310 - loopback URL we built
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
