@@ -37,7 +37,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -52,12 +51,15 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from falachefe_runtime.payloads import PROCESS_MESSAGE
-from falachefe_runtime.queues import Queues
+from falachefe_operator import naming
+from falachefe_operator.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from falachefe_runtime.config import DEFAULT_QUEUES, WorkerKind
+from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, OutboundKind, OutboundMessage, ProcessMessage
+from falachefe_runtime.queues import OUTBOUND_QUEUE, WHATSAPP_QUEUE, Queues
 
 from .llm_standin import FakeOpenAI
 from .metrics_standin import MetricsServerStandIn, registered
-from .process import ManagedProcess, free_port
+from .process import ManagedProcess, free_port, program_path
 from .stack import LocalStack
 from .standin import KubeletStandIn
 from .waiting import wait_for
@@ -65,10 +67,9 @@ from .waiting import wait_for
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "falachefe-demo"
 RESOURCE = "demo"
-GROUP, VERSION, PLURAL = "falachefe.io", "v1alpha1", "falachefes"
-INBOUND_QUEUE = "whatsapp-processing"
-OUTBOUND_QUEUE = "whatsapp-outbound"
-POOLS = ("auth", "crew")
+#: The demo's pools and their bounds: small enough for two cores.
+POOL_BOUNDS: dict[WorkerKind, tuple[int, int]] = {WorkerKind.AUTH: (1, 3), WorkerKind.CREW: (1, 3)}
+POOLS = tuple(POOL_BOUNDS)
 
 log = logging.getLogger("falachefe.demo")
 
@@ -180,9 +181,9 @@ class Demo:
         self.refused = 0
         self.samples: list[Sample] = []
         self.events_seen: set[str] = set()
-        self.scale_events: list[str] = []
+        self.events: list[str] = []  # the Falachefe's Events, "Reason: message"
         self.events_printed = 0
-        self.min_replicas: dict[str, int] = {}
+        self.min_replicas = {pool.value: bounds[0] for pool, bounds in POOL_BOUNDS.items()}
         self.company_id = ""
         self.started = time.monotonic()
         self.burst_started = self.started
@@ -228,7 +229,7 @@ class Demo:
         self.standin = KubeletStandIn(
             self.api,
             NAMESPACE,
-            f"app.kubernetes.io/instance={RESOURCE}",
+            naming.selector_string(naming.instance_selector(RESOURCE)),
             self.workdir / "pods",
             extra_env={"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true", "CREWAI_TESTING": "true"},
             metrics=self.metrics,
@@ -241,7 +242,7 @@ class Demo:
     def start_operator(self) -> None:
         assert self.stack.kube is not None
         argv = [
-            _program("falachefe-operator"),
+            program_path("falachefe-operator"),
             "--namespace",
             NAMESPACE,
             "--standalone",
@@ -261,8 +262,8 @@ class Demo:
         }
         scale_up = {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 4, "periodSeconds": 5}]}
         body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "Falachefe",
+            "apiVersion": API_VERSION,
+            "kind": KIND,
             "metadata": {"name": RESOURCE, "namespace": NAMESPACE},
             "spec": {
                 "image": "falachefe:demo",
@@ -276,8 +277,8 @@ class Demo:
                 "auth": {"otpSecretRef": {"name": "falachefe-otp"}},
                 "pools": {
                     "auth": {
-                        "minReplicas": 1,
-                        "maxReplicas": 3,
+                        "minReplicas": POOL_BOUNDS[WorkerKind.AUTH][0],
+                        "maxReplicas": POOL_BOUNDS[WorkerKind.AUTH][1],
                         "terminationGracePeriodSeconds": 30,
                         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
                         "autoscaling": {
@@ -287,8 +288,8 @@ class Demo:
                         },
                     },
                     "crew": {
-                        "minReplicas": 1,
-                        "maxReplicas": 3,
+                        "minReplicas": POOL_BOUNDS[WorkerKind.CREW][0],
+                        "maxReplicas": POOL_BOUNDS[WorkerKind.CREW][1],
                         "terminationGracePeriodSeconds": 60,
                         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
                         "autoscaling": {
@@ -301,10 +302,9 @@ class Demo:
             },
         }
         k8s.CustomObjectsApi(self.api).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
-        self.min_replicas = {pool: body["spec"]["pools"][pool]["minReplicas"] for pool in POOLS}  # type: ignore[index]
 
     def seed(self, dsn: str) -> str:
-        """A company, its users and a two-agent crew, straight into the schema."""
+        """A company, its users and a one-agent crew (an attendant and its task), straight into the schema."""
 
         async def insert() -> str:
             connection = await asyncpg.connect(dsn)
@@ -384,33 +384,26 @@ class Demo:
     async def feed(self, queues: Queues) -> None:
         interval = self.options.burst_seconds / max(self.options.messages, 1)
         for i in range(self.options.messages):
-            provider_id = f"demo-{i:05d}-{uuid.uuid4().hex[:6]}"
-            text = f"Bom dia! Vocês têm pão de queijo? (pergunta {i % self.options.distinct_texts})"
-            now = datetime.now(UTC)
-            self.sent_at[provider_id] = time.monotonic()
-            await queues.enqueue(
-                INBOUND_QUEUE,
-                PROCESS_MESSAGE,
-                {
-                    "messageData": {
-                        "phoneNumber": _phone(i % self.options.users),
-                        "companyId": self.company_id,
-                        "text": text,
-                        "providerMessageId": provider_id,
-                        "timestamp": now.isoformat(),
-                    }
-                },
+            message = InboundMessage(
+                phone_number=_phone(i % self.options.users),
+                company_id=uuid.UUID(self.company_id),
+                text=f"Bom dia! Vocês têm pão de queijo? (pergunta {i % self.options.distinct_texts})",
+                provider_message_id=f"demo-{i:05d}-{uuid.uuid4().hex[:6]}",
+                timestamp=datetime.now(UTC),
             )
+            self.sent_at[message.provider_message_id] = time.monotonic()
+            # The original app's wire format: camelCase JSON under messageData.
+            job = ProcessMessage(message_data=message).model_dump(mode="json", by_alias=True)
+            await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, job)
             await asyncio.sleep(interval)
 
     async def deliver(self, job: Job, token: str) -> None:
         """The WhatsApp sender's stand-in: record each reply and how long it took."""
-        data = job.data
-        reply_to = data.get("replyTo") or data.get("reply_to")
-        if data.get("kind") == "refusal":
+        outbound = OutboundMessage.model_validate(job.data)
+        if outbound.kind is OutboundKind.REFUSAL:
             self.refused += 1
-        sent = self.sent_at.pop(reply_to, None) if reply_to else None
-        if sent is not None and data.get("kind") == "reply":
+        sent = self.sent_at.pop(outbound.reply_to, None) if outbound.reply_to else None
+        if sent is not None and outbound.kind is OutboundKind.REPLY:
             self.latencies.append(time.monotonic() - sent)
 
     # -- observation ------------------------------------------------------------------------
@@ -420,18 +413,18 @@ class Demo:
         pools: dict[str, PoolSample] = {}
         for pool in POOLS:
             try:
-                deployment = apps.read_namespaced_deployment(f"{RESOURCE}-{pool}", NAMESPACE)
+                deployment = apps.read_namespaced_deployment(naming.deployment_name(RESOURCE, pool), NAMESPACE)
                 desired = deployment.spec.replicas or 0
                 ready = deployment.status.ready_replicas or 0
             except ApiException:
                 desired = ready = 0
-            pools[pool] = PoolSample(desired=desired, ready=ready, queue_depth=0)
+            pools[pool.value] = PoolSample(desired=desired, ready=ready, queue_depth=0)
         self.collect_events()
         return Sample(t=time.monotonic() - self.burst_started, pools=pools, answered=len(self.latencies))
 
     async def sample_queues(self, queues: Queues, sample: Sample) -> None:
-        for pool, queue in (("auth", INBOUND_QUEUE), ("crew", "crewai-processing")):
-            sample.pools[pool].queue_depth = await queues.backlog(queue)
+        for pool in POOLS:
+            sample.pools[pool.value].queue_depth = await queues.backlog(DEFAULT_QUEUES[pool])
 
     def collect_events(self) -> None:
         events = k8s.CoreV1Api(self.api).list_namespaced_event(NAMESPACE).items
@@ -441,7 +434,7 @@ class Demo:
             self.events_seen.add(event.metadata.uid)
             if event.involved_object.kind == "Falachefe":
                 line = f"{event.reason}: {event.message}"
-                self.scale_events.append(line)
+                self.events.append(line)
 
     def finished(self, sample: Sample) -> bool:
         everything_answered = len(self.latencies) + self.refused >= self.options.messages
@@ -471,9 +464,9 @@ class Demo:
         line = f"t={sample.t:6.1f}s  {pools}  answered {answered}/{self.options.messages}{latency}"
         if self.options.headless:
             print(line, flush=True)
-            for event in self.scale_events[self.events_printed :]:
+            for event in self.events[self.events_printed :]:
                 print(f"    event  {event}", flush=True)
-            self.events_printed = len(self.scale_events)
+            self.events_printed = len(self.events)
             return
         screen = [
             "\x1b[2J\x1b[H",
@@ -486,7 +479,7 @@ class Demo:
         for pool, s in sample.pools.items():
             screen.append(f"{pool:<6} {s.desired:>7}  {s.ready:>5}  {s.queue_depth:>11}")
         screen += ["", "operator events (newest last):"]
-        screen += [f"  {event}" for event in self.scale_events[-8:]]
+        screen += [f"  {event}" for event in self.events[-8:]]
         print("\n".join(screen), flush=True)
 
     def say(self, message: str) -> None:
@@ -500,14 +493,14 @@ class Demo:
         try:
             return {
                 queue: (await queues.counts(queue, ("failed",)))["failed"]
-                for queue in (INBOUND_QUEUE, "crewai-processing", OUTBOUND_QUEUE)
+                for queue in (*(DEFAULT_QUEUES[pool] for pool in POOLS), OUTBOUND_QUEUE)
             }
         finally:
             await queues.close()
 
     def summary(self, failed: dict[str, int]) -> Summary:
         final = self.samples[-1].pools if self.samples else {}
-        peak = {pool: self.peak(pool) for pool in POOLS}
+        peak = {pool.value: self.peak(pool) for pool in POOLS}
         return Summary(
             sent=self.options.messages,
             answered=len(self.latencies),
@@ -521,7 +514,7 @@ class Demo:
             latency_p50_s=_percentile(self.latencies, 0.5),
             latency_p99_s=_percentile(self.latencies, 0.99),
             duration_s=round(time.monotonic() - self.started, 1),
-            scale_events=[e for e in self.scale_events if e.startswith("Scaled:")],
+            scale_events=[e for e in self.events if e.startswith("Scaled:")],
             llm="stand-in" if self.llm is not None else str(self.options.llm_url),
         )
 
@@ -584,7 +577,7 @@ class Demo:
 
     def runtime_cli(self, *args: str, env: dict[str, str]) -> None:
         subprocess.run(
-            [_program("falachefe-runtime"), *args],
+            [program_path("falachefe-runtime"), *args],
             check=True,
             capture_output=True,
             env={**os.environ, **env},
@@ -615,11 +608,6 @@ def _percentile(values: list[float], q: float) -> float | None:
     if len(values) == 1:
         return round(values[0], 3)
     return round(statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1], 3)
-
-
-def _program(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else name
 
 
 @contextlib.contextmanager
