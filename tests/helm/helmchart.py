@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +64,16 @@ _values_files = itertools.count(1)
 
 @dataclass
 class Helm:
+    """The helm binary; ``chart`` defaults to the operator chart (the falachefe chart's tests pass theirs)."""
+
     binary: Path
     workdir: Path
     kubeconfig: Path | None = None
-    history: list[list[str]] = field(default_factory=list)
 
     def run(self, *args: str, timeout: float = 180.0) -> str:
         argv = [str(self.binary), *args]
         if self.kubeconfig is not None:
             argv += ["--kubeconfig", str(self.kubeconfig)]
-        self.history.append(argv)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
         if result.returncode != 0:
             raise HelmError(result.stderr.strip() or result.stdout.strip())
@@ -88,12 +88,12 @@ class Helm:
         return ["--values", str(path)]
 
     def template(
-        self, values: dict[str, Any] | None = None, release: str = "rel", namespace: str = "ops"
+        self, values: dict[str, Any] | None = None, release: str = "rel", namespace: str = "ops", chart: Path = CHART
     ) -> list[Manifest]:
         out = self.run(
             "template",
             release,
-            str(CHART),
+            str(chart),
             "--namespace",
             namespace,
             "--kube-version",
@@ -102,14 +102,14 @@ class Helm:
         )
         return [doc for doc in yaml.safe_load_all(out) if doc]
 
-    def lint(self, values: dict[str, Any] | None = None) -> str:
-        return self.run("lint", str(CHART), "--strict", "--kube-version", KUBE_VERSION, *self.values_args(values))
+    def lint(self, values: dict[str, Any] | None = None, chart: Path = CHART) -> str:
+        return self.run("lint", str(chart), "--strict", "--kube-version", KUBE_VERSION, *self.values_args(values))
 
-    def install(self, release: str, namespace: str, values: dict[str, Any] | None = None) -> str:
-        return self.run("install", release, str(CHART), "--namespace", namespace, *self.values_args(values))
+    def install(self, release: str, namespace: str, values: dict[str, Any] | None = None, chart: Path = CHART) -> str:
+        return self.run("install", release, str(chart), "--namespace", namespace, *self.values_args(values))
 
-    def upgrade(self, release: str, namespace: str, values: dict[str, Any] | None = None) -> str:
-        return self.run("upgrade", release, str(CHART), "--namespace", namespace, *self.values_args(values))
+    def upgrade(self, release: str, namespace: str, values: dict[str, Any] | None = None, chart: Path = CHART) -> str:
+        return self.run("upgrade", release, str(chart), "--namespace", namespace, *self.values_args(values))
 
     def uninstall(self, release: str, namespace: str) -> str:
         return self.run("uninstall", release, "--namespace", namespace, "--wait")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helmchart import CHART, KUBE_VERSION, REPO, Helm, HelmError, kubectl
+from helmchart import CHART, REPO, Helm, HelmError, kubectl
 
 from falachefe_devstack.kube import ControlPlane
 
@@ -17,15 +16,12 @@ WORKLOAD_CHART = REPO / "helm" / "falachefe"
 
 
 def render(helm: Helm, values: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = helm.run(
-        "template", "shop", str(WORKLOAD_CHART), "-n", "apps", "--kube-version", KUBE_VERSION, *helm.values_args(values)
-    )
-    (resource,) = [doc for doc in yaml.safe_load_all(out) if doc]
-    return dict(resource)
+    (resource,) = helm.template(values, release="shop", namespace="apps", chart=WORKLOAD_CHART)
+    return resource
 
 
 def test_lint_and_render(helm: Helm) -> None:
-    assert "0 chart(s) failed" in helm.run("lint", str(WORKLOAD_CHART), "--strict", "--kube-version", KUBE_VERSION)
+    assert "0 chart(s) failed" in helm.lint(chart=WORKLOAD_CHART)
     resource = render(helm)
     defaults = yaml.safe_load((WORKLOAD_CHART / "values.yaml").read_text())
     assert resource["apiVersion"] == "falachefe.io/v1alpha1"
@@ -77,30 +73,25 @@ def workload_helm(cluster_helm: Helm, namespace: str) -> Iterator[Helm]:
 def test_helm_upgrade_with_the_same_values_changes_nothing(
     workload_helm: Helm, kube: ControlPlane, namespace: str
 ) -> None:
-    workload_helm.run("install", "shop", str(WORKLOAD_CHART), "--namespace", namespace)
+    workload_helm.install("shop", namespace, chart=WORKLOAD_CHART)
 
     def current() -> dict[str, Any]:
         out = kubectl(kube.kubeconfig, "get", "falachefe", "shop", "-n", namespace, "-o", "json").stdout
         return dict(json.loads(out)["metadata"])
 
     before = current()
-    workload_helm.run("upgrade", "shop", str(WORKLOAD_CHART), "--namespace", namespace)
+    workload_helm.upgrade("shop", namespace, chart=WORKLOAD_CHART)
     after = current()
     assert (after["generation"], after["resourceVersion"]) == (before["generation"], before["resourceVersion"])
     # A real change of the spec is a new generation.
-    workload_helm.run(
-        "upgrade", "shop", str(WORKLOAD_CHART), "--namespace", namespace, "--set", "spec.image=falachefe:0.1.1"
-    )
+    workload_helm.upgrade("shop", namespace, {"spec": {"image": "falachefe:0.1.1"}}, chart=WORKLOAD_CHART)
     assert current()["generation"] == before["generation"] + 1
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("falachefe_crd")
-def test_what_only_cel_can_say_is_refused_by_the_api_server(
-    workload_helm: Helm, namespace: str, tmp_path: Path
-) -> None:
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"spec": {"pools": {"auth": {"minReplicas": 5, "maxReplicas": 2}}}}))
+def test_what_only_cel_can_say_is_refused_by_the_api_server(workload_helm: Helm, namespace: str) -> None:
+    values = {"spec": {"pools": {"auth": {"minReplicas": 5, "maxReplicas": 2}}}}
     with pytest.raises(HelmError) as refused:
-        workload_helm.run("install", "shop", str(WORKLOAD_CHART), "--namespace", namespace, "--values", str(values))
+        workload_helm.install("shop", namespace, values, chart=WORKLOAD_CHART)
     assert "minReplicas must not exceed maxReplicas" in str(refused.value)
