@@ -30,7 +30,6 @@ def scaling_policy(pool: PoolSpec) -> ScalingPolicy:
         # 0 in the spec: scale on the queue alone.
         target_cpu_utilization_percentage=cpu_target or None,
         tolerance=autoscaling.tolerance,
-        polling_interval_seconds=autoscaling.polling_interval_seconds,
         scale_up=_rules(autoscaling.behavior.scale_up),
         scale_down=_rules(autoscaling.behavior.scale_down),
         forecast_horizon_seconds=autoscaling.forecast_horizon_seconds,

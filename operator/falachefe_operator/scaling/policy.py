@@ -108,7 +108,6 @@ class ScalingPolicy:
     target_queue_depth_per_replica: float | None = None
     target_cpu_utilization_percentage: float | None = None
     tolerance: float = 0.1
-    polling_interval_seconds: float = 5.0
     scale_up: ScalingRules = field(default=DEFAULT_SCALE_UP)
     scale_down: ScalingRules = field(default=DEFAULT_SCALE_DOWN)
     forecast_horizon_seconds: float = 30.0
@@ -131,9 +130,8 @@ class ScalingPolicy:
             )
         if not 0 <= self.tolerance < 1:
             raise PolicyError(f"tolerance must be in [0, 1), got {self.tolerance}")
-        for name in ("polling_interval_seconds", "rate_window_seconds"):
-            if not getattr(self, name) > 0:
-                raise PolicyError(f"{_camel(name)} must be > 0, got {getattr(self, name)}")
+        if not self.rate_window_seconds > 0:
+            raise PolicyError(f"rateWindowSeconds must be > 0, got {self.rate_window_seconds}")
         if not self.forecast_horizon_seconds >= 0:
             raise PolicyError(f"forecastHorizonSeconds must be >= 0, got {self.forecast_horizon_seconds}")
 
@@ -147,8 +145,3 @@ class ScalingPolicy:
             self.scale_down.longest_period_seconds,
             self.rate_window_seconds,
         )
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(part.capitalize() for part in rest)
