@@ -295,7 +295,12 @@ class AutoscalingSpec(_Spec):
         le=1000,
         description="Of the pods' CPU requests; 0 scales on the queue alone (no metrics-server needed).",
     )
-    tolerance: float = Field(0.1, ge=0, lt=1, description="Ratio band around the target inside which nothing moves.")
+    tolerance: float = Field(
+        _POLICY_DEFAULTS["tolerance"],
+        ge=0,
+        lt=1,
+        description="Ratio band around the target inside which nothing moves.",
+    )
     forecast_horizon_seconds: float = Field(
         _POLICY_DEFAULTS["forecast_horizon_seconds"],
         ge=0,
