@@ -20,9 +20,6 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 SCALING_ACTIVE = "ScalingActive"
 
-#: The order conditions are listed in, most important first.
-TYPES = (READY, PROGRESSING, DEGRADED, SCALING_ACTIVE)
-
 
 @dataclass(frozen=True)
 class Condition:
@@ -67,7 +64,3 @@ def merge(
             }
         )
     return merged
-
-
-def find(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
-    return next((entry for entry in conditions if entry.get("type") == type_), None)
