@@ -102,23 +102,14 @@ def other_workloads_namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
     yield from shop_namespace(kube_api)
 
 
-@dataclass
-class RunningOperator:
-    process: ManagedProcess
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-
 @pytest.fixture
 def start_operator(
     cluster_helm: Helm, kube: ControlPlane, namespace: str, tmp_path: Path
-) -> Iterator[Callable[[dict[str, Any]], RunningOperator]]:
+) -> Iterator[Callable[[dict[str, Any]], ManagedProcess]]:
     """Install the chart, then run its operator container's command locally as the chart's ServiceAccount."""
     started: list[ManagedProcess] = []
 
-    def start(values: dict[str, Any]) -> RunningOperator:
+    def start(values: dict[str, Any]) -> ManagedProcess:
         health, metrics = free_port(), free_port()
         cluster_helm.install(RELEASE, namespace, {**values, "ports": {"health": health, "metrics": metrics}})
         deployment = one(cluster_helm.manifest(RELEASE, namespace), "Deployment")
@@ -130,11 +121,10 @@ def start_operator(
         fields = {"metadata.name": POD_NAME, "metadata.namespace": namespace}
         for variable in container["env"]:
             env[variable["name"]] = variable.get("value") or fields[variable["valueFrom"]["fieldRef"]["fieldPath"]]
-        log = tmp_path / "operator.log"
-        process = ManagedProcess("falachefe-operator", argv, log, env=env).start()
+        process = ManagedProcess("falachefe-operator", argv, tmp_path / "operator.log", env=env).start()
         started.append(process)
         process.wait_until(lambda: http_ok(f"http://127.0.0.1:{health}/healthz"), 90, "GET /healthz answers 200")
-        return RunningOperator(process, log)
+        return process
 
     yield start
     for process in started:
@@ -170,7 +160,7 @@ def reconciled(kube: ControlPlane, namespace: str) -> dict[str, Any] | None:
 
 @pytest.mark.slow
 def test_operator_as_the_chart_identity_reconciles_and_never_fights_the_pipeline(
-    start_operator: Callable[[dict[str, Any]], RunningOperator],
+    start_operator: Callable[[dict[str, Any]], ManagedProcess],
     kube: ControlPlane,
     namespace: str,
     workloads_namespace: str,
@@ -241,14 +231,14 @@ def test_operator_as_the_chart_identity_reconciles_and_never_fights_the_pipeline
     assert_never_refused(operator)
 
 
-def assert_never_refused(operator: RunningOperator) -> None:
-    log = operator.log_text()
+def assert_never_refused(operator: ManagedProcess) -> None:
+    log = operator.log_path.read_text()
     assert "Forbidden" not in log and " 403" not in log, log[-3000:]
 
 
 @pytest.mark.slow
 def test_namespaced_install_reconciles_its_namespaces_and_ignores_the_rest(
-    start_operator: Callable[[dict[str, Any]], RunningOperator],
+    start_operator: Callable[[dict[str, Any]], ManagedProcess],
     kube: ControlPlane,
     workloads_namespace: str,
     other_workloads_namespace: str,
