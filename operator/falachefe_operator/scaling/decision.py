@@ -355,8 +355,7 @@ def _scale_up_limit(rules: ScalingRules, current: int, history: History, now: fl
         return current, "selectPolicy Disabled"
     limits = []
     for rule in rules.policies:
-        cutoff = now - rule.period_seconds
-        start = current - history.replicas_added_since(cutoff) + history.replicas_removed_since(cutoff)
+        start = current - history.replicas_changed_since(now - rule.period_seconds)
         # Percent rounds up, or a small pool could never grow.
         limit = start + rule.value if rule.type is RuleType.PODS else _ceil(start * (1 + rule.value / 100))
         limits.append((limit, f"policy {rule}"))
@@ -370,8 +369,7 @@ def _scale_down_limit(rules: ScalingRules, current: int, history: History, now: 
         return current, "selectPolicy Disabled"
     limits = []
     for rule in rules.policies:
-        cutoff = now - rule.period_seconds
-        start = current - history.replicas_added_since(cutoff) + history.replicas_removed_since(cutoff)
+        start = current - history.replicas_changed_since(now - rule.period_seconds)
         if rule.type is RuleType.PODS:
             limit = start - rule.value
         else:

@@ -65,8 +65,6 @@ class History:
         """This history plus a scale the caller actually made (the write succeeded)."""
         return replace(self, scale_events=(*self.scale_events, ScaleEvent(at, from_replicas, to_replicas)))
 
-    def replicas_added_since(self, cutoff: float) -> int:
-        return sum(e.change for e in self.scale_events if e.at > cutoff and e.change > 0)
-
-    def replicas_removed_since(self, cutoff: float) -> int:
-        return sum(-e.change for e in self.scale_events if e.at > cutoff and e.change < 0)
+    def replicas_changed_since(self, cutoff: float) -> int:
+        """The net change the autoscaler made after ``cutoff``: current minus this is the size then."""
+        return sum(e.change for e in self.scale_events if e.at > cutoff)
