@@ -211,26 +211,43 @@ class _Pool:
         if self.pool is not None:
             await self.pool.release(connection)
 
+    async def expire_connections(self) -> None:
+        """Have every pooled connection replaced by a fresh one when it is next acquired.
+
+        One dropped connection usually means a restart or failover: the
+        pool's other connections are as dead as this one.
+        """
+        if self.pool is not None:
+            await self.pool.expire_connections()
+
+    async def _acquire_or_back_off(self, attempt: int) -> Any | None:
+        """A connection; or ``None``, after a backoff, when acquiring failed and attempts are left.
+
+        A failure to acquire never sent a statement, so it is always worth
+        another attempt; the caller's loop counts it as one.
+        """
+        try:
+            return await self.acquire()
+        except Exception as error:
+            if not retry.is_connect_failure(error) or attempt == self.settings.retry_attempts:
+                raise
+            RETRIES.labels(self.role, "acquire").inc()
+            await asyncio.sleep(retry.backoff_s(attempt))
+            return None
+
     async def run(self, work: Callable[[Transaction], Awaitable[T]], *, repeatable: bool) -> T:
         """Run ``work`` on a pooled connection, retrying as the module docstring says."""
         attempts = self.settings.retry_attempts
         for attempt in range(1, attempts + 1):
-            try:
-                connection = await self.acquire()
-            except Exception as error:
-                if not retry.is_connect_failure(error) or attempt == attempts:
-                    raise
-                RETRIES.labels(self.role, "acquire").inc()
-                await asyncio.sleep(retry.backoff_s(attempt))
+            connection = await self._acquire_or_back_off(attempt)
+            if connection is None:
                 continue
             try:
                 return await work(Transaction(connection, self.monitor))
             except Exception as error:
                 if not retry.is_connection_lost(error):
                     raise
-                # One dropped connection usually means a restart or failover:
-                # the pool's other connections are as dead as this one.
-                await self.pool.expire_connections()
+                await self.expire_connections()
                 if not repeatable or attempt == attempts:
                     raise
                 RETRIES.labels(self.role, "query").inc()
@@ -244,6 +261,27 @@ class _Pool:
                 await asyncio.sleep(retry.backoff_s(attempt))
             finally:
                 await self.release(connection)
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+    async def begin(self, *, isolation: Isolation, readonly: bool, deferrable: bool) -> tuple[Any, Any]:
+        """A connection with a transaction started on it, retrying as :meth:`run` does (nothing has run yet)."""
+        attempts = self.settings.retry_attempts
+        for attempt in range(1, attempts + 1):
+            connection = await self._acquire_or_back_off(attempt)
+            if connection is None:
+                continue
+            transaction = connection.transaction(isolation=isolation, readonly=readonly, deferrable=deferrable)
+            try:
+                await transaction.start()
+            except Exception as error:
+                await self.release(connection)
+                if not retry.is_connection_lost(error) or attempt == attempts or self.pool is None:
+                    raise
+                await self.expire_connections()
+                RETRIES.labels(self.role, "begin").inc()
+                await asyncio.sleep(retry.backoff_s(attempt))
+                continue
+            return connection, transaction
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
 
@@ -417,7 +455,7 @@ class Database:
         :class:`Transaction`).
         """
         pool = self._primary
-        connection, transaction = await self._begin(isolation=isolation, readonly=readonly, deferrable=deferrable)
+        connection, transaction = await pool.begin(isolation=isolation, readonly=readonly, deferrable=deferrable)
         try:
             try:
                 yield Transaction(connection, pool.monitor)
@@ -427,37 +465,11 @@ class Database:
                 raise
             await transaction.commit()
         except Exception as error:
-            if retry.is_connection_lost(error) and pool.pool is not None:
-                await pool.pool.expire_connections()
+            if retry.is_connection_lost(error):
+                await pool.expire_connections()
             raise
         finally:
             await pool.release(connection)
-
-    async def _begin(self, *, isolation: Isolation, readonly: bool, deferrable: bool) -> tuple[Any, Any]:
-        pool = self._primary
-        attempts = self.settings.retry_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                connection = await pool.acquire()
-            except Exception as error:
-                if not retry.is_connect_failure(error) or attempt == attempts:
-                    raise
-                RETRIES.labels(pool.role, "acquire").inc()
-                await asyncio.sleep(retry.backoff_s(attempt))
-                continue
-            transaction = connection.transaction(isolation=isolation, readonly=readonly, deferrable=deferrable)
-            try:
-                await transaction.start()
-            except Exception as error:
-                await pool.release(connection)
-                if not retry.is_connection_lost(error) or attempt == attempts or pool.pool is None:
-                    raise
-                await pool.pool.expire_connections()
-                RETRIES.labels(pool.role, "begin").inc()
-                await asyncio.sleep(retry.backoff_s(attempt))
-                continue
-            return connection, transaction
-        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     # -- routing ---------------------------------------------------------------
 

@@ -33,7 +33,7 @@ QUERY_ERRORS = Counter(
 )
 RETRIES = Counter(
     "falachefe_db_retries_total",
-    "Operations repeated after their connection dropped, by pool and phase (acquire or query).",
+    "Operations repeated after their connection dropped, by pool and phase (connect, acquire, begin, query).",
     ["pool", "phase"],
 )
 REPLICA_FALLBACKS = Counter(
