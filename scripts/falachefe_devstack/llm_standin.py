@@ -11,8 +11,7 @@ The answer follows CrewAI's ReAct prompt format (``Thought`` then ``Final
 Answer``), echoing a short excerpt of the last user message so a reply can be
 traced back to the message that caused it.
 
-It runs on its own event loop in a daemon thread: it keeps answering whatever
-the test's own loop is doing, and workers in other processes can reach it.
+It runs on its own event loop in a daemon thread (``BackgroundServer``).
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from .background_http import BackgroundServer
 
 Responder = Callable[[list[dict[str, Any]]], str]
 
@@ -52,9 +53,7 @@ class FakeOpenAI:
     delays: list[float] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
+    _server: BackgroundServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -74,52 +73,19 @@ class FakeOpenAI:
         self.delay_s = 0.0
 
     def start(self) -> FakeOpenAI:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._start_site())
-            except BaseException as error:  # reported to start() below
-                failure.append(error)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._stop_site())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake OpenAI server did not start within 10s")
-        if failure:
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    async def _start_site(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         # A killed worker leaves its request behind: cancel it, and never wait long for one on shutdown.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self._server = BackgroundServer(
+            app, name="llm-standin", port=self.port, handler_cancellation=True, shutdown_timeout=1.0
+        )
+        self.port = self._server.start()
+        return self
 
-    async def _stop_site(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})

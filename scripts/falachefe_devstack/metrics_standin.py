@@ -18,7 +18,6 @@ The certificate is self-signed (made with openssl) and the APIService says
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import ssl
@@ -34,7 +33,8 @@ from typing import Any
 from aiohttp import web
 from kubernetes import client as k8s
 
-from falachefe_devstack.waiting import wait_for
+from .background_http import BackgroundServer
+from .waiting import wait_for
 
 GROUP_VERSION = "metrics.k8s.io/v1beta1"
 APISERVICE_NAME = "v1beta1.metrics.k8s.io"
@@ -64,9 +64,7 @@ class MetricsServerStandIn:
     requests: list[str] = field(default_factory=list)
     _usage: dict[tuple[str, str], tuple[dict[str, str], str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
+    _server: BackgroundServer | None = None
 
     def set_usage(self, namespace: str, pod: str, labels: dict[str, str], cpu: str) -> None:
         with self._lock:
@@ -90,41 +88,16 @@ class MetricsServerStandIn:
         )
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(cert, key)
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def serve() -> None:
-            app = web.Application()
-            app.router.add_get("/apis/metrics.k8s.io/v1beta1", self._discovery)
-            app.router.add_get("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods", self._list)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, 0, ssl_context=tls)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-
-        def run() -> None:
-            assert self._loop is not None
-            self._loop.run_until_complete(serve())
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="metrics-server-standin", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("metrics-server stand-in did not start")
+        app = web.Application()
+        app.router.add_get("/apis/metrics.k8s.io/v1beta1", self._discovery)
+        app.router.add_get("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods", self._list)
+        self._server = BackgroundServer(app, name="metrics-server-standin", host=self.host, ssl_context=tls)
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._loop is None:
-            return
-        loop = self._loop
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        loop.close()
+        if self._server is not None:
+            self._server.stop()
 
     async def _discovery(self, request: web.Request) -> web.Response:
         return web.json_response(
