@@ -8,7 +8,8 @@ It does two things:
 1. copies every CustomResourceDefinition file of crds/ (not the samples)
    into the falachefe-operator chart's crds/, byte for byte, since Helm
    installs CRDs only from a chart's own crds/ directory;
-2. generates the falachefe chart's values.schema.json from the CRD's spec.
+2. generates the falachefe chart's values.schema.json from the CRD's spec
+   (and its ``name`` value from the operator's rule for a Falachefe's name).
 
 The CRD's structural schema becomes JSON Schema draft-07 for Helm. Two
 differences matter:
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from falachefe_operator.naming import MAX_NAME_LENGTH, NAME_PATTERN
 
 HELM = Path(__file__).resolve().parent
 REPO = HELM.parent
@@ -99,8 +102,9 @@ def values_schema(crd: dict[str, Any]) -> dict[str, Any]:
             "global": {"type": "object", "description": "Helm's global values, shared with parent charts."},
             "name": {
                 "type": "string",
-                "maxLength": 50,
-                "pattern": "^([a-z]([-a-z0-9]*[a-z0-9])?)?$",
+                "maxLength": MAX_NAME_LENGTH,
+                # Empty too: the release name.
+                "pattern": f"^({NAME_PATTERN.removeprefix('^').removesuffix('$')})?$",
                 "description": "The Falachefe's name; the release name when empty.",
             },
             "labels": {**string_map, "description": "Extra labels of the Falachefe."},
