@@ -63,7 +63,6 @@ _KEPT = {
     "maxItems",
     "minProperties",
     "maxProperties",
-    "uniqueItems",
 }
 
 
@@ -80,8 +79,6 @@ def json_schema(openapi: dict[str, Any]) -> dict[str, Any]:
         out["items"] = json_schema(openapi["items"])
     if openapi.get("x-kubernetes-int-or-string"):
         out["type"] = ["integer", "string"]
-    if openapi.get("nullable") and "type" in out:
-        out["type"] = [*([out["type"]] if isinstance(out["type"], str) else out["type"]), "null"]
     for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if openapi.get(bound) is True:
             out[bound] = out.pop(limit)
