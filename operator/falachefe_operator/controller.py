@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -139,10 +139,9 @@ class Controller:
         name: str,
         *,
         api: KubeApi,
-        scaler: Scaler | None,
+        scaler: Scaler,
         resync_seconds: float,
         slots: asyncio.Semaphore,
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self.namespace = namespace
         self.name = name
@@ -150,7 +149,7 @@ class Controller:
         self._scaler = scaler
         self._resync = resync_seconds
         self._slots = slots
-        self._clock = clock or asyncio.get_running_loop().time
+        self._clock = asyncio.get_running_loop().time
         self._body: dict[str, Any] | None = None
         self._owned: dict[tuple[str, str], Owned] = {}
         self._wake = asyncio.Event()
@@ -242,9 +241,8 @@ class Controller:
 
     def _forget_pools(self) -> None:
         """Drop the autoscaler's history and series of this resource's pools."""
-        if self._scaler is not None:
-            for target in self._targets.values():
-                self._scaler.forget(target)
+        for target in self._targets.values():
+            self._scaler.forget(target)
         self._targets.clear()
 
     # -- the loop ---------------------------------------------------------------------
@@ -401,10 +399,8 @@ class Controller:
             self._scaling.pop(kind, None)
             self._next_poll.pop(kind, None)
             target = self._targets.pop(kind, None)
-            if target is not None and self._scaler is not None:
+            if target is not None:
                 self._scaler.forget(target)
-        if self._scaler is None:
-            return
         now = self._clock()
         due = [(kind, pool) for kind, pool in pools.items() if now >= self._next_poll.get(kind, 0.0)]
         if not due:
@@ -444,7 +440,7 @@ class Controller:
             paused=paused,
             pools={
                 kind: PoolObservation(
-                    autoscaling=pool.autoscaling.enabled and self._scaler is not None,
+                    autoscaling=pool.autoscaling.enabled,
                     deployment=deployments.get(kind),
                     scaling=self._scaling.get(kind),
                 )
@@ -508,7 +504,7 @@ class Fleet:
     """
 
     def __init__(
-        self, api: KubeApi, scaler: Scaler | None, *, resync_seconds: float = 600.0, concurrent_reconciles: int = 32
+        self, api: KubeApi, scaler: Scaler, *, resync_seconds: float = 600.0, concurrent_reconciles: int = 32
     ) -> None:
         self._api = api
         self._scaler = scaler
