@@ -44,6 +44,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 # -- final: the interpreter, the virtualenv and nothing to build with ---------
 FROM ${PYTHON_IMAGE}
+# The global ARG again, so the base.name label names the base really used.
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="falachefe" \
@@ -51,7 +53,7 @@ LABEL org.opencontainers.image.title="falachefe" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="python:3.11-slim-bookworm"
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 # The base image's pip, setuptools and wheel are build tools the programs
 # never use; uv is left behind in the builder.
 RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
