@@ -1,4 +1,4 @@
-"""Fixtures for the runtime's workers: a migrated database, configs, the fake LLM server.
+"""Fixtures for the runtime's tests: a migrated database, configs, queues, a cache, the fake LLM server.
 
 The helpers the tests call directly are in ``worker_harness``.
 """
@@ -14,8 +14,10 @@ import pytest
 from worker_harness import config_values
 
 from falachefe_devstack.llm_standin import FakeOpenAI
-from falachefe_runtime.config import RuntimeConfig
+from falachefe_runtime.cache import Cache
+from falachefe_runtime.config import CacheSettings, RedisSettings, RuntimeConfig
 from falachefe_runtime.db import migrate
+from falachefe_runtime.queues import Queues
 
 # CrewAI asks on stdin about tracing at its first kickoff unless told it is under test.
 os.environ.setdefault("CREWAI_TESTING", "true")
@@ -66,3 +68,19 @@ def make_config(app_dsn: str, redis_url: str, fake_llm: FakeOpenAI) -> Callable[
         return RuntimeConfig(**values)
 
     return make
+
+
+@pytest.fixture
+async def queues(redis_url: str) -> AsyncIterator[Queues]:
+    """The producer side of this test's queues."""
+    queues = Queues(redis_url)
+    yield queues
+    await queues.close()
+
+
+@pytest.fixture
+async def cache(redis_url: str) -> AsyncIterator[Cache]:
+    """A started cache with the default settings, already receiving invalidations."""
+    async with Cache(RedisSettings(url=redis_url), CacheSettings()) as started:
+        assert started.listening
+        yield started

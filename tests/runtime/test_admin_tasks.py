@@ -187,21 +187,17 @@ async def test_hourly_message_summary_per_company(
     assert 0 < await client.ttl(key) <= 7 * 86_400
 
 
-async def test_admin_replicas_share_one_schedule_and_run_its_jobs(make_config, redis_url: str) -> None:
-    queues = Queues(redis_url)
-    try:
-        async with running_pool(make_config("admin")), running_pool(make_config("admin")):
+async def test_admin_replicas_share_one_schedule_and_run_its_jobs(make_config, queues: Queues) -> None:
+    async with running_pool(make_config("admin")), running_pool(make_config("admin")):
 
-            async def all_ran() -> bool:
-                return (await queues.counts(ADMIN_QUEUE))["completed"] >= len(SCHEDULES)
+        async def all_ran() -> bool:
+            return (await queues.counts(ADMIN_QUEUE))["completed"] >= len(SCHEDULES)
 
-            await eventually(all_ran, "the first run of each admin task")
-            assert await queues.queue(ADMIN_QUEUE).getJobSchedulersCount() == len(SCHEDULES)
-            counts = await queues.counts(ADMIN_QUEUE)
-            assert counts["failed"] == 0
-            # One next run per task, however many replicas registered it.
-            assert counts["delayed"] == len(SCHEDULES)
-            done = await queues.queue(ADMIN_QUEUE).getJobs(["completed"], 0, -1, True)
-            assert sorted(job.name for job in done) == sorted(SCHEDULES)
-    finally:
-        await queues.close()
+        await eventually(all_ran, "the first run of each admin task")
+        assert await queues.queue(ADMIN_QUEUE).getJobSchedulersCount() == len(SCHEDULES)
+        counts = await queues.counts(ADMIN_QUEUE)
+        assert counts["failed"] == 0
+        # One next run per task, however many replicas registered it.
+        assert counts["delayed"] == len(SCHEDULES)
+        done = await queues.queue(ADMIN_QUEUE).getJobs(["completed"], 0, -1, True)
+        assert sorted(job.name for job in done) == sorted(SCHEDULES)

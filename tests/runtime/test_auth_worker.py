@@ -11,20 +11,23 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
-from worker_harness import OTP_SECRET, Tenant, add_tenant, cli, eventually, finished_job, inbound, running_pool
+from worker_harness import (
+    OTP_SECRET,
+    Tenant,
+    add_tenant,
+    cli,
+    database_outage,
+    eventually,
+    finished_job,
+    inbound,
+    running_pool,
+)
 
 from falachefe_devstack.postgres import PostgresServer
 from falachefe_runtime.auth.codes import code_mac
 from falachefe_runtime.auth.service import crew_job_id
 from falachefe_runtime.payloads import PROCESS_MESSAGE, REQUEST_LINK_CODE, SEND_MESSAGE, VERIFY_LINK_CODE
 from falachefe_runtime.queues import CREW_QUEUE, OUTBOUND_QUEUE, WHATSAPP_QUEUE, Queues
-
-
-@pytest.fixture
-async def queues(redis_url: str) -> AsyncIterator[Queues]:
-    queues = Queues(redis_url)
-    yield queues
-    await queues.close()
 
 
 @pytest.fixture
@@ -256,19 +259,12 @@ async def test_a_database_outage_fails_the_attempt_and_the_seeds_backoff_retries
     auth_pool: None, queues: Queues, sql: asyncpg.Connection, pg_server: PostgresServer, app_dsn: str
 ) -> None:
     tenant = await add_tenant(sql)
-    database = app_dsn.rsplit("/", 1)[1]
     # The outage must hit a running worker, not its start-up (which would
     # fail fast and leave the restart to Kubernetes): one message through first.
     warm_up = await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.up"))
     assert (await finished_job(queues, WHATSAPP_QUEUE, warm_up)).returnvalue["outcome"] == "authorized"
     retries_before = REGISTRY.get_sample_value("falachefe_job_retries_total", {"queue": WHATSAPP_QUEUE}) or 0.0
-    admin = await asyncpg.connect(pg_server.dsn())
-    try:
-        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            database,
-        )
+    async with database_outage(pg_server, app_dsn):
         job_id = await queues.enqueue(
             WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.retry")
         )
@@ -278,10 +274,6 @@ async def test_a_database_outage_fails_the_attempt_and_the_seeds_backoff_retries
             return job.attemptsMade == 1 and await job.getState() == "delayed"
 
         await eventually(waiting_for_retry, "the first attempt to fail and wait for its backoff")
-        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-    finally:
-        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        await admin.close()
 
     job = await finished_job(queues, WHATSAPP_QUEUE, job_id)
     assert await job.getState() == "completed" and job.attemptsMade == 2

@@ -46,13 +46,6 @@ def new_cache(redis_url: str, **settings: Any) -> Cache:
 
 
 @pytest.fixture
-async def cache(redis_url: str) -> AsyncIterator[Cache]:
-    async with new_cache(redis_url) as started:
-        assert started.listening
-        yield started
-
-
-@pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client

@@ -64,13 +64,6 @@ async def probe(redis_url: str) -> AsyncIterator[Probe]:
                 await process.wait()
 
 
-@pytest.fixture
-async def cache(redis_url: str) -> AsyncIterator[Cache]:
-    async with Cache(RedisSettings(url=redis_url), CacheSettings()) as started:
-        assert started.listening
-        yield started
-
-
 async def test_invalidating_a_company_reaches_the_l1_of_another_process(
     probe: Probe, cache: Cache, redis_url: str
 ) -> None:

@@ -21,13 +21,6 @@ from falachefe_runtime.queues import CREW_QUEUE, OUTBOUND_QUEUE, WHATSAPP_QUEUE,
 
 
 @pytest.fixture
-async def queues(redis_url: str) -> AsyncIterator[Queues]:
-    queues = Queues(redis_url)
-    yield queues
-    await queues.close()
-
-
-@pytest.fixture
 async def pools(make_config) -> AsyncIterator[None]:
     async with running_pool(make_config("auth")), running_pool(make_config("crew")):
         yield

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 import httpx
-from worker_harness import add_tenant, eventually, finished_job, inbound, running_pool
+from worker_harness import add_tenant, database_outage, eventually, finished_job, inbound, running_pool
 
 from falachefe_devstack.postgres import PostgresServer
 from falachefe_devstack.process import free_port
@@ -13,53 +13,40 @@ from falachefe_runtime.queues import WHATSAPP_QUEUE, Queues
 
 
 async def test_readyz_follows_the_database_and_metrics_are_served(
-    make_config, pg_server: PostgresServer, app_dsn: str, sql: asyncpg.Connection, redis_url: str
+    make_config, pg_server: PostgresServer, app_dsn: str, sql: asyncpg.Connection, queues: Queues
 ) -> None:
     health_port, metrics_port = free_port(), free_port()
     config = make_config("auth", observability={"health_port": health_port, "metrics_port": metrics_port})
-    database = app_dsn.rsplit("/", 1)[1]
     tenant = await add_tenant(sql)
     await sql.close()
-    admin = await asyncpg.connect(pg_server.dsn())
-    queues = Queues(redis_url)
-    try:
-        async with running_pool(config), httpx.AsyncClient(base_url=f"http://127.0.0.1:{health_port}") as http:
+    async with running_pool(config), httpx.AsyncClient() as http:
 
-            async def readiness(expected: int) -> dict | None:
-                try:
-                    response = await http.get("/readyz")
-                except httpx.TransportError:
-                    return None
-                return response.json() if response.status_code == expected else None
+        async def readiness(expected: int) -> dict | None:
+            try:
+                response = await http.get(f"http://127.0.0.1:{health_port}/readyz")
+            except httpx.TransportError:
+                return None
+            return response.json() if response.status_code == expected else None
 
-            ready = await eventually(lambda: readiness(200), "/readyz 200")
-            assert ready["checks"] == {"database": True, "redis": True, "worker": True}
-            assert (await http.get("/healthz")).json() == {"status": "ok", "problems": []}
+        ready = await eventually(lambda: readiness(200), "/readyz 200")
+        assert ready["checks"] == {"database": True, "redis": True, "worker": True}
+        assert (await http.get(f"http://127.0.0.1:{health_port}/healthz")).json() == {"status": "ok", "problems": []}
 
-            # The database goes away: no new connections, existing ones cut.
-            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                database,
-            )
+        # The database goes away: no new connections, existing ones cut.
+        async with database_outage(pg_server, app_dsn):
             down = await eventually(lambda: readiness(503), "/readyz 503 without the database")
             assert down["checks"] == {"database": False, "redis": True, "worker": True}
             # Not ready is not dead: the kubelet must not restart the worker for it.
-            assert (await http.get("/healthz")).status_code == 200
+            assert (await http.get(f"http://127.0.0.1:{health_port}/healthz")).status_code == 200
 
-            await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-            back = await eventually(lambda: readiness(200), "/readyz 200 once the database is back")
-            assert back["checks"] == {"database": True, "redis": True, "worker": True}
+        back = await eventually(lambda: readiness(200), "/readyz 200 once the database is back")
+        assert back["checks"] == {"database": True, "redis": True, "worker": True}
 
-            job_id = await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant))
-            job = await finished_job(queues, WHATSAPP_QUEUE, job_id)
-            assert job.returnvalue["outcome"] == "authorized"
-            scrape = (await httpx.AsyncClient().get(f"http://127.0.0.1:{metrics_port}/metrics")).text
-            assert f'falachefe_jobs_processed_total{{outcome="completed",queue="{WHATSAPP_QUEUE}"}}' in scrape
-            assert f'falachefe_job_duration_seconds_count{{queue="{WHATSAPP_QUEUE}"}}' in scrape
-            assert 'falachefe_auth_decisions_total{event="message",result="authorized"}' in scrape
-            assert "falachefe_queue_depth" in scrape
-    finally:
-        await queues.close()
-        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        await admin.close()
+        job_id = await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant))
+        job = await finished_job(queues, WHATSAPP_QUEUE, job_id)
+        assert job.returnvalue["outcome"] == "authorized"
+        scrape = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        assert f'falachefe_jobs_processed_total{{outcome="completed",queue="{WHATSAPP_QUEUE}"}}' in scrape
+        assert f'falachefe_job_duration_seconds_count{{queue="{WHATSAPP_QUEUE}"}}' in scrape
+        assert 'falachefe_auth_decisions_total{event="message",result="authorized"}' in scrape
+        assert "falachefe_queue_depth" in scrape

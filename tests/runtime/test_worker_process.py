@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def queues(redis_url: str) -> AsyncIterator[Queues]:
-    queues = Queues(redis_url)
-    yield queues
-    await queues.close()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+def workers() -> Iterator[list[WorkerProcess]]:
     started: list[WorkerProcess] = []
     yield started
     for worker in started:

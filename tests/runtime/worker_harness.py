@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import asyncpg
 from bullmq import Job
 
+from falachefe_devstack.postgres import PostgresServer
 from falachefe_devstack.process import free_port
 from falachefe_devstack.waiting import async_wait_for
 from falachefe_runtime.cli import main
@@ -71,6 +72,23 @@ async def running_pool(config: RuntimeConfig) -> AsyncIterator[asyncio.Task[int]
 async def eventually(probe: Callable[[], Awaitable[T]], what: str, timeout: float = 30.0) -> T:
     """``probe()`` once it returns something truthy (polls with a generous deadline)."""
     return await async_wait_for(probe, timeout=timeout, interval=0.1, what=what)
+
+
+@contextlib.asynccontextmanager
+async def database_outage(pg_server: PostgresServer, dsn: str) -> AsyncIterator[None]:
+    """The database of ``dsn`` refuses new connections and its sessions are cut, until the block ends."""
+    database = dsn.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_server.dsn())
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
 
 
 # -- data ------------------------------------------------------------------------
