@@ -25,9 +25,9 @@ from typing import Any, TextIO
 
 from pydantic import SecretStr, ValidationError
 
-from falachefe_runtime.config import DEFAULT_QUEUES, RuntimeConfig, WorkerKind
+from falachefe_runtime.config import RuntimeConfig, WorkerKind
 from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, ProcessMessage
-from falachefe_runtime.queues import OUTBOUND_QUEUE, WHATSAPP_QUEUE, Queues
+from falachefe_runtime.queues import ALL_QUEUES, WHATSAPP_QUEUE, Queues
 from falachefe_runtime.validation import describe_validation_error
 
 #: Exit codes: 2 is a usage or configuration error, as argparse uses it.
@@ -60,10 +60,6 @@ def _queues(config: RuntimeConfig) -> Queues:
         prefix=config.redis.queue_prefix,
         socket_timeout_s=config.redis.socket_timeout_s,
     )
-
-
-def all_queue_names() -> list[str]:
-    return [*DEFAULT_QUEUES.values(), OUTBOUND_QUEUE]
 
 
 # -- commands ------------------------------------------------------------------
@@ -101,7 +97,7 @@ async def _queue_counts(config: RuntimeConfig, names: Sequence[str]) -> dict[str
 
 def cmd_queues(args: argparse.Namespace, out: TextIO) -> int:
     config = load_config()
-    counts = asyncio.run(_queue_counts(config, args.queue or all_queue_names()))
+    counts = asyncio.run(_queue_counts(config, args.queue or ALL_QUEUES))
     if args.json:
         out.write(json.dumps(counts, indent=2) + "\n")
         return 0

@@ -18,7 +18,7 @@ from falachefe_runtime.auth.service import AuthService
 from falachefe_runtime.auth.store import AuthStore
 from falachefe_runtime.cache import Cache
 from falachefe_runtime.companies import Companies
-from falachefe_runtime.config import DEFAULT_QUEUES, RuntimeConfig, WorkerKind
+from falachefe_runtime.config import RuntimeConfig, WorkerKind
 from falachefe_runtime.db import Database
 from falachefe_runtime.payloads import (
     AGGREGATE_METRICS,
@@ -34,7 +34,7 @@ from falachefe_runtime.payloads import (
     ProcessCrew,
     ProcessMessage,
 )
-from falachefe_runtime.queues import ADMIN_QUEUE, OUTBOUND_QUEUE, Queues, job_options
+from falachefe_runtime.queues import ADMIN_QUEUE, ALL_QUEUES, Queues, job_options
 from falachefe_runtime.worker.routing import Route, Routes
 
 #: Redis key prefix of the auth worker's rate limits.
@@ -99,7 +99,7 @@ async def build_routes(
             CLEAN_CACHE: Route(AdminTask, admin.clean_cache),
             AGGREGATE_METRICS: Route(AdminTask, admin.aggregate_metrics),
         },
-        depth_queues=[*DEFAULT_QUEUES.values(), OUTBOUND_QUEUE],
+        depth_queues=list(ALL_QUEUES),
     )
 
 
