@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from helmchart import Helm, kubectl, one, service_account_kubeconfig
 from kubernetes import client as k8s
 
 from falachefe_devstack.kube import ControlPlane
-from falachefe_devstack.process import ManagedProcess, free_port
+from falachefe_devstack.process import ManagedProcess, free_port, http_ok
 from falachefe_devstack.waiting import wait_for
 
 RELEASE = "fc"
@@ -65,14 +64,6 @@ class Pipeline:
         path = self.workdir / "falachefe.yaml"
         path.write_text(yaml.safe_dump(manifest))
         return kubectl(self.kube.kubeconfig, "apply", "-f", str(path)).stdout.strip()
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def shop_namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
