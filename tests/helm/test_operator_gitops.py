@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +26,13 @@ from helmchart import Helm, kubectl, one, service_account_kubeconfig
 from kubernetes import client as k8s
 
 from falachefe_devstack.kube import ControlPlane
-from falachefe_devstack.process import ManagedProcess, free_port, http_ok
+from falachefe_devstack.process import ManagedProcess, free_port, http_ok, program_path
 from falachefe_devstack.waiting import wait_for
 
 RELEASE = "fc"
 SERVICE_ACCOUNT = "fc-falachefe-operator"
 POD_NAME = "fc-falachefe-operator-7d9c5-x2x4q"
 OWNED_KINDS = ("deployments", "configmaps", "services", "poddisruptionbudgets")
-VENV_BIN = Path(sys.executable).parent
 
 
 def sample(namespace: str, image: str = "falachefe:0.1.0", **annotations: str) -> dict[str, Any]:
@@ -105,7 +103,7 @@ def start_operator(
         cluster_helm.install(RELEASE, namespace, {**values, "ports": {"health": health, "metrics": metrics}})
         deployment = one(cluster_helm.manifest(RELEASE, namespace), "Deployment")
         container = deployment["spec"]["template"]["spec"]["containers"][0]
-        argv = [str(VENV_BIN / container["command"][0]), *container["command"][1:], *container["args"]]
+        argv = [program_path(container["command"][0]), *container["command"][1:], *container["args"]]
         kubeconfig = service_account_kubeconfig(kube, SERVICE_ACCOUNT, namespace, tmp_path / "sa.kubeconfig")
         env = {"KUBECONFIG": str(kubeconfig)}
         # The downward-API variables of the chart's pod, resolved as the kubelet would.
