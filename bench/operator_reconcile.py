@@ -37,7 +37,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,15 +44,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from falachefe_devstack import toolchain
 from falachefe_devstack.kube import ControlPlane
-from falachefe_devstack.process import ManagedProcess, free_port
+from falachefe_devstack.process import ManagedProcess, free_port, http_ok
 from falachefe_operator import builders, crd
 from falachefe_operator.builders import Resource
-from falachefe_operator.kubeapi import KubeApi
+from falachefe_operator.kubeapi import KubeApi, load_configuration
 from falachefe_operator.naming import FIELD_MANAGER
 from falachefe_operator.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from falachefe_operator.spec import FalachefeSpec
@@ -240,7 +237,7 @@ async def direct_apply(run: Run, names: list[str]) -> float:
 async def bench(resources: int, singles: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="falachefe-bench-"))
     plane = ControlPlane(workdir / "kube", toolchain.ensure_all()).start()
-    admin = KubeApi(_config(plane))
+    admin = KubeApi(load_configuration(str(plane.kubeconfig)))
     proxy = CountingProxy(plane.server, plane.ca_file)
     await proxy.start()
     run = Run(plane, workdir, admin, proxy)
@@ -252,12 +249,6 @@ async def bench(resources: int, singles: int) -> dict[str, Any]:
         await proxy.stop()
         await admin.close()
         plane.stop()
-
-
-def _config(plane: ControlPlane) -> k8s.Configuration:
-    configuration = k8s.Configuration()
-    k8s_config.load_kube_config(config_file=str(plane.kubeconfig), client_configuration=configuration)
-    return configuration
 
 
 async def _measure(run: Run, resources: int, singles: int) -> dict[str, Any]:
@@ -305,7 +296,7 @@ async def _measure(run: Run, resources: int, singles: int) -> dict[str, Any]:
     run.operator = ManagedProcess(
         "falachefe-operator", argv, run.workdir / "operator.log", env={"KUBECONFIG": str(kubeconfig)}
     ).start()
-    run.operator.wait_until(lambda: _http_ok(f"http://127.0.0.1:{liveness}/healthz"), 120, "healthz")
+    run.operator.wait_until(lambda: http_ok(f"http://127.0.0.1:{liveness}/healthz"), 120, "healthz")
     assert run.operator.popen is not None
     run.operator_pid = run.operator.popen.pid
     await run.quiet(2.0)
@@ -354,14 +345,6 @@ async def _measure(run: Run, resources: int, singles: int) -> dict[str, Any]:
         "rss_idle_mib": rss_idle,
         "rss_after_mib": rss_after,
     }
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def report(result: dict[str, Any]) -> str:
