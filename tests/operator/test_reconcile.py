@@ -66,6 +66,24 @@ def events(api: k8s.ApiClient, namespace: str, name: str) -> list[k8s.CoreV1Even
     return [e for e in listed.items if e.involved_object.kind == "Falachefe"]
 
 
+def wait_event(
+    api: k8s.ApiClient, namespace: str, name: str, reason: str, *words: str, type_: str = "Normal"
+) -> k8s.CoreV1Event:
+    """Wait for an Event about the resource with ``type_`` and ``reason`` whose message holds each of ``words``."""
+
+    def probe() -> k8s.CoreV1Event | None:
+        return next(
+            (
+                e
+                for e in events(api, namespace, name)
+                if e.type == type_ and e.reason == reason and all(word in (e.message or "") for word in words)
+            ),
+            None,
+        )
+
+    return wait_for(probe, timeout=30, what=f"a {type_} {reason} Event about {name} saying {words}")
+
+
 def test_a_sample_reconciles_into_owned_objects_and_becomes_ready(
     operator: Operator, kube: ControlPlane, kube_api: k8s.ApiClient, op_namespace: str, redis_url: str
 ) -> None:
@@ -104,11 +122,7 @@ def test_a_sample_reconciles_into_owned_objects_and_becomes_ready(
     assert "auth 1/1 q0, crew 0/0 q0" in wide[1]
     assert "falachefe:1.0" in wide[1]
 
-    wait_for(
-        lambda: "Reconciled" in {e.reason for e in events(kube_api, op_namespace, "shop")},
-        timeout=30,
-        what="a Reconciled Event",
-    )
+    wait_event(kube_api, op_namespace, "shop", "Reconciled")
 
 
 def test_spec_changes_roll_out_and_a_removed_pool_is_deleted(
@@ -139,14 +153,7 @@ def test_spec_changes_roll_out_and_a_removed_pool_is_deleted(
     config = k8s.CoreV1Api(kube_api).read_namespaced_config_map("grow-config", op_namespace).data["config.yaml"]
     assert "log_level: DEBUG" in config
 
-    wait_for(
-        lambda: any(
-            e.reason == "Deleted" and "Deployment grow-crew" in e.message
-            for e in events(kube_api, op_namespace, "grow")
-        ),
-        timeout=30,
-        what="a Deleted Event for the removed pool",
-    )
+    wait_event(kube_api, op_namespace, "grow", "Deleted", "Deployment grow-crew")
 
 
 def test_hand_edits_are_put_back_and_replicas_are_left_alone(
@@ -198,11 +205,7 @@ def test_hand_edits_are_put_back_and_replicas_are_left_alone(
         timeout=30,
         what="replicas clamped to maxReplicas",
     )
-    wait_for(
-        lambda: "DriftCorrected" in {e.reason for e in events(kube_api, op_namespace, "drift")},
-        timeout=30,
-        what="a DriftCorrected Event",
-    )
+    wait_event(kube_api, op_namespace, "drift", "DriftCorrected")
 
 
 def test_the_autoscaler_scales_on_queue_depth_reports_it_and_keeps_its_replicas_across_reconciles(
@@ -239,15 +242,8 @@ def test_the_autoscaler_scales_on_queue_depth_reports_it_and_keeps_its_replicas_
     auth = resource["status"]["pools"]["auth"]
     assert auth["queueDepth"] == 40
     assert auth["lastScaleTime"] and auth["lastScaleReason"]
-    wait_for(
-        lambda: [
-            e.message
-            for e in events(kube_api, op_namespace, "busy")
-            if e.reason == "Scaled" and "pool auth: 1 -> 4 replicas" in e.message and "queue depth 40" in e.message
-        ],
-        timeout=30,
-        what="a Scaled Event with the numbers behind it",
-    )
+    # With the numbers behind it.
+    wait_event(kube_api, op_namespace, "busy", "Scaled", "pool auth: 1 -> 4 replicas", "queue depth 40")
 
     # A new image is applied; the autoscaler's replicas stay.
     manifest["spec"]["image"] = "falachefe:1.1"
@@ -273,13 +269,7 @@ def test_a_missing_secret_is_a_condition_that_clears_when_the_secret_appears(
     assert f"Secret {op_namespace}/lost-redis not found (spec.redis.secretRef.name)" in message
     assert condition(degraded, "Ready")["reason"] == "SecretNotFound"
     assert condition(degraded, "ScalingActive")["reason"] == "MetricsUnavailable"
-    wait_for(
-        lambda: any(
-            e.type == "Warning" and e.reason == "SecretNotFound" for e in events(kube_api, op_namespace, "lost")
-        ),
-        timeout=30,
-        what="a SecretNotFound Warning Event",
-    )
+    wait_event(kube_api, op_namespace, "lost", "SecretNotFound", type_="Warning")
 
     # A key that is not there is as bad as a Secret that is not there.
     put_secret(core, op_namespace, "lost-redis", {"uri": redis_url})
