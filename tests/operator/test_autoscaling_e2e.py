@@ -1,81 +1,31 @@
 """End to end: the operator process autoscales a Falachefe's pools from a real bullmq queue.
 
-The real ``falachefe-operator`` (as the chart runs it) watches a namespace
-of its own; a resource with an auth pool (1..5) and a crew pool (0..3,
-scale to zero) is applied with kubectl; the real bullmq fills the queues
-and real bullmq workers drain them. The Deployments' replicas are watched
-from outside, as a platform team would.
+The real ``falachefe-operator``, as the chart runs it (the module's
+``operator`` fixture: its RBAC identity, one namespace), serves a resource
+with an auth pool (1..5) and a crew pool (0..3, scale to zero) applied with
+kubectl; the real bullmq fills the queues and real bullmq workers drain
+them. The Deployments' replicas are watched from outside, as a platform
+team would.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from bullmq import Queue, Worker
 from kubernetes import client as k8s
+from opkit import Operator, apply, create_secrets, sample
 
 from falachefe_devstack.kube import ControlPlane
-from falachefe_devstack.process import ManagedProcess, free_port, port_open
 from falachefe_devstack.waiting import async_wait_for, wait_for
-from falachefe_operator import crd
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-OPERATOR = Path(sys.executable).parent / "falachefe-operator"
 POLL_SECONDS = 2
 WINDOW_SECONDS = 8
-
-
-def kubectl(kube: ControlPlane, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
-        ["kubectl", "--kubeconfig", str(kube.kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-
-
-@pytest.fixture
-def operator(kube: ControlPlane, kube_api: k8s.ApiClient, namespace: str, tmp_path: Path) -> Iterator[ManagedProcess]:
-    kubectl(kube, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / crd.CRD_PATH))
-    extensions = k8s.ApiextensionsV1Api(kube_api)
-    wait_for(
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in (extensions.read_custom_resource_definition(crd.CRD_NAME).status.conditions or [])
-        ),
-        timeout=60,
-        what="the CRD established",
-    )
-    liveness = free_port()
-    process = ManagedProcess(
-        "falachefe-operator",
-        [
-            str(OPERATOR),
-            "--standalone",
-            f"--namespace={namespace}",
-            f"--liveness-port={liveness}",
-            f"--metrics-port={free_port()}",
-            "--log-format=text",
-        ],
-        tmp_path / "operator.log",
-        env={"KUBECONFIG": str(kube.kubeconfig)},
-    ).start()
-    process.wait_until(lambda: port_open(liveness), 60, "liveness port open")
-    yield process
-    process.stop(timeout=30)
 
 
 def scaling(target: int, min_replicas: int, max_replicas: int) -> dict[str, Any]:
@@ -102,33 +52,16 @@ def scaling(target: int, min_replicas: int, max_replicas: int) -> dict[str, Any]
 
 
 async def test_operator_scales_pools_up_on_a_full_queue_and_back_after_the_window(
-    operator: ManagedProcess, kube: ControlPlane, kube_api: k8s.ApiClient, namespace: str, redis_url: str
+    operator: Operator, kube: ControlPlane, kube_api: k8s.ApiClient, op_namespace: str, redis_url: str
 ) -> None:
-    core = k8s.CoreV1Api(kube_api)
-    for secret, key, value in (("busy-db", "dsn", "postgresql://u:p@db/x"), ("busy-redis", "url", redis_url)):
-        core.create_namespaced_secret(
-            namespace,
-            k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret), data={key: base64.b64encode(value.encode()).decode()}),
-        )
-    manifest = {
-        "apiVersion": "falachefe.io/v1alpha1",
-        "kind": "Falachefe",
-        "metadata": {"name": "busy", "namespace": namespace},
-        "spec": {
-            "image": "falachefe:1.0",
-            "database": {"secretRef": {"name": "busy-db"}},
-            "redis": {"secretRef": {"name": "busy-redis"}},
-            "llm": {"model": "test-model"},
-            "pools": {"auth": scaling(100, 1, 5), "crew": scaling(3, 0, 3)},
-        },
-    }
-    kubectl(kube, "apply", "-f", "-", stdin=yaml.safe_dump(manifest))
+    create_secrets(kube_api, op_namespace, "busy", redis_url)
+    apply(kube, sample("busy", op_namespace, pools={"auth": scaling(100, 1, 5), "crew": scaling(3, 0, 3)}))
     apps = k8s.AppsV1Api(kube_api)
 
     def replicas(deployment: str) -> int | None:
         try:
             # The scale omits replicas when they are 0.
-            return int(apps.read_namespaced_deployment_scale(deployment, namespace).spec.replicas or 0)
+            return int(apps.read_namespaced_deployment_scale(deployment, op_namespace).spec.replicas or 0)
         except k8s.ApiException:
             return None
 
@@ -191,7 +124,7 @@ async def test_operator_scales_pools_up_on_a_full_queue_and_back_after_the_windo
     expected = ("pool auth: 1 -> 5 replicas", "pool crew: 0 -> 1 replicas", "pool crew: 1 -> 0 replicas")
 
     def scaled_events() -> list[str]:
-        events = k8s.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+        events = k8s.CoreV1Api(kube_api).list_namespaced_event(op_namespace).items
         return [e.message for e in events if e.reason == "Scaled"]
 
     messages = wait_for(
