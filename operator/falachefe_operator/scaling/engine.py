@@ -42,6 +42,9 @@ from .observation import CpuSample, MetricUnavailable, Observation, QueueCounts
 from .policy import ScalingPolicy
 from .queue import QueueReader, QueueRef
 
+#: What a request to the API server may fail with: reported, never raised.
+_API_TROUBLE = (ApiException, HTTPError, OSError, TimeoutError)
+
 
 @dataclass(frozen=True)
 class PoolTarget:
@@ -129,13 +132,8 @@ class Autoscaler:
     async def _step(self, target: PoolTarget) -> StepOutcome:
         where = f"Deployment {target.namespace}/{target.deployment}"
         try:
-            deployment = await asyncio.to_thread(
-                self._apps.read_namespaced_deployment,
-                target.deployment,
-                target.namespace,
-                _request_timeout=self._timeout,
-            )
-        except (ApiException, HTTPError, OSError, TimeoutError) as error:
+            deployment = await self._read_deployment(target)
+        except _API_TROUBLE as error:
             self._metrics.step_errors.labels(*target.labels).inc()
             message = f"{where} unreadable: {_describe(error)}"
             return StepOutcome(None, None, None, False, None, message, metrics_available=False, message=message)
@@ -228,15 +226,15 @@ class Autoscaler:
         except (HTTPError, OSError, TimeoutError) as error:
             return _describe(error)
         try:
-            fresh = await asyncio.to_thread(
-                self._apps.read_namespaced_deployment,
-                target.deployment,
-                target.namespace,
-                _request_timeout=self._timeout,
-            )
-        except (ApiException, HTTPError, OSError, TimeoutError) as error:
+            fresh = await self._read_deployment(target)
+        except _API_TROUBLE as error:
             return _describe(error)
         return f"replicas changed concurrently to {fresh.spec.replicas}; deciding again next poll"
+
+    async def _read_deployment(self, target: PoolTarget) -> k8s.V1Deployment:
+        return await asyncio.to_thread(
+            self._apps.read_namespaced_deployment, target.deployment, target.namespace, _request_timeout=self._timeout
+        )
 
 
 def _describe(error: BaseException) -> str:
