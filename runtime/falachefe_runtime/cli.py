@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from pydantic import SecretStr, ValidationError
 
-from falachefe_runtime.config import RuntimeConfig, WorkerKind
+from falachefe_runtime.config import RuntimeConfig, WorkerKind, env_name
 from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, ProcessMessage
 from falachefe_runtime.queues import ALL_QUEUES, WHATSAPP_QUEUE, Queues
 from falachefe_runtime.validation import describe_validation_error
@@ -49,8 +49,7 @@ def load_config(**overrides: Any) -> RuntimeConfig:
 
 def require(secret: SecretStr | None, field: str) -> str:
     if secret is None:
-        env = "FALACHEFE_" + field.upper().replace(".", "__")
-        raise ConfigError(f"{field} is required for this command: set {env}")
+        raise ConfigError(f"{field} is required for this command: set {env_name(field)}")
     return secret.get_secret_value()
 
 

@@ -35,6 +35,11 @@ CONFIG_FILE_ENV = "FALACHEFE_CONFIG_FILE"
 ENV_PREFIX = "FALACHEFE_"
 
 
+def env_name(field: str) -> str:
+    """The environment variable that sets a dotted field: ``database.dsn`` -> ``FALACHEFE_DATABASE__DSN``."""
+    return ENV_PREFIX + field.upper().replace(".", "__")
+
+
 class WorkerKind(enum.StrEnum):
     """What a worker pool does; each kind consumes one BullMQ queue by default."""
 

@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from falachefe_runtime.cache import Cache
-from falachefe_runtime.config import RuntimeConfig, WorkerKind
+from falachefe_runtime.config import RuntimeConfig, WorkerKind, env_name
 from falachefe_runtime.db import Database
 from falachefe_runtime.observability import metrics
 from falachefe_runtime.observability.health import HealthServer
@@ -80,7 +80,7 @@ async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> 
     """Run the pool until ``stop`` is set (by SIGTERM/SIGINT when not given); the exit code."""
     missing = missing_settings(config)
     if missing:
-        variables = ", ".join("FALACHEFE_" + name.upper().replace(".", "__") for name in missing)
+        variables = ", ".join(env_name(name) for name in missing)
         raise ValueError(f"the {config.worker.kind.value} pool needs {', '.join(missing)}: set {variables}")
     assert config.redis.url is not None
     redis_url = config.redis.url.get_secret_value()
