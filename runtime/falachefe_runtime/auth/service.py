@@ -185,19 +185,7 @@ class AuthService:
             if not decision.allowed:
                 reason = "rate_limited"
         if reason is not None:
-            await self._store.log(
-                AuthAttempt(
-                    job.company_id,
-                    job.phone_number,
-                    AuthEvent.LINK_CODE_REQUEST,
-                    success=False,
-                    reason=reason,
-                    user_id=user.id if user else None,
-                )
-            )
-            metrics.AUTH_DECISIONS.labels("link_code_request", reason).inc()
-            log.info("link code refused", extra={"phone": mask_phone(job.phone_number), "reason": reason})
-            return {"outcome": "refused", "reason": reason}
+            return await self._refuse_link_code(AuthEvent.LINK_CODE_REQUEST, job, user, reason)
 
         code = new_code()
         ttl_s = self._settings.otp_ttl_s
@@ -225,18 +213,7 @@ class AuthService:
         user = await self._store.user_by_phone(job.company_id, job.phone_number)
         reason = refusal(user)
         if reason is not None:
-            await self._store.log(
-                AuthAttempt(
-                    job.company_id,
-                    job.phone_number,
-                    AuthEvent.LINK_CODE_VERIFY,
-                    success=False,
-                    reason=reason,
-                    user_id=user.id if user else None,
-                )
-            )
-            metrics.AUTH_DECISIONS.labels("link_code_verify", reason).inc()
-            return {"outcome": "refused", "reason": reason}
+            return await self._refuse_link_code(AuthEvent.LINK_CODE_VERIFY, job, user, reason)
         assert user is not None  # refusal() refuses unknown numbers
 
         def matches(stored_mac: bytes) -> bool:
@@ -261,6 +238,27 @@ class AuthService:
         if outcome.result is CodeCheck.VERIFIED and session is not None:
             result["sessionId"] = str(session.id)
         return result
+
+    async def _refuse_link_code(
+        self, event: AuthEvent, job: LinkCodeRequest | LinkCodeVerify, user: UserAuth | None, reason: str
+    ) -> JobResult:
+        """Log and count a refused link-code request or check; the job is done, not failed."""
+        await self._store.log(
+            AuthAttempt(
+                job.company_id,
+                job.phone_number,
+                event,
+                success=False,
+                reason=reason,
+                user_id=user.id if user else None,
+            )
+        )
+        metrics.AUTH_DECISIONS.labels(event.value, reason).inc()
+        log.info(
+            "link code refused",
+            extra={"phone": mask_phone(job.phone_number), "auth_event": event.value, "reason": reason},
+        )
+        return {"outcome": "refused", "reason": reason}
 
     # -- lookups ---------------------------------------------------------------
 

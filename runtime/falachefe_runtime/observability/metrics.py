@@ -68,7 +68,7 @@ CREW_RESPONSES = Counter(
 
 AUTH_DECISIONS = Counter(
     "falachefe_auth_decisions_total",
-    "Authentication decisions, by event (message, otp_request, otp_verify) and result.",
+    "Authentication decisions, by event (message, link_code_request, link_code_verify) and result.",
     ["event", "result"],
 )
 
