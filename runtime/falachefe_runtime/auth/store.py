@@ -152,8 +152,8 @@ class AuthStore:
         return True, session
 
     async def log(self, attempt: AuthAttempt) -> None:
-        async with self._db.transaction() as tx:
-            await self._log(tx, attempt)
+        """Log an attempt that changes nothing else: one statement, no transaction."""
+        await self._log(self._db, attempt)
 
     async def issue_code(self, company_id: UUID, phone_number: str, code_mac: bytes, ttl_s: int) -> None:
         """Store a new code's MAC; earlier unused codes of the phone stop working."""
@@ -260,8 +260,8 @@ class AuthStore:
         )
         return Session(**dict(row))
 
-    async def _log(self, tx: Transaction, attempt: AuthAttempt) -> None:
-        await tx.execute(
+    async def _log(self, db: Database | Transaction, attempt: AuthAttempt) -> None:
+        await db.execute(
             "INSERT INTO whatsapp_auth_logs"
             " (company_id, phone_number, user_id, event, success, reason, provider_message_id)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7)",
