@@ -12,17 +12,8 @@ show up in monitoring tools and ``MONITOR`` output.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import redis.asyncio as redis
-
-
-@dataclass(frozen=True)
-class RateDecision:
-    allowed: bool
-    count: int
-    #: Seconds until the window resets (0 when allowed).
-    retry_after_s: int
 
 
 def subject_key(prefix: str, scope: str, *parts: object) -> str:
@@ -36,12 +27,10 @@ class FixedWindowLimiter:
         self.limit = limit
         self.window_s = window_s
 
-    async def hit(self, key: str) -> RateDecision:
-        """Count one event for ``key``; allowed while the window's count stays within the limit."""
+    async def hit(self, key: str) -> bool:
+        """Count one event for ``key``; whether the window's count is still within the limit."""
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, self.window_s, nx=True)
-            pipe.ttl(key)
-            count, _, ttl = await pipe.execute()
-        allowed = int(count) <= self.limit
-        return RateDecision(allowed=allowed, count=int(count), retry_after_s=0 if allowed else max(int(ttl), 1))
+            count, _ = await pipe.execute()
+        return int(count) <= self.limit

@@ -178,12 +178,10 @@ class AuthService:
         await self._companies.active(job.company_id)
         user = await self._store.user_by_phone(job.company_id, job.phone_number)
         reason = refusal(user)
-        if reason is None:
-            decision = await self._limiter.hit(
-                subject_key(self._rate_limit_prefix, "link-code", job.company_id, job.phone_number)
-            )
-            if not decision.allowed:
-                reason = "rate_limited"
+        if reason is None and not await self._limiter.hit(
+            subject_key(self._rate_limit_prefix, "link-code", job.company_id, job.phone_number)
+        ):
+            reason = "rate_limited"
         if reason is not None:
             return await self._refuse_link_code(AuthEvent.LINK_CODE_REQUEST, job, user, reason)
 
