@@ -148,9 +148,6 @@ class Queues:
             for job in jobs
         ]
 
-    async def job_state(self, queue: str, job_id: str) -> str:
-        return str(await self.queue(queue).getJobState(job_id))
-
     async def close(self) -> None:
         for queue in self._queues.values():
             await queue.close()

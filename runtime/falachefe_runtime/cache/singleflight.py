@@ -13,9 +13,6 @@ class SingleFlight:
     def __init__(self) -> None:
         self._flights: dict[str, asyncio.Future[Any]] = {}
 
-    def __len__(self) -> int:
-        return len(self._flights)
-
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> T:
         """``work()``'s result; if a call for ``key`` is already running, its result instead.
 
