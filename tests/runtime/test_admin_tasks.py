@@ -14,7 +14,7 @@ import redis.asyncio as redis
 from worker_harness import add_tenant, eventually, running_pool
 
 from falachefe_runtime.admin.cache_sweep import SCOPE_ABBREVIATIONS, entry_generations
-from falachefe_runtime.admin.tasks import SCHEDULES, AdminTasks, summary_key
+from falachefe_runtime.admin.tasks import HOURLY_MESSAGES, SCHEDULES, AdminTasks, summary_key
 from falachefe_runtime.cache import Cache, CacheKind, Scope, ScopeKind
 from falachefe_runtime.cache.keys import KeySpace
 from falachefe_runtime.config import CacheSettings, DatabaseSettings, RedisSettings
@@ -185,6 +185,13 @@ async def test_hourly_message_summary_per_company(
         str(second.company_id): {"inbound": 1, "replies": 1},
     }
     assert 0 < await client.ttl(key) <= 7 * 86_400
+
+
+async def test_the_hourly_summary_reads_recent_messages_through_an_index(sql: asyncpg.Connection) -> None:
+    # On a near-empty table the planner prefers a scan; forbid it to see whether an index serves the query.
+    await sql.execute("SET enable_seqscan = off")
+    plan = "\n".join(row[0] for row in await sql.fetch(f"EXPLAIN {HOURLY_MESSAGES}"))
+    assert "idx_messages_created" in plan, plan
 
 
 async def test_admin_replicas_share_one_schedule_and_run_its_jobs(make_config, queues: Queues) -> None:

@@ -61,7 +61,7 @@ def test_migrate_enqueue_queues_and_failed(monkeypatch: pytest.MonkeyPatch, pg_d
     monkeypatch.setenv("FALACHEFE_REDIS__URL", redis_url)
 
     code, out = cli(["migrate"])
-    assert code == 0 and json.loads(out)["applied"] == [1, 2]
+    assert code == 0 and json.loads(out)["applied"] == [1, 2, 3]
     code, out = cli(["migrate"])
     assert code == 0 and json.loads(out) == {"applied": [], "created_indexes": [], "rebuilt_indexes": []}
 

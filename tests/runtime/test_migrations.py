@@ -71,7 +71,7 @@ async def indexes(dsn: str) -> dict[str, tuple[bool, str]]:
 
 async def test_migrate_creates_the_schema_and_a_second_run_is_a_no_op(pg_dsn: str) -> None:
     first = await migrate(pg_dsn)
-    assert first.applied == [1, 2]
+    assert first.applied == [1, 2, 3]
     tables = {
         row["tablename"] for row in await query(pg_dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
@@ -82,7 +82,11 @@ async def test_migrate_creates_the_schema_and_a_second_run_is_a_no_op(pg_dsn: st
     assert not second.changed, second
     assert await indexes(pg_dsn) == before
     recorded = await query(pg_dsn, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert [(row["version"], row["name"]) for row in recorded] == [(1, "core_tables"), (2, "seed_indexes")]
+    assert [(row["version"], row["name"]) for row in recorded] == [
+        (1, "core_tables"),
+        (2, "seed_indexes"),
+        (3, "admin_indexes"),
+    ]
 
 
 async def test_every_seed_index_exists_valid_and_without_now_in_a_predicate(pg_dsn: str) -> None:
@@ -101,11 +105,11 @@ async def test_every_seed_index_exists_valid_and_without_now_in_a_predicate(pg_d
 async def test_concurrent_migrations_all_succeed_and_apply_once(pg_dsn: str) -> None:
     reports = await asyncio.gather(*(migrate(pg_dsn) for _ in range(3)))
     applied = sorted(report.applied for report in reports)
-    assert applied == [[], [], [1, 2]]
+    assert applied == [[], [], [1, 2, 3]]
     found = await indexes(pg_dsn)
     assert all(valid for valid, _ in found.values())
     assert set(found) >= SEED_INDEX_NAMES
-    assert len(await query(pg_dsn, "SELECT version FROM schema_migrations")) == 2
+    assert len(await query(pg_dsn, "SELECT version FROM schema_migrations")) == 3
 
 
 async def test_an_invalid_index_left_by_a_failed_concurrent_build_is_rebuilt(pg_dsn: str) -> None:
@@ -147,7 +151,7 @@ async def test_an_applied_migration_that_changed_is_refused(pg_dsn: str) -> None
     await migrate(pg_dsn)
     edited = dataclasses.replace(MIGRATIONS[0], statements=(*MIGRATIONS[0].statements, "SELECT 1"))
     with pytest.raises(MigrationError, match=r"migration 1 \(core_tables\) changed after it was applied"):
-        await migrate(pg_dsn, migrations=(edited, MIGRATIONS[1]))
+        await migrate(pg_dsn, migrations=(edited, *MIGRATIONS[1:]))
 
 
 async def test_migrate_gives_up_waiting_for_a_stuck_lock_holder(pg_dsn: str) -> None:
@@ -158,7 +162,7 @@ async def test_migrate_gives_up_waiting_for_a_stuck_lock_holder(pg_dsn: str) -> 
             await migrate(pg_dsn, lock_wait_s=0.5)
     finally:
         await holder.close()
-    assert (await migrate(pg_dsn)).applied == [1, 2]
+    assert (await migrate(pg_dsn)).applied == [1, 2, 3]
 
 
 async def test_bulk_insert_allow_list_matches_the_schema(pg_dsn: str) -> None:

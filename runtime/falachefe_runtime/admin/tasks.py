@@ -74,7 +74,8 @@ _EXPIRY_STEPS: dict[str, str] = {
     """,
 }
 
-_HOURLY_MESSAGES = """
+#: Served by ``idx_messages_created`` (migration 3): ``messages`` only grows.
+HOURLY_MESSAGES = """
     SELECT company_id, date_trunc('hour', created_at) AS hour,
            count(*) FILTER (WHERE role = 'user') AS inbound,
            count(*) FILTER (WHERE role = 'assistant') AS replies
@@ -120,7 +121,7 @@ class AdminTasks:
 
     async def aggregate_metrics(self, task: AdminTask, info: JobInfo) -> JobResult:
         """Per company and hour: inbound messages and replies, for the current and the previous hour."""
-        rows = await self._db.fetch(_HOURLY_MESSAGES, name="admin.hourly_messages", readonly=True)
+        rows = await self._db.fetch(HOURLY_MESSAGES, name="admin.hourly_messages", readonly=True)
         by_hour: dict[str, dict[FieldT, EncodableT]] = {}
         for row in rows:
             key = summary_key(self._cache_prefix, row["hour"])
