@@ -57,6 +57,7 @@ from falachefe_runtime.config import DEFAULT_QUEUES, WorkerKind
 from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, OutboundKind, OutboundMessage, ProcessMessage
 from falachefe_runtime.queues import OUTBOUND_QUEUE, WHATSAPP_QUEUE, Queues
 
+from .kube import kubectl
 from .llm_standin import FakeOpenAI
 from .metrics_standin import MetricsServerStandIn, registered
 from .process import ManagedProcess, free_port, program_path
@@ -549,13 +550,7 @@ class Demo:
 
     def kubectl(self, *args: str) -> str:
         assert self.stack.kube is not None
-        result = subprocess.run(
-            ["kubectl", "--kubeconfig", str(self.stack.kube.kubeconfig), *args],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return result.stdout
+        return kubectl(self.stack.kube.kubeconfig, *args).stdout
 
     def show_resource(self) -> None:
         """What a platform engineer would look at: `kubectl get falachefe -o wide`."""

@@ -283,5 +283,23 @@ class ControlPlane:
         return self.ca_file.exists() and self._get_ok("/readyz")
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl failed; unlike its base class, the message carries kubectl's own words."""
+
+    def __str__(self) -> str:
+        return f"{' '.join(self.cmd[3:])} failed ({self.returncode}): {str(self.stderr).strip()}"
+
+
+def kubectl(
+    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``kubectl`` against ``kubeconfig``; with ``check``, a failure raises ``KubectlError``."""
+    argv = ["kubectl", "--kubeconfig", str(kubeconfig), *args]
+    result = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise KubectlError(result.returncode, argv, result.stdout, result.stderr)
+    return result
+
+
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)

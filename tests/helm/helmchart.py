@@ -12,11 +12,10 @@ from typing import Any
 import yaml
 
 from falachefe_devstack import toolchain
-from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.kube import ControlPlane, kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "falachefe-operator"
-RBAC_RULES = CHART / "files" / "rbac-rules.yaml"
 #: `helm template` assumes Kubernetes v1.20 without a cluster; the chart needs >= 1.28.
 KUBE_VERSION = toolchain.KUBERNETES_VERSION
 
@@ -140,28 +139,6 @@ def pod_spec(workload: Manifest) -> dict[str, Any]:
     if workload["kind"] == "CronJob":
         return dict(workload["spec"]["jobTemplate"]["spec"]["template"]["spec"])
     return dict(workload["spec"]["template"]["spec"])
-
-
-def chart_rules() -> list[dict[str, Any]]:
-    rules = yaml.safe_load(RBAC_RULES.read_text())
-    assert isinstance(rules, list), f"{RBAC_RULES} must be a YAML list of PolicyRules"
-    return rules
-
-
-def kubectl(
-    kubeconfig: Path, *args: str, check: bool = True, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
-    return result
 
 
 def service_account_kubeconfig(kube: ControlPlane, service_account: str, namespace: str, path: Path) -> Path:

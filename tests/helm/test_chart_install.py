@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helmchart import CHART, Helm, Manifest, kubectl, service_account_kubeconfig
+from helmchart import CHART, Helm, Manifest, service_account_kubeconfig
 from kubernetes import client as k8s
 
-from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.kube import ControlPlane, kubectl
 from falachefe_devstack.waiting import wait_for
 
 RELEASE = "fc"

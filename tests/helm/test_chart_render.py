@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helmchart import CHART, NON_DEFAULT_VALUES, REPO, Helm, HelmError, Manifest, chart_rules, objects_of, one
+from helmchart import CHART, NON_DEFAULT_VALUES, REPO, Helm, HelmError, Manifest, objects_of, one
+
+from falachefe_devstack.operator_identity import operator_rules
 
 VALUE_SETS: dict[str, dict[str, Any]] = {"default": {}, **NON_DEFAULT_VALUES}
 STANDARD_LABELS = (
@@ -110,7 +112,7 @@ def test_cluster_wide_mode_grants_exactly_the_rules_file(helm: Helm) -> None:
     manifests = helm.template(release="rel", namespace="ops")
     granted = _granted_rules(manifests, "rel-falachefe-operator")
     assert set(granted) <= {"cluster", "ops"}
-    assert _canonical(granted["cluster"] + granted.get("ops", [])) == _canonical(chart_rules())
+    assert _canonical(granted["cluster"] + granted.get("ops", [])) == _canonical(operator_rules())
     # The Lease is the one thing granted only in the release namespace.
     assert {g for rule in granted.get("ops", []) for g in rule["apiGroups"]} == {"coordination.k8s.io"}
 
@@ -119,7 +121,7 @@ def test_namespaced_mode_grants_the_rules_only_in_the_watched_namespaces(helm: H
     manifests = helm.template(NON_DEFAULT_VALUES["namespaced"], release="rel", namespace="ops")
     granted = _granted_rules(manifests, "rel-falachefe-operator")
     assert set(granted) == {"cluster", "team-a", "team-b", "ops"}
-    rules = chart_rules()
+    rules = operator_rules()
     cluster_scoped = [r for r in rules if {"customresourcedefinitions", "namespaces"} & set(r["resources"])]
     election = [r for r in rules if "coordination.k8s.io" in r["apiGroups"]]
     namespaced = [r for r in rules if r not in cluster_scoped and r not in election]

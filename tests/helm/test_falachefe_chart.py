@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helmchart import CHART, REPO, Helm, HelmError, kubectl
+from helmchart import CHART, REPO, Helm, HelmError
 
-from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.kube import ControlPlane, kubectl
 
 WORKLOAD_CHART = REPO / "helm" / "falachefe"
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helmchart import Helm, kubectl, one, service_account_kubeconfig
+from helmchart import Helm, one, service_account_kubeconfig
 from kubernetes import client as k8s
 
-from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.kube import ControlPlane, kubectl
 from falachefe_devstack.process import ManagedProcess, free_port, http_ok, program_path
 from falachefe_devstack.waiting import wait_for
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
-from opkit import Operator, bind_operator_identity, drop_cluster_grants, install_crd
+from opkit import Operator, install_crd
 
 from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.operator_identity import bind_operator_identity, drop_cluster_grants
 
 
 @pytest.fixture(scope="session")

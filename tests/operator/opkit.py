@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +14,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from falachefe_devstack.kube import ControlPlane
-from falachefe_devstack.process import ManagedProcess, free_port
+from falachefe_devstack.kube import ControlPlane, kubectl
+from falachefe_devstack.process import ManagedProcess, free_port, program_path
 from falachefe_devstack.waiting import wait_for
 from falachefe_operator import crd, naming
 from falachefe_operator.resource import GROUP, PLURAL, VERSION
@@ -24,22 +23,6 @@ from falachefe_operator.resource import GROUP, PLURAL, VERSION
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / crd.CRD_PATH
 SAMPLE_FILE = REPO / "crds" / "samples" / "falachefe.yaml"
-RBAC_RULES = REPO / "helm" / "falachefe-operator" / "files" / "rbac-rules.yaml"
-OPERATOR = Path(sys.executable).parent / "falachefe-operator"
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "nodes", "clusterroles"}
-
-
-def kubectl(
-    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=60,
-    )
 
 
 def install_crd(kube: ControlPlane) -> None:
@@ -184,69 +167,6 @@ def mark_pods_ready(api: k8s.ApiClient, namespace: str, selector: dict[str, str]
 # -- the operator's identity -------------------------------------------------------
 
 
-def rbac_rules() -> list[dict[str, Any]]:
-    rules = yaml.safe_load(RBAC_RULES.read_text())
-    assert isinstance(rules, list)
-    return rules
-
-
-def bind_operator_identity(api: k8s.ApiClient, kube: ControlPlane, namespace: str, workdir: Path) -> Path:
-    """A ServiceAccount granted exactly the chart's rules (namespaced ones in ``namespace``), and its kubeconfig."""
-    rbac = k8s.RbacAuthorizationV1Api(api)
-    core = k8s.CoreV1Api(api)
-    account = "falachefe-operator"
-    core.create_namespaced_service_account(namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=account)))
-    subject = k8s.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)
-    rules = rbac_rules()
-    cluster_rules = [r for r in rules if set(r["resources"]) & CLUSTER_SCOPED]
-    namespaced_rules = [r for r in rules if r not in cluster_rules]
-    role = f"falachefe-operator-{namespace}"
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": role}, "rules": namespaced_rules})
-    rbac.create_namespaced_role_binding(
-        namespace,
-        k8s.V1RoleBinding(
-            metadata=k8s.V1ObjectMeta(name=role),
-            role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=role),
-            subjects=[subject],
-        ),
-    )
-    _replace_cluster_role(rbac, role, cluster_rules, subject)
-    token = core.create_namespaced_service_account_token(
-        account, namespace, k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[]))
-    ).status.token
-    return kube.write_kubeconfig(workdir / "operator.kubeconfig", f"system:serviceaccount:{namespace}:{account}", token)
-
-
-def _replace_cluster_role(
-    rbac: k8s.RbacAuthorizationV1Api, name: str, rules: list[dict[str, Any]], subject: k8s.RbacV1Subject
-) -> None:
-    for delete in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
-        try:
-            delete(name)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-    rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
-    rbac.create_cluster_role_binding(
-        k8s.V1ClusterRoleBinding(
-            metadata=k8s.V1ObjectMeta(name=name),
-            role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=name),
-            subjects=[subject],
-        )
-    )
-
-
-def drop_cluster_grants(api: k8s.ApiClient, namespace: str) -> None:
-    rbac = k8s.RbacAuthorizationV1Api(api)
-    name = f"falachefe-operator-{namespace}"
-    for delete in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
-        try:
-            delete(name)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-
-
 # -- the operator process -----------------------------------------------------------
 
 
@@ -269,7 +189,7 @@ class Operator:
 
     def start(self, *, wait: bool = True) -> Operator:
         argv = [
-            str(OPERATOR),
+            program_path("falachefe-operator"),
             f"--namespace={self.namespace}",
             f"--liveness-port={self.liveness_port}",
             f"--metrics-port={self.metrics_port}",

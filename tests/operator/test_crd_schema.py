@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as k8s
-from opkit import CRD_FILE, SAMPLE_FILE, apply, get, kubectl
+from opkit import CRD_FILE, SAMPLE_FILE, apply, get
 from pydantic import ValidationError
 
-from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.kube import ControlPlane, kubectl
 from falachefe_operator import crd
 from falachefe_operator.controller import describe_validation_error
 from falachefe_operator.spec import FalachefeSpec

@@ -8,22 +8,17 @@ controller then reports them in the Deployment's readyReplicas.
 
 from __future__ import annotations
 
-import base64
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.operator_identity import bind_operator_identity, drop_cluster_grants
 from falachefe_devstack.waiting import wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-RBAC_RULES = REPO / "helm" / "falachefe-operator" / "files" / "rbac-rules.yaml"
 
 
 def pool_labels(pool: str) -> dict[str, str]:
@@ -99,42 +94,8 @@ def operator_identity(
     kube: ControlPlane, admin: k8s.ApiClient, namespace: str, workdir: Path
 ) -> Iterator[k8s.ApiClient]:
     """An API client for a ServiceAccount granted exactly the chart's rules in ``namespace``."""
-    rules = yaml.safe_load(RBAC_RULES.read_text())
-    rbac = k8s.RbacAuthorizationV1Api(admin)
-    core = k8s.CoreV1Api(admin)
-    role = f"falachefe-autoscaler-test-{uuid.uuid4().hex[:6]}"
-    rbac.create_cluster_role(k8s.V1ClusterRole(metadata=k8s.V1ObjectMeta(name=role), rules=rules))
+    kubeconfig = bind_operator_identity(admin, kube, namespace, workdir)
     try:
-        core.create_namespaced_service_account(
-            namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="operator"))
-        )
-        core.create_namespaced_secret(
-            namespace,
-            k8s.V1Secret(
-                metadata=k8s.V1ObjectMeta(
-                    name="operator-token", annotations={"kubernetes.io/service-account.name": "operator"}
-                ),
-                type="kubernetes.io/service-account-token",
-            ),
-        )
-        rbac.create_namespaced_role_binding(
-            namespace,
-            k8s.V1RoleBinding(
-                metadata=k8s.V1ObjectMeta(name="operator"),
-                role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role),
-                subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name="operator", namespace=namespace)],
-            ),
-        )
-        token = wait_for(
-            lambda: (core.read_namespaced_secret("operator-token", namespace).data or {}).get("token"),
-            timeout=30,
-            what="the ServiceAccount token",
-        )
-        kubeconfig = kube.write_kubeconfig(
-            workdir / "operator.kubeconfig",
-            f"system:serviceaccount:{namespace}:operator",
-            base64.b64decode(token).decode(),
-        )
         yield k8s_config.new_client_from_config(config_file=str(kubeconfig))
     finally:
-        rbac.delete_cluster_role(role)
+        drop_cluster_grants(admin, namespace)

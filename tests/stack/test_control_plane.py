@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.kube import ControlPlane, kubectl
 from falachefe_devstack.waiting import wait_for
 
 WIDGET_CRD = {
@@ -49,12 +48,7 @@ WIDGET_CRD = {
 
 
 def test_version_is_stamped(kube: ControlPlane) -> None:
-    out = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kube.kubeconfig), "version", "-o", "json"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = kubectl(kube.kubeconfig, "version", "-o", "json").stdout
     assert json.loads(out)["serverVersion"]["gitVersion"].startswith("v1.32.")
 
 
@@ -153,18 +147,9 @@ def test_garbage_collector_deletes_dependents(kube_api: k8s.ApiClient, namespace
 
 
 def test_restricted_user_is_forbidden(kube: ControlPlane, namespace: str) -> None:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kube.restricted_kubeconfig), "-n", namespace, "create", "configmap", "x"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = kubectl(kube.restricted_kubeconfig, "-n", namespace, "create", "configmap", "x", check=False)
     assert result.returncode != 0
     assert "forbidden" in result.stderr.lower()
     assert 'User "restricted" cannot create resource "configmaps"' in result.stderr
     # The same verb as admin succeeds: the denial is RBAC, not a broken cluster.
-    subprocess.run(
-        ["kubectl", "--kubeconfig", str(kube.kubeconfig), "-n", namespace, "create", "configmap", "x"],
-        check=True,
-        capture_output=True,
-    )
+    kubectl(kube.kubeconfig, "-n", namespace, "create", "configmap", "x")
