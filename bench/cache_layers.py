@@ -30,11 +30,12 @@ from typing import Any
 
 import asyncpg
 
+from bench.db_pool import bench_database
 from falachefe_devstack.postgres import PostgresServer
 from falachefe_devstack.redis import RedisServer
 from falachefe_runtime.cache import Cache, CacheKind, Scope
 from falachefe_runtime.config import CacheSettings, DatabaseSettings, PoolSettings, RedisSettings
-from falachefe_runtime.db import Database, migrate
+from falachefe_runtime.db import Database
 
 COMPANY_CONFIG = "SELECT id, name, domain, is_active, settings FROM companies WHERE id = $1"
 
@@ -103,12 +104,7 @@ async def run(reads: int, rounds: int) -> None:
         postgres = PostgresServer(Path(workdir, "postgres")).start()
         redis = RedisServer(Path(workdir, "redis")).start()
         try:
-            admin = await asyncpg.connect(postgres.dsn())
-            await admin.execute("CREATE DATABASE bench")
-            await admin.close()
-            dsn = postgres.dsn("bench")
-            await migrate(dsn)
-            results = await measure(dsn, redis.url(0), reads, rounds)
+            results = await measure(await bench_database(postgres), redis.url(0), reads, rounds)
         finally:
             redis.stop()
             postgres.stop()

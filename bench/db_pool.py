@@ -112,7 +112,20 @@ async def lookups(dsn: str, queries: int, concurrency: int, rounds: int) -> list
     return [sorted(results, key=lambda result: result.per_second)[len(results) // 2] for results in runs.values()]
 
 
+async def bench_database(server: PostgresServer) -> str:
+    """The DSN of a new database ``bench`` on ``server`` with the runtime's schema (shared by the runtime's benches)."""
+    admin = await asyncpg.connect(server.dsn())
+    try:
+        await admin.execute("CREATE DATABASE bench")
+    finally:
+        await admin.close()
+    dsn = server.dsn("bench")
+    await migrate(dsn)
+    return dsn
+
+
 async def seed_users(dsn: str, users: int) -> uuid.UUID:
+    """A company with ``users`` users, phones ``+55119`` plus eight digits from 0; the company's id."""
     connection = await asyncpg.connect(dsn)
     try:
         company: uuid.UUID = await connection.fetchval("INSERT INTO companies (name) VALUES ('bench') RETURNING id")
@@ -155,11 +168,7 @@ async def run(queries: int, concurrency: int, rounds: int, rows: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-db-") as workdir:
         server = PostgresServer(Path(workdir)).start()
         try:
-            admin = await asyncpg.connect(server.dsn())
-            await admin.execute("CREATE DATABASE bench")
-            await admin.close()
-            dsn = server.dsn("bench")
-            await migrate(dsn)
+            dsn = await bench_database(server)
             print(f"PostgreSQL on loopback; {queries} user lookups, {concurrency} at a time, median of {rounds} rounds")
             print_table("User lookup", await lookups(dsn, queries, concurrency, rounds), "queries")
             bulk = await bulk_inserts(dsn, rows)

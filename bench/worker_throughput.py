@@ -48,10 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import redis.asyncio as redis
 from pydantic import BaseModel, ConfigDict
 
+from bench.db_pool import bench_database, seed_users
 from falachefe_devstack.postgres import PostgresServer
 from falachefe_devstack.redis import RedisServer
 from falachefe_runtime.auth.rate_limit import FixedWindowLimiter
@@ -61,7 +61,7 @@ from falachefe_runtime.cache import Cache
 from falachefe_runtime.cache.keys import CacheKind, Scope
 from falachefe_runtime.companies import Companies
 from falachefe_runtime.config import AuthSettings, CacheSettings, DatabaseSettings, PoolSettings, RedisSettings
-from falachefe_runtime.db import Database, migrate
+from falachefe_runtime.db import Database
 from falachefe_runtime.interfaces import ReadThroughCache
 from falachefe_runtime.payloads import PROCESS_MESSAGE, ProcessMessage
 from falachefe_runtime.queues import CREW_QUEUE, SEED_JOB_OPTIONS, WHATSAPP_QUEUE, Queues
@@ -290,31 +290,12 @@ async def measure(
         await queues.close()
 
 
-async def seed(dsn: str) -> uuid.UUID:
-    connection = await asyncpg.connect(dsn)
-    try:
-        company: uuid.UUID = await connection.fetchval("INSERT INTO companies (name) VALUES ('bench') RETURNING id")
-        await connection.copy_records_to_table(
-            "users",
-            records=[(company, f"+55119{n:08d}", f"user {n}") for n in range(USERS)],
-            columns=["company_id", "phone_number", "name"],
-        )
-        return company
-    finally:
-        await connection.close()
-
-
 async def run(jobs: int, concurrency: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as workdir:
         pg = PostgresServer(Path(workdir) / "pg").start()
         cache = RedisServer(Path(workdir) / "redis").start()
         try:
-            admin = await asyncpg.connect(pg.dsn())
-            await admin.execute("CREATE DATABASE bench")
-            await admin.close()
-            dsn = pg.dsn("bench")
-            await migrate(dsn)
-            company = await seed(dsn)
+            company = await seed_users(await bench_database(pg), users=USERS)
             redis_url = cache.url(0)
             results: dict[str, list[Round]] = {variant: [] for variant in VARIANTS}
             for index in range(rounds):
