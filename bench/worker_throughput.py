@@ -60,13 +60,20 @@ from falachefe_runtime.auth.store import AuthStore
 from falachefe_runtime.cache import Cache
 from falachefe_runtime.cache.keys import CacheKind, Scope
 from falachefe_runtime.companies import Companies
-from falachefe_runtime.config import AuthSettings, CacheSettings, DatabaseSettings, PoolSettings, RedisSettings
+from falachefe_runtime.config import (
+    AuthSettings,
+    CacheSettings,
+    DatabaseSettings,
+    PoolSettings,
+    QueueSettings,
+    RedisSettings,
+)
 from falachefe_runtime.db import Database
 from falachefe_runtime.interfaces import ReadThroughCache
 from falachefe_runtime.payloads import PROCESS_MESSAGE, ProcessMessage
 from falachefe_runtime.queues import CREW_QUEUE, SEED_JOB_OPTIONS, WHATSAPP_QUEUE, Queues
 from falachefe_runtime.worker.routing import JobInfo, JobResult, Route, Routes
-from falachefe_runtime.worker.runner import QueueWorker, WorkerTuning
+from falachefe_runtime.worker.runner import QueueWorker
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_SCRIPT = REPO / "tests" / "node" / "bullmq.mjs"
@@ -127,7 +134,7 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
             rate_limit_prefix="bench:auth",
         )
         routes = {PROCESS_MESSAGE: Route(ProcessMessage, auth.handle_message)}
-    worker = QueueWorker(queue, routes, redis_url=redis_url, tuning=WorkerTuning(concurrency=concurrency))
+    worker = QueueWorker(queue, routes, redis_url=redis_url, concurrency=concurrency, settings=QueueSettings())
     await worker.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

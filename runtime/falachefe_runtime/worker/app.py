@@ -32,7 +32,7 @@ from falachefe_runtime.observability.health import HealthServer
 from falachefe_runtime.observability.logging import configure_logging
 from falachefe_runtime.queues import BACKLOG_STATES, Queues
 from falachefe_runtime.worker.pools import build_routes
-from falachefe_runtime.worker.runner import QueueWorker, WorkerTuning
+from falachefe_runtime.worker.runner import QueueWorker
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +126,8 @@ async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> 
             redis_url=redis_url,
             prefix=config.redis.queue_prefix,
             socket_timeout_s=config.redis.socket_timeout_s,
-            tuning=WorkerTuning(
-                concurrency=config.worker.effective_concurrency,
-                lock_duration_s=config.queues.lock_duration_s,
-                stalled_interval_s=config.queues.stalled_interval_s,
-                max_stalled_count=config.queues.max_stalled_count,
-            ),
+            concurrency=config.worker.effective_concurrency,
+            settings=config.queues,
             name=kind.value,
         )
         await worker.start()

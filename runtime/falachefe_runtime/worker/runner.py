@@ -24,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from bullmq import UnrecoverableError, Worker
 from bullmq.job import Job
 
+from falachefe_runtime.config import QueueSettings
 from falachefe_runtime.observability import metrics
 from falachefe_runtime.observability.logging import job_context
 from falachefe_runtime.queues import with_socket_timeout
@@ -41,23 +41,6 @@ log = logging.getLogger(__name__)
 DRAIN_DELAY_S = 5
 
 
-@dataclass(frozen=True)
-class WorkerTuning:
-    concurrency: int
-    lock_duration_s: float = 30.0
-    stalled_interval_s: float = 30.0
-    max_stalled_count: int = 1
-
-    def bullmq_options(self) -> dict[str, Any]:
-        return {
-            "concurrency": self.concurrency,
-            "lockDuration": int(self.lock_duration_s * 1000),
-            "stalledInterval": int(self.stalled_interval_s * 1000),
-            "maxStalledCount": self.max_stalled_count,
-            "drainDelay": DRAIN_DELAY_S,
-        }
-
-
 class QueueWorker:
     """Routes the jobs of ``queue`` to handlers; ``stop()`` lets in-flight jobs finish."""
 
@@ -67,14 +50,16 @@ class QueueWorker:
         routes: Routes,
         *,
         redis_url: str,
-        tuning: WorkerTuning,
+        concurrency: int,
+        settings: QueueSettings,
         prefix: str = "bull",
         socket_timeout_s: float = 5.0,
         name: str | None = None,
     ) -> None:
         self.queue = queue
         self._routes = routes
-        self._tuning = tuning
+        self._concurrency = concurrency
+        self._settings = settings
         # Above drainDelay, so the idle BZPOPMIN is never cut short (see module doc).
         self._url = with_socket_timeout(redis_url, max(socket_timeout_s, 2.0 * DRAIN_DELAY_S))
         self._prefix = prefix
@@ -84,8 +69,13 @@ class QueueWorker:
         self._in_flight = 0
 
     async def start(self) -> None:
+        settings = self._settings
         opts: dict[str, Any] = {
-            **self._tuning.bullmq_options(),
+            "concurrency": self._concurrency,
+            "lockDuration": int(settings.lock_duration_s * 1000),
+            "stalledInterval": int(settings.stalled_interval_s * 1000),
+            "maxStalledCount": settings.max_stalled_count,
+            "drainDelay": DRAIN_DELAY_S,
             "connection": self._url,
             "prefix": self._prefix,
             "autorun": False,
