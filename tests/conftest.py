@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from falachefe_devstack import toolchain
-from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.kube import ControlPlane, temporary_namespace
 from falachefe_devstack.postgres import PostgresServer
 from falachefe_devstack.redis import DATABASES, RedisServer
 
@@ -104,9 +103,5 @@ def kube_api(kube: ControlPlane) -> k8s.ApiClient:
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, kube_api: k8s.ApiClient) -> Iterator[str]:
     """A namespace for this test alone, deleted (with its contents) afterwards."""
-    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{stem}-{uuid.uuid4().hex[:6]}"
-    core = k8s.CoreV1Api(kube_api)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(kube_api, request.node.name) as name:
+        yield name

@@ -15,14 +15,20 @@ Users (static tokens):
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import re
 import secrets
 import ssl
 import subprocess
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kubernetes import client as k8s
 
 from .process import ManagedProcess, free_port, http_ok
 from .toolchain import Toolchain
@@ -281,6 +287,19 @@ class ControlPlane:
 
     def _ready(self) -> bool:
         return self.ca_file.exists() and self._get_ok("/readyz")
+
+
+@contextlib.contextmanager
+def temporary_namespace(api: k8s.ApiClient, stem: str) -> Iterator[str]:
+    """A fresh namespace named after ``stem`` (made a valid DNS label), deleted with its contents afterwards."""
+    label = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")[:40].strip("-") or "ns"
+    name = f"{label}-{uuid.uuid4().hex[:6]}"
+    core = k8s.CoreV1Api(api)
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
 
 
 class KubectlError(subprocess.CalledProcessError):

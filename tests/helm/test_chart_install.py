@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import yaml
 from helmchart import CHART, Helm, Manifest, service_account_kubeconfig
 from kubernetes import client as k8s
 
-from falachefe_devstack.kube import ControlPlane, kubectl
+from falachefe_devstack.kube import ControlPlane, kubectl, temporary_namespace
 from falachefe_devstack.waiting import wait_for
 
 RELEASE = "fc"
@@ -57,11 +56,8 @@ def release(cluster_helm: Helm, namespace: str) -> Iterator[str]:
 @pytest.fixture
 def other_namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
     """A second namespace, for what the operator may (or may not) do outside its own."""
-    name = f"elsewhere-{uuid.uuid4().hex[:6]}"
-    core = k8s.CoreV1Api(kube_api)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(kube_api, "elsewhere") as name:
+        yield name
 
 
 @pytest.mark.slow

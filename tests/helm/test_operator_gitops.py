@@ -14,7 +14,6 @@ autoscaler chose.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from helmchart import Helm, one, service_account_kubeconfig
 from kubernetes import client as k8s
 
-from falachefe_devstack.kube import ControlPlane, kubectl
+from falachefe_devstack.kube import ControlPlane, kubectl, temporary_namespace
 from falachefe_devstack.process import ManagedProcess, free_port, http_ok, program_path
 from falachefe_devstack.waiting import wait_for
 
@@ -66,18 +65,16 @@ class Pipeline:
 
 def shop_namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
     """A team's namespace with the Secrets its Falachefe names."""
-    name = f"shop-{os.urandom(3).hex()}"
     core = k8s.CoreV1Api(kube_api)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    for secret, key, value in (
-        ("shop-db", "dsn", "postgresql://shop@db/shop"),
-        ("shop-redis", "url", "redis://redis:6379/0"),
-    ):
-        core.create_namespaced_secret(
-            name, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret), string_data={key: value})
-        )
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(kube_api, "shop") as name:
+        for secret, key, value in (
+            ("shop-db", "dsn", "postgresql://shop@db/shop"),
+            ("shop-redis", "url", "redis://redis:6379/0"),
+        ):
+            core.create_namespaced_secret(
+                name, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret), string_data={key: value})
+            )
+        yield name
 
 
 @pytest.fixture

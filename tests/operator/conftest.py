@@ -9,8 +9,6 @@ it.
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 from kubernetes import client as k8s
 from opkit import Operator, install_crd
 
-from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.kube import ControlPlane, temporary_namespace
 from falachefe_devstack.operator_identity import bind_operator_identity, drop_cluster_grants
 
 
@@ -29,13 +27,9 @@ def crd_installed(kube: ControlPlane) -> None:
 
 @pytest.fixture(scope="module")
 def op_namespace(request: pytest.FixtureRequest, kube_api: k8s.ApiClient, crd_installed: None) -> Iterator[str]:
-    stem = re.sub(r"[^a-z0-9-]+", "-", request.module.__name__.lower().rsplit(".", 1)[-1])[:30].strip("-")
-    name = f"{stem}-{uuid.uuid4().hex[:6]}"
-    core = k8s.CoreV1Api(kube_api)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    yield name
-    drop_cluster_grants(kube_api, name)
-    core.delete_namespace(name)
+    with temporary_namespace(kube_api, request.module.__name__.rsplit(".", 1)[-1]) as name:
+        yield name
+        drop_cluster_grants(kube_api, name)
 
 
 @pytest.fixture(scope="module")
