@@ -27,7 +27,7 @@ from pydantic import SecretStr, ValidationError
 
 from falachefe_runtime.config import RuntimeConfig, WorkerKind, env_name
 from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, ProcessMessage
-from falachefe_runtime.queues import ALL_QUEUES, WHATSAPP_QUEUE, Queues
+from falachefe_runtime.queues import ALL_QUEUES, COUNT_STATES, WHATSAPP_QUEUE, Queues
 from falachefe_runtime.validation import describe_validation_error
 
 #: Exit codes: 2 is a usage or configuration error, as argparse uses it.
@@ -100,11 +100,10 @@ def cmd_queues(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps(counts, indent=2) + "\n")
         return 0
-    states = list(next(iter(counts.values())).keys()) if counts else []
-    width = max(len(name) for name in counts) if counts else 5
-    out.write(f"{'QUEUE':<{width}}  " + "  ".join(f"{state.upper():>11}" for state in states) + "\n")
+    width = max(len(name) for name in counts)
+    out.write(f"{'QUEUE':<{width}}  " + "  ".join(f"{state.upper():>11}" for state in COUNT_STATES) + "\n")
     for name, by_state in counts.items():
-        out.write(f"{name:<{width}}  " + "  ".join(f"{by_state[state]:>11}" for state in states) + "\n")
+        out.write(f"{name:<{width}}  " + "  ".join(f"{by_state[state]:>11}" for state in COUNT_STATES) + "\n")
     return 0
 
 
