@@ -32,6 +32,7 @@ from falachefe_runtime.config import (
     RedisSettings,
     RuntimeConfig,
     WorkerKind,
+    env_name,
 )
 
 from . import naming
@@ -301,20 +302,20 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
 def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": CONFIG_FILE_ENV, "value": f"{naming.CONFIG_DIR}/{naming.CONFIG_KEY}"},
-        _secret_env("FALACHEFE_DATABASE__DSN", spec.database.secret_ref),
+        _secret_env(env_name("database.dsn"), spec.database.secret_ref),
     ]
     if spec.database.replica_secret_ref is not None:
-        env.append(_secret_env("FALACHEFE_DATABASE__REPLICA_DSN", spec.database.replica_secret_ref))
-    env.append(_secret_env("FALACHEFE_REDIS__URL", spec.redis.secret_ref))
+        env.append(_secret_env(env_name("database.replica_dsn"), spec.database.replica_secret_ref))
+    env.append(_secret_env(env_name("redis.url"), spec.redis.secret_ref))
     if spec.llm is not None and spec.llm.api_key_secret_ref is not None:
-        env.append(_secret_env("FALACHEFE_LLM__API_KEY", spec.llm.api_key_secret_ref))
+        env.append(_secret_env(env_name("llm.api_key"), spec.llm.api_key_secret_ref))
     if spec.auth is not None and spec.auth.otp_secret_ref is not None:
-        env.append(_secret_env("FALACHEFE_AUTH__OTP_SECRET", spec.auth.otp_secret_ref))
+        env.append(_secret_env(env_name("auth.otp_secret"), spec.auth.otp_secret_ref))
     env += [
-        {"name": "FALACHEFE_WORKER__KIND", "value": kind.value},
-        {"name": "FALACHEFE_WORKER__QUEUE", "value": pool.queue},
-        {"name": "FALACHEFE_WORKER__CONCURRENCY", "value": str(pool.concurrency)},
-        {"name": "FALACHEFE_WORKER__SHUTDOWN_GRACE_S", "value": str(pool.shutdown_grace_seconds)},
+        {"name": env_name("worker.kind"), "value": kind.value},
+        {"name": env_name("worker.queue"), "value": pool.queue},
+        {"name": env_name("worker.concurrency"), "value": str(pool.concurrency)},
+        {"name": env_name("worker.shutdown_grace_s"), "value": str(pool.shutdown_grace_seconds)},
     ]
     env += [{"name": variable.name, "value": variable.value} for variable in pool.env]
     return env

@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from falachefe_runtime.config import (
+    CONFIG_FILE_ENV,
     DEFAULT_CONCURRENCY,
     DEFAULT_QUEUES,
     DatabaseSettings,
@@ -38,23 +39,26 @@ from falachefe_runtime.config import (
     PoolSettings,
     RedisSettings,
     WorkerKind,
+    env_name,
 )
 
 from .scaling import policy as autoscaler
 
-#: Environment variables the operator sets itself; ``env`` may not override them.
-RESERVED_ENV = (
-    "FALACHEFE_CONFIG_FILE",
-    "FALACHEFE_DATABASE__DSN",
-    "FALACHEFE_DATABASE__REPLICA_DSN",
-    "FALACHEFE_REDIS__URL",
-    "FALACHEFE_LLM__API_KEY",
-    "FALACHEFE_AUTH__OTP_SECRET",
-    "FALACHEFE_WORKER__KIND",
-    "FALACHEFE_WORKER__QUEUE",
-    "FALACHEFE_WORKER__CONCURRENCY",
-    "FALACHEFE_WORKER__SHUTDOWN_GRACE_S",
+#: Runtime config fields the operator sets on every worker (secrets by
+#: secretKeyRef, the pool's own settings by value).
+OPERATOR_SET_FIELDS = (
+    "database.dsn",
+    "database.replica_dsn",
+    "redis.url",
+    "llm.api_key",
+    "auth.otp_secret",
+    "worker.kind",
+    "worker.queue",
+    "worker.concurrency",
+    "worker.shutdown_grace_s",
 )
+#: Environment variables the operator sets itself; ``env`` may not override them.
+RESERVED_ENV = (CONFIG_FILE_ENV, *(env_name(field) for field in OPERATOR_SET_FIELDS))
 
 #: Seconds between the runtime's shutdown grace and the pod's termination
 #: grace period: time to exit after the last job, before the kubelet's SIGKILL.
