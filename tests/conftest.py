@@ -8,13 +8,11 @@ data.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import redis
 from kubernetes import client as k8s
@@ -67,17 +65,8 @@ _redis_numbers = itertools.count(1)
 def pg_dsn(pg_server: PostgresServer) -> Iterator[str]:
     """A DSN to a fresh, empty database that only this test uses."""
     name = f"test_{next(_database_numbers)}_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(pg_server.dsn())
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield pg_server.dsn(name)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield pg_server.create_database(name)
+    pg_server.drop_database(name)
 
 
 @pytest.fixture

@@ -200,8 +200,7 @@ class Demo:
         self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
         self.kubectl("create", "namespace", NAMESPACE)
-        dsn = self.stack.postgres.dsn("falachefe")
-        self.run_sql("postgres", "CREATE DATABASE falachefe")
+        dsn = self.stack.postgres.create_database("falachefe")
         self.runtime_cli("migrate", env={"FALACHEFE_DATABASE__DSN": dsn})
         self.company_id = self.seed(dsn)
         llm_url, llm_key = self.options.llm_url, self.options.llm_key or "demo-key-not-secret"
@@ -556,19 +555,6 @@ class Demo:
         """What a platform engineer would look at: `kubectl get falachefe -o wide`."""
         self.say(f"$ kubectl get falachefe -n {NAMESPACE} -o wide")
         print(self.kubectl("get", "falachefe", "-n", NAMESPACE, "-o", "wide"), end="", flush=True)
-
-    def run_sql(self, database: str, sql: str) -> None:
-        assert self.stack.postgres is not None
-        dsn = self.stack.postgres.dsn(database)
-
-        async def execute() -> None:
-            connection = await asyncpg.connect(dsn)
-            try:
-                await connection.execute(sql)
-            finally:
-                await connection.close()
-
-        asyncio.run(execute())
 
     def runtime_cli(self, *args: str, env: dict[str, str]) -> None:
         subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import pwd
@@ -10,6 +11,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import asyncpg
 
 from .process import ManagedProcess, free_port, port_open
 
@@ -105,6 +108,24 @@ class PostgresServer:
             lambda: port_open(self.port) and self._accepts(bindir), timeout, "accepting connections"
         )
         return self
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database (``name`` is ours, never user input); returns its DSN."""
+        self._admin(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def drop_database(self, name: str) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _admin(self, sql: str) -> None:
+        async def execute() -> None:
+            connection = await asyncpg.connect(self.dsn())
+            try:
+                await connection.execute(sql)
+            finally:
+                await connection.close()
+
+        asyncio.run(execute())
 
     def _accepts(self, bindir: Path) -> bool:
         result = subprocess.run(

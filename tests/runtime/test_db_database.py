@@ -37,9 +37,8 @@ async def admin_execute(dsn: str, sql: str, *args: Any) -> Any:
 def second_dsn(pg_server: PostgresServer) -> Iterator[str]:
     """Another empty database on the same server, standing in for a read replica."""
     name = f"replica_{uuid.uuid4().hex[:10]}"
-    asyncio.run(admin_execute(pg_server.dsn(), f'CREATE DATABASE "{name}"'))
-    yield pg_server.dsn(name)
-    asyncio.run(admin_execute(pg_server.dsn(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield pg_server.create_database(name)
+    pg_server.drop_database(name)
 
 
 def settings(dsn: str, **overrides: Any) -> DatabaseSettings:
