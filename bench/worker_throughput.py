@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bench.db_pool import bench_database, seed_users
 from falachefe_devstack.postgres import PostgresServer
+from falachefe_devstack.process import cpu_seconds as process_cpu_seconds
 from falachefe_devstack.redis import RedisServer
 from falachefe_runtime.auth.rate_limit import FixedWindowLimiter
 from falachefe_runtime.auth.service import AuthService
@@ -204,28 +205,6 @@ class WorkerProcess:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         self.popen.wait(60)
-
-
-def _stat(pid: int) -> list[str]:
-    # Fields after the command name, which may contain spaces: state is [0], ppid [1], utime [11].
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def process_cpu_seconds(pid: int, *, with_children: bool = False) -> float:
-    """User plus system CPU time of a process (Linux /proc); with its children, live and reaped."""
-    fields = _stat(pid)
-    ticks = int(fields[11]) + int(fields[12])
-    if with_children:
-        ticks += int(fields[13]) + int(fields[14])  # children it has waited for
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    child = _stat(int(entry.name))
-                except OSError:
-                    continue
-                if int(child[1]) == pid:
-                    ticks += int(child[11]) + int(child[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _env() -> dict[str, str]:

@@ -46,6 +46,31 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
+    """User plus system CPU time of a process, from /proc; with its children, live and reaped.
+
+    Raises OSError when the process is gone.
+    """
+    fields = _proc_stat(pid)
+    ticks = int(fields[11]) + int(fields[12])
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])  # children it has waited for
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    child = _proc_stat(int(entry.name))
+                except OSError:
+                    continue
+                if int(child[1]) == pid:
+                    ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> list[str]:
+    # The fields after the command name (which may hold spaces): state is [0], ppid [1], utime [11].
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def program_path(name: str) -> str:
     """A console script of this project, found next to this interpreter (the venv's bin), else on PATH."""
     beside = Path(sys.executable).parent / name

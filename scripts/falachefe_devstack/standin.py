@@ -41,13 +41,12 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from .metrics_standin import MetricsServerStandIn
-from .process import free_port, http_ok, program_path
+from .process import cpu_seconds, free_port, http_ok, program_path
 
 log = logging.getLogger("falachefe.standin")
 
 #: CPU usage is averaged over this window, like metrics-server's 15 s default.
 CPU_WINDOW_S = 15.0
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 STANDIN_MESSAGE = "running as a local process by the demo's kubelet stand-in"
 
@@ -276,8 +275,9 @@ class KubeletStandIn:
     def _report_cpu(self, standin: StandInPod) -> None:
         if self.metrics is None:
             return
-        used = _cpu_seconds(standin.process.pid) if standin.process.poll() is None else None
-        if used is None:
+        try:
+            used = cpu_seconds(standin.process.pid)
+        except OSError:  # exited since the last look
             return
         now = time.monotonic()
         standin.cpu_samples = [(t, c) for t, c in standin.cpu_samples if now - t <= CPU_WINDOW_S] + [(now, used)]
@@ -310,18 +310,6 @@ class KubeletStandIn:
                 continue
             still.append(standin)
         self.terminating = still
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time of a process, from /proc/<pid>/stat."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces; the fields after it are fixed.
-    fields = stat.rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / _CLOCK_TICKS
 
 
 def _launch(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
