@@ -1,8 +1,9 @@
 """Go-built binaries of the local stack, cached outside the repo and built once.
 
-etcd, kube-apiserver and kube-controller-manager come from the wrapper
-module in ``scripts/kubebin`` (``go build``); Helm from ``go install``. Each
-lands in ``$FALACHEFE_CACHE/bin/<name>-<version>-<key>/``, where the key
+etcd and the Kubernetes commands (kube-apiserver, kube-controller-manager,
+kube-scheduler, kubelet, kube-proxy) come from the wrapper module in
+``scripts/kubebin`` (``go build``); Helm and metrics-server from
+``go install``. Each lands in ``$FALACHEFE_DEV_CACHE/bin/<name>-<version>-<key>/``, where the key
 hashes what the build depends on, so a changed go.sum rebuilds and an
 unchanged one reuses. A cold build takes minutes: progress is printed as
 ``[built/total] package`` lines.
@@ -34,16 +35,25 @@ KUBEBIN_MODULE = REPO / "scripts" / "kubebin"
 KUBERNETES_VERSION = "v1.32.9"
 ETCD_VERSION = "v3.5.16"
 HELM_VERSION = "v3.19.5"
+METRICS_SERVER_VERSION = "v0.8.0"
 
-CONTROL_PLANE_PACKAGES = {
+KUBERNETES_PACKAGES = {
     "etcd": "go.etcd.io/etcd/server/v3",
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
 }
+
+#: The tooling's own environment variables carry this prefix, so they can
+#: never be mistaken for the runtime's ``FALACHEFE_*`` settings.
+ENV_PREFIX = "FALACHEFE_DEV_"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("FALACHEFE_CACHE", Path.home() / ".cache" / "falachefe"))
+    """Where slow-to-build things are kept: ``$FALACHEFE_DEV_CACHE``, else ~/.cache/falachefe."""
+    return Path(os.environ.get(f"{ENV_PREFIX}CACHE", Path.home() / ".cache" / "falachefe"))
 
 
 def log(message: str) -> None:
@@ -57,26 +67,34 @@ class Toolchain:
     etcd: Path
     kube_apiserver: Path
     kube_controller_manager: Path
+    kube_scheduler: Path
+    kubelet: Path
+    kube_proxy: Path
+    metrics_server: Path
     helm: Path
 
 
 def ensure_all() -> Toolchain:
-    control_plane = ensure_control_plane()
+    kubernetes = ensure_kubernetes()
     return Toolchain(
-        etcd=control_plane / "etcd",
-        kube_apiserver=control_plane / "kube-apiserver",
-        kube_controller_manager=control_plane / "kube-controller-manager",
+        etcd=kubernetes / "etcd",
+        kube_apiserver=kubernetes / "kube-apiserver",
+        kube_controller_manager=kubernetes / "kube-controller-manager",
+        kube_scheduler=kubernetes / "kube-scheduler",
+        kubelet=kubernetes / "kubelet",
+        kube_proxy=kubernetes / "kube-proxy",
+        metrics_server=ensure_metrics_server() / "metrics-server",
         helm=ensure_helm() / "helm",
     )
 
 
-def ensure_control_plane() -> Path:
-    """Build etcd, kube-apiserver and kube-controller-manager if not cached."""
+def ensure_kubernetes() -> Path:
+    """Build etcd and the Kubernetes commands (control plane and node) if not cached."""
     go_mod = (KUBEBIN_MODULE / "go.mod").read_bytes()
     go_sum = (KUBEBIN_MODULE / "go.sum").read_bytes()
     key = hashlib.sha256(go_mod + go_sum + _go_version().encode()).hexdigest()[:12]
-    target = cache_root() / "bin" / f"control-plane-{KUBERNETES_VERSION}-{key}"
-    names = list(CONTROL_PLANE_PACKAGES)
+    target = cache_root() / "bin" / f"kubernetes-{KUBERNETES_VERSION}-{key}"
+    names = list(KUBERNETES_PACKAGES)
     with _built_once(target, names) as build_dir:
         if build_dir is not None:
             minor = KUBERNETES_VERSION.lstrip("v").split(".")[1]
@@ -90,8 +108,8 @@ def ensure_control_plane() -> Path:
                     "-X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z",
                 ]
             )
-            packages = list(CONTROL_PLANE_PACKAGES.values())
-            log(f"building the control plane {KUBERNETES_VERSION} (etcd {ETCD_VERSION}) into {target}")
+            packages = list(KUBERNETES_PACKAGES.values())
+            log(f"building Kubernetes {KUBERNETES_VERSION} (etcd {ETCD_VERSION}) into {target}")
             _go_with_progress(
                 ["build", "-trimpath", "-ldflags", ldflags, "-o", str(build_dir) + "/", *packages],
                 packages=packages,
@@ -103,21 +121,34 @@ def ensure_control_plane() -> Path:
 
 
 def ensure_helm() -> Path:
+    ldflags = (
+        f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION} "
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    )
+    return _go_install("helm", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}", ldflags)
+
+
+def ensure_metrics_server() -> Path:
+    """metrics-server, the real one: it reads the kubelet's resource metrics and serves metrics.k8s.io."""
+    ldflags = f"-s -w -X sigs.k8s.io/metrics-server/pkg/version.gitVersion={METRICS_SERVER_VERSION}"
+    return _go_install(
+        "metrics-server", f"sigs.k8s.io/metrics-server/cmd/metrics-server@{METRICS_SERVER_VERSION}", ldflags
+    )
+
+
+def _go_install(name: str, package: str, ldflags: str) -> Path:
+    """``go install package@version`` into its own cache entry, keyed by the Go version."""
+    version = package.rpartition("@")[2]
     key = hashlib.sha256(_go_version().encode()).hexdigest()[:12]
-    target = cache_root() / "bin" / f"helm-{HELM_VERSION}-{key}"
-    with _built_once(target, ["helm"]) as build_dir:
+    target = cache_root() / "bin" / f"{name}-{version}-{key}"
+    with _built_once(target, [name]) as build_dir:
         if build_dir is not None:
-            ldflags = (
-                f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION} "
-                "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-            )
-            package = f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"
-            log(f"installing helm {HELM_VERSION} into {target}")
+            log(f"installing {name} {version} into {target}")
             _go_with_progress(
                 ["install", "-trimpath", "-ldflags", ldflags, package],
                 packages=None,
                 cwd=build_dir,
-                env={"GOBIN": str(build_dir), "GOFLAGS": "-mod=mod"},
+                env={"GOBIN": str(build_dir), "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
             )
     return target
 
@@ -134,8 +165,7 @@ def _built_once(target: Path, names: Sequence[str]) -> Iterator[Path | None]:
         yield None
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(target.parent / f".{target.name}.lock", f"the build of {target.name}"):
         if all((target / name).exists() for name in names):
             yield None
             return
@@ -151,6 +181,34 @@ def _built_once(target: Path, names: Sequence[str]) -> Iterator[Path | None]:
             log(f"built {', '.join(names)} in {time.monotonic() - started:.0f}s")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an flock on ``path``; while another process holds it, say so every 30 s.
+
+    A build started by another test run or demo can take minutes: a silent
+    wait looks like a hang.
+    """
+    with open(path, "a+") as lock:
+        started = next_report = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if now >= next_report:
+                    lock.seek(0)
+                    holder = lock.read().strip() or "another process"
+                    log(f"waiting for {what}: {path} is locked by {holder} ({now - started:.0f}s so far)")
+                    next_report = now + 30
+                time.sleep(1)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 def _go() -> str:
