@@ -1,15 +1,26 @@
-"""A real Kubernetes control plane on loopback, started the way envtest does it.
+"""A real Kubernetes control plane, started the way envtest does it.
 
 etcd, kube-apiserver (RBAC on, static token users, its own self-signed
 serving certificate, the aggregation layer's front-proxy certificates) and
 kube-controller-manager (garbage collector, deployment, replicaset,
-namespace and service-account controllers). No scheduler or kubelet: pods
-are created but never run, which is what a control-plane test wants.
+namespace, disruption and service-account controllers), on loopback. Alone,
+it has no scheduler and no kubelet: pods are created but never run, which
+is what a control-plane test wants.
+
+For a real node (:mod:`falachefe_devstack.node`) it runs with ``address``
+set to the host end of the node's link, so pods can reach it through the
+``kubernetes`` Service, and ``with_node=True`` adds what a cluster with
+nodes needs: ServiceAccount and NodeRestriction admission, the Node
+authorizer, a client certificate for talking to kubelets, kube-scheduler,
+and the controllers for nodes, endpoints, Jobs and the root CA ConfigMap.
 
 Users (static tokens):
 
 - ``admin`` in ``system:masters``: the harness and the demo;
-- ``restricted``: authenticated, granted nothing, for RBAC tests.
+- ``restricted``: authenticated, granted nothing, for RBAC tests;
+- the node's own identities (``system:node:<name>``, ``system:kube-proxy``,
+  ``system:kube-scheduler``), which the built-in RBAC and the Node
+  authorizer already know.
 """
 
 from __future__ import annotations
@@ -35,23 +46,52 @@ from .toolchain import Toolchain
 
 ADMIN_USER = "admin"
 RESTRICTED_USER = "restricted"
+NODE_NAME = "falachefe-node"
+KUBE_PROXY_USER = "system:kube-proxy"
+SCHEDULER_USER = "system:kube-scheduler"
+SERVICE_CIDR = "10.96.0.0/16"
 CONTROLLERS = "garbagecollector,deployment,replicaset,namespace,serviceaccount,serviceaccount-token,disruption"
+#: With a node: not-ready taints lifted, Services' endpoints, Jobs, the kube-root-ca.crt ConfigMap, pod GC.
+NODE_CONTROLLERS = (
+    "nodelifecycle,taint-eviction-controller,endpoint,endpointslice,endpointslicemirroring,"
+    "job,ttl-after-finished,root-ca-cert-publisher,podgc"
+)
+
+
+def node_user(node_name: str) -> str:
+    return f"system:node:{node_name}"
 
 
 @dataclass
 class ControlPlane:
     workdir: Path
     toolchain: Toolchain
+    #: The apiserver's bind and advertise address: loopback alone, the host end of a node's link with one.
+    address: str = "127.0.0.1"
+    with_node: bool = False
     etcd_port: int = field(default_factory=free_port)
     etcd_peer_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
-    admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
-    restricted_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    #: user name -> bearer token
+    tokens: dict[str, str] = field(
+        default_factory=lambda: {
+            user: secrets.token_hex(16)
+            for user in (ADMIN_USER, RESTRICTED_USER, node_user(NODE_NAME), KUBE_PROXY_USER, SCHEDULER_USER)
+        }
+    )
     processes: list[ManagedProcess] = field(default_factory=list)
 
     @property
+    def admin_token(self) -> str:
+        return self.tokens[ADMIN_USER]
+
+    @property
+    def restricted_token(self) -> str:
+        return self.tokens[RESTRICTED_USER]
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     @property
     def pki(self) -> Path:
@@ -61,6 +101,11 @@ class ControlPlane:
     def ca_file(self) -> Path:
         """The apiserver's self-signed serving certificate (it includes its CA)."""
         return self.pki / "apiserver.crt"
+
+    @property
+    def kubelet_client_ca_file(self) -> Path:
+        """The CA kubelets trust for the apiserver's client certificate (logs, exec, port-forward)."""
+        return self.pki / "kubelet-client-ca.crt"
 
     @property
     def kubeconfig(self) -> Path:
@@ -79,6 +124,8 @@ class ControlPlane:
         self.write_kubeconfig(self.kubeconfig, ADMIN_USER, self.admin_token)
         self.write_kubeconfig(self.restricted_kubeconfig, RESTRICTED_USER, self.restricted_token)
         self._start_controller_manager(timeout)
+        if self.with_node:
+            self._start_scheduler(timeout)
         return self
 
     def stop(self) -> None:
@@ -86,59 +133,32 @@ class ControlPlane:
             process.stop()
         self.processes.clear()
 
+    def kubeconfig_for(self, user: str) -> Path:
+        """A kubeconfig (written on first use) for one of the static-token users."""
+        path = self.workdir / f"{re.sub(r'[^a-z0-9-]+', '-', user)}.kubeconfig"
+        if not path.exists():
+            self.write_kubeconfig(path, user, self.tokens[user])
+        return path
+
     # -- credentials ---------------------------------------------------------
 
     def _write_credentials(self) -> None:
+        groups = {ADMIN_USER: "system:masters", node_user(NODE_NAME): "system:nodes"}
         (self.pki / "tokens.csv").write_text(
-            f'{self.admin_token},{ADMIN_USER},uid-admin,"system:masters"\n'
-            f"{self.restricted_token},{RESTRICTED_USER},uid-restricted\n"
+            "".join(
+                f"{token},{user},uid-{user.replace(':', '-')}" + (f',"{groups[user]}"' if user in groups else "") + "\n"
+                for user, token in self.tokens.items()
+            )
         )
         self.pki.joinpath("tokens.csv").chmod(0o600)
         _openssl("genrsa", "-out", str(self.pki / "sa.key"), "2048")
         _openssl("rsa", "-in", str(self.pki / "sa.key"), "-pubout", "-out", str(self.pki / "sa.pub"))
         # The aggregation layer authenticates itself to extension API servers
         # with a client certificate from the front-proxy CA.
-        _openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "3650",
-            "-subj",
-            "/CN=front-proxy-ca",
-            "-keyout",
-            str(self.pki / "front-proxy-ca.key"),
-            "-out",
-            str(self.pki / "front-proxy-ca.crt"),
-        )
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=front-proxy-client",
-            "-keyout",
-            str(self.pki / "front-proxy-client.key"),
-            "-out",
-            str(self.pki / "front-proxy-client.csr"),
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(self.pki / "front-proxy-client.csr"),
-            "-days",
-            "3650",
-            "-CA",
-            str(self.pki / "front-proxy-ca.crt"),
-            "-CAkey",
-            str(self.pki / "front-proxy-ca.key"),
-            "-CAcreateserial",
-            "-out",
-            str(self.pki / "front-proxy-client.crt"),
+        _client_certificate(self.pki, "front-proxy-ca", "front-proxy-client", "/CN=front-proxy-client")
+        # The apiserver's identity towards kubelets: a member of system:masters.
+        _client_certificate(
+            self.pki, "kubelet-client-ca", "kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client"
         )
 
     def write_kubeconfig(self, path: Path, user: str, token: str, namespace: str = "default") -> Path:
@@ -197,16 +217,16 @@ class ControlPlane:
             "--cert-dir",
             str(pki),
             "--bind-address",
-            "127.0.0.1",
+            self.address,
             "--advertise-address",
-            "127.0.0.1",
+            self.address,
             "--secure-port",
             str(self.apiserver_port),
             "--service-cluster-ip-range",
-            "10.96.0.0/16",
+            SERVICE_CIDR,
             "--allow-privileged=true",
             "--authorization-mode",
-            "RBAC",
+            "Node,RBAC" if self.with_node else "RBAC",
             "--token-auth-file",
             str(pki / "tokens.csv"),
             "--anonymous-auth=false",
@@ -216,9 +236,13 @@ class ControlPlane:
             str(pki / "sa.pub"),
             "--service-account-signing-key-file",
             str(pki / "sa.key"),
-            # Without a kubelet no pod can mount a token; envtest disables it too.
-            "--disable-admission-plugins",
-            "ServiceAccount",
+            *self._admission_flags(),
+            "--kubelet-client-certificate",
+            str(pki / "kubelet-client.crt"),
+            "--kubelet-client-key",
+            str(pki / "kubelet-client.key"),
+            "--kubelet-preferred-address-types",
+            "InternalIP",
             "--requestheader-client-ca-file",
             str(pki / "front-proxy-ca.crt"),
             "--requestheader-allowed-names",
@@ -233,7 +257,8 @@ class ControlPlane:
             str(pki / "front-proxy-client.crt"),
             "--proxy-client-key-file",
             str(pki / "front-proxy-client.key"),
-            # No kube-proxy here: the aggregator dials endpoints, not ClusterIPs.
+            # The apiserver runs outside the node, where ClusterIPs mean nothing:
+            # the aggregator dials the extension server's endpoints instead.
             "--enable-aggregator-routing=true",
             "--v",
             "1",
@@ -242,13 +267,19 @@ class ControlPlane:
         self.processes.append(apiserver)
         apiserver.wait_until(self._ready, timeout, "/readyz ok")
 
+    def _admission_flags(self) -> list[str]:
+        if self.with_node:
+            return ["--enable-admission-plugins", "NodeRestriction"]
+        # Without a kubelet no pod can mount a token; envtest disables it too.
+        return ["--disable-admission-plugins", "ServiceAccount"]
+
     def _start_controller_manager(self, timeout: float) -> None:
         argv = [
             str(self.toolchain.kube_controller_manager),
             "--kubeconfig",
             str(self.kubeconfig),
             "--controllers",
-            CONTROLLERS,
+            f"{CONTROLLERS},{NODE_CONTROLLERS}" if self.with_node else CONTROLLERS,
             "--leader-elect=false",
             "--secure-port",
             "0",
@@ -269,6 +300,24 @@ class ControlPlane:
         controller_manager.wait_until(
             lambda: self._get_ok("/api/v1/namespaces/default/serviceaccounts/default"), timeout, "controllers running"
         )
+
+    def _start_scheduler(self, timeout: float) -> None:
+        port = free_port()
+        argv = [
+            str(self.toolchain.kube_scheduler),
+            "--kubeconfig",
+            str(self.kubeconfig_for(SCHEDULER_USER)),
+            "--leader-elect=false",
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            str(port),
+            "--v",
+            "1",
+        ]
+        scheduler = ManagedProcess("kube-scheduler", argv, self.workdir / "kube-scheduler.log").start()
+        self.processes.append(scheduler)
+        scheduler.wait_until(lambda: https_ok(f"https://127.0.0.1:{port}/healthz"), timeout, "healthy")
 
     # -- probes ----------------------------------------------------------------
 
@@ -322,3 +371,26 @@ def kubectl(
 
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _client_certificate(pki: Path, ca: str, client: str, subject: str) -> None:
+    """A CA (``<ca>.crt``, ``.key``) and a client certificate (``<client>.crt``, ``.key``) it signs for ``subject``."""
+    ca_key, ca_crt = pki / f"{ca}.key", pki / f"{ca}.crt"
+    key, csr, crt = pki / f"{client}.key", pki / f"{client}.csr", pki / f"{client}.crt"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", f"/CN={ca}",
+             "-keyout", str(ca_key), "-out", str(ca_crt))  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", str(key), "-out", str(csr))
+    _openssl("x509", "-req", "-in", str(csr), "-days", "3650", "-CA", str(ca_crt), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-out", str(crt))  # fmt: skip
+
+
+def https_ok(url: str) -> bool:
+    """Does a component's own HTTPS health endpoint (self-signed, loopback) answer 200?"""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=1, context=context) as response:  # noqa: S310 - our loopback URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
