@@ -54,9 +54,12 @@ LABEL org.opencontainers.image.title="falachefe" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}"
-# The base image's pip, setuptools and wheel are build tools the programs
-# never use; uv is left behind in the builder.
-RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
+# The base image's pip, setuptools and wheel (python:*-slim has them, a
+# Debian python3 has none) are build tools the programs never use; uv is
+# left behind in the builder.
+RUN if python3 -m pip --version >/dev/null 2>&1; then \
+        python3 -m pip uninstall --yes --no-cache-dir pip setuptools wheel; \
+    fi \
     && groupadd --system --gid 10001 falachefe \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
        --shell /usr/sbin/nologin falachefe
