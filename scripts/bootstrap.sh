@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Install everything the tests and the demo need, reusing what is already there.
 #
-#   - Debian packages: redis-server, the PostgreSQL server, openssl, setpriv;
+#   - Debian packages: redis-server, the PostgreSQL server, openssl, setpriv, and
+#     for the local node: containerd, runc, CNI plugins, buildah, mmdebstrap,
+#     iptables, conntrack, gcc (the pause image);
 #   - uv (pinned) and the project's virtualenv in .venv, synced to requirements.lock;
 #   - the Node bullmq producer used by the interoperability tests (tests/node);
-#   - the Go-built control plane and Helm, cached in ~/.cache/falachefe.
+#   - the Go-built Kubernetes (control plane and node), metrics-server and Helm,
+#     and the project's image built from the Dockerfile, cached in ~/.cache/falachefe
+#     ($FALACHEFE_DEV_CACHE).
 #
 # Safe to run again: each step checks before it works, so a warm machine
 # finishes in seconds.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-cache=${FALACHEFE_CACHE:-$HOME/.cache/falachefe}
+cache=${FALACHEFE_DEV_CACHE:-$HOME/.cache/falachefe}
 uv_version=0.13.8
 python=${PYTHON:-python3.11}
 mkdir -p "$cache"
@@ -24,6 +28,16 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql
 command -v openssl >/dev/null || missing+=(openssl)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v node >/dev/null || missing+=(nodejs npm)
+# The local node: a container runtime, its network plugins, and the image tooling.
+command -v containerd >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || missing+=(runc)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+command -v buildah >/dev/null || missing+=(buildah)
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+command -v iptables >/dev/null || missing+=(iptables)
+command -v conntrack >/dev/null || missing+=(conntrack)
+command -v gcc >/dev/null || missing+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
 if ((${#missing[@]})); then
   say "installing Debian packages: ${missing[*]}"
   sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
@@ -63,6 +77,7 @@ if [ -f "$node_dir/package-lock.json" ]; then
   fi
 fi
 
-# -- Go-built control plane and Helm -------------------------------------------------------
+# -- Go-built Kubernetes, metrics-server and Helm; the images the local node runs ------------
 PYTHONPATH="$repo/scripts" "$venv/bin/python" -m falachefe_devstack.toolchain >/dev/null
+PYTHONPATH="$repo/scripts" "$venv/bin/python" -m falachefe_devstack.images >/dev/null
 say "ready"

@@ -1,25 +1,24 @@
 """The demo: the whole Falachefe system on one machine, in one command (``make demo``).
 
-What runs, all of it real except the two parts that cannot run here:
+Everything runs for real, on a real node, except the LLM:
 
-- the local stack: PostgreSQL, Redis, and a Kubernetes control plane (etcd,
-  kube-apiserver with RBAC, kube-controller-manager);
-- the ``Falachefe`` CRD and the operator (``falachefe-operator``), which
-  reconciles a sample resource with an auth pool and a crew pool into
-  Deployments and scales them on queue depth;
-- the workers (``falachefe-runtime worker``), run as local processes by the
-  kubelet stand-in (:mod:`falachefe_devstack.standin`), one per pod the
-  ReplicaSet controller creates, so they follow the Deployments' replicas;
+- the local stack: PostgreSQL, Redis, a Kubernetes control plane (etcd,
+  kube-apiserver with RBAC, kube-controller-manager, kube-scheduler) and a
+  node (containerd, runc, CNI, kubelet, kube-proxy, metrics-server), see
+  :mod:`falachefe_devstack.stack`;
+- the project image, built from the Dockerfile (:mod:`falachefe_devstack.images`);
+- the operator, installed by its Helm chart (its own Deployment,
+  ServiceAccount and least-privilege RBAC), running in a pod from that image;
+- a ``Falachefe`` with an auth pool and a crew pool, whose workers run as
+  pods from the same image and scale on queue depth and CPU;
 - the database schema (``falachefe-runtime migrate``) and a seeded company
   with users and a crew;
 - a burst of WhatsApp-style messages on the real ``whatsapp-processing``
   queue; the replies come back on ``whatsapp-outbound``, where the demo
   plays the WhatsApp sender.
 
-Stand-ins, labelled as such on screen: the kubelet (no container runtime
-here), metrics-server (served through the API server's aggregation layer,
-with the CPU the worker processes really use) and the LLM (a local
-OpenAI-compatible server, unless ``--llm-url`` names a real endpoint).
+The LLM is a stand-in (a local OpenAI-compatible server, labelled as such on
+screen) unless ``--llm-url`` names a real endpoint.
 
 ``--short --headless`` is the CI mode: a smaller burst, short windows, one
 status line every few seconds, and a JSON summary (``--summary-json``).
@@ -42,10 +41,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 from bullmq import Job, Worker
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -54,19 +51,21 @@ from kubernetes.client.rest import ApiException
 from falachefe_operator import naming
 from falachefe_operator.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from falachefe_runtime.config import DEFAULT_QUEUES, WorkerKind
-from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, OutboundKind, OutboundMessage, ProcessMessage
+from falachefe_runtime.payloads import PROCESS_MESSAGE, OutboundKind, OutboundMessage
 from falachefe_runtime.queues import OUTBOUND_QUEUE, WHATSAPP_QUEUE, Queues
 
+from . import toolchain
+from .helm import Helm, operator_values
 from .kube import kubectl
 from .llm_standin import FakeOpenAI
-from .metrics_standin import MetricsServerStandIn, registered
-from .process import ManagedProcess, free_port, program_path
+from .process import program_path
+from .seed import Tenant, process_message_job, seed_tenant_sync
 from .stack import LocalStack
-from .standin import KubeletStandIn
 from .waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "falachefe-demo"
+OPERATOR_NAMESPACE = "falachefe-system"
 RESOURCE = "demo"
 #: The demo's pools and their bounds: small enough for two cores.
 POOL_BOUNDS: dict[WorkerKind, tuple[int, int]] = {WorkerKind.AUTH: (1, 3), WorkerKind.CREW: (1, 3)}
@@ -170,12 +169,8 @@ class Demo:
     def __init__(self, options: Options, workdir: Path) -> None:
         self.options = options
         self.workdir = workdir
-        self.stack = LocalStack(workdir / "stack")
-        self.operator: ManagedProcess | None = None
-        self.standin: KubeletStandIn | None = None
+        self.stack = LocalStack(workdir / "stack", with_node=True)
         self.llm: FakeOpenAI | None = None
-        self.metrics: MetricsServerStandIn | None = None
-        self.cleanups = contextlib.ExitStack()
         self.api: k8s.ApiClient | None = None
         self.sent_at: dict[str, float] = {}
         self.latencies: list[float] = []
@@ -185,34 +180,39 @@ class Demo:
         self.events: list[str] = []  # the Falachefe's Events, "Reason: message"
         self.events_printed = 0
         self.min_replicas = {pool.value: bounds[0] for pool, bounds in POOL_BOUNDS.items()}
-        self.company_id = ""
+        self.tenant = Tenant(company_id=uuid.UUID(int=0), phones=())
         self.started = time.monotonic()
         self.burst_started = self.started
 
     # -- set-up -------------------------------------------------------------------------
 
     def set_up(self) -> None:
-        self.say("starting PostgreSQL, Redis and the Kubernetes control plane (first run builds it: minutes)")
+        self.say(
+            "starting PostgreSQL, Redis, a Kubernetes control plane and a node, with the project image "
+            "(the first run builds Kubernetes and the image: 15-25 minutes; progress below)"
+        )
         self.stack.start()
         assert self.stack.kube is not None and self.stack.postgres is not None and self.stack.redis is not None
+        assert self.stack.image is not None
         self.api = k8s_config.new_client_from_config(config_file=str(self.stack.kube.kubeconfig))
         self.say(self.stack.describe())
-        self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
         self.kubectl("create", "namespace", NAMESPACE)
+        self.install_operator()
         dsn = self.stack.postgres.create_database("falachefe")
         self.runtime_cli("migrate", env={"FALACHEFE_DATABASE__DSN": dsn})
-        self.company_id = self.seed(dsn)
+        self.tenant = self.seed(dsn)
+        host = self.stack.pod_host
         llm_url, llm_key = self.options.llm_url, self.options.llm_key or "demo-key-not-secret"
         if llm_url is None:
-            self.llm = FakeOpenAI(delay_s=self.options.llm_delay_s).start()
+            self.llm = FakeOpenAI(delay_s=self.options.llm_delay_s, host=host).start()
             llm_url = self.llm.base_url
             self.say(f"LLM: the demo's stand-in model (a local OpenAI-compatible server) at {llm_url}")
         else:
             self.say(f"LLM: {llm_url} ({self.options.llm_model})")
+        # What the pods use: the servers on this machine, at the host end of the node's link.
         secrets = {
-            "falachefe-db": {"dsn": dsn},
-            "falachefe-redis": {"url": self.stack.redis.url(0)},
+            "falachefe-db": {"dsn": self.stack.postgres.dsn("falachefe", host=host)},
+            "falachefe-redis": {"url": self.stack.redis.url(0, host=host)},
             "falachefe-llm": {"apiKey": llm_key},
             "falachefe-otp": {"otpSecret": uuid.uuid4().hex},
         }
@@ -221,38 +221,26 @@ class Demo:
             core.create_namespaced_secret(
                 NAMESPACE, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=name), string_data=data)
             )
-        self.start_operator()
         self.apply_resource(llm_url)
-        self.metrics = MetricsServerStandIn(self.workdir / "metrics-server").start()
-        self.cleanups.enter_context(registered(self.api, self.metrics))
-        self.say("metrics-server: the demo's stand-in serves metrics.k8s.io with the workers' real CPU use")
-        self.standin = KubeletStandIn(
-            self.api,
-            NAMESPACE,
-            naming.selector_string(naming.instance_selector(RESOURCE)),
-            self.workdir / "pods",
-            extra_env={"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true", "CREWAI_TESTING": "true"},
-            metrics=self.metrics,
-        ).start()
-        self.say("kubelet: the demo's stand-in runs each worker pod as a local process")
-        wait_for(self.resource_ready, timeout=180, interval=0.5, what="Falachefe Ready")
+        self.say("waiting for the worker pods to be Ready")
+        wait_for(self.resource_ready, timeout=300, interval=1.0, what="Falachefe Ready")
         self.say("Falachefe is Ready")
         self.show_resource()
+        self.say(f"$ kubectl get pods -n {NAMESPACE} -o wide")
+        print(self.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide"), end="", flush=True)
 
-    def start_operator(self) -> None:
-        assert self.stack.kube is not None
-        argv = [
-            program_path("falachefe-operator"),
-            "--namespace",
-            NAMESPACE,
-            "--standalone",
-            "--liveness-port",
-            str(free_port()),
-            "--metrics-port",
-            str(free_port()),
-        ]
-        env = {"KUBECONFIG": str(self.stack.kube.kubeconfig)}
-        self.operator = ManagedProcess("falachefe-operator", argv, self.workdir / "operator.log", env=env).start()
+    def install_operator(self) -> None:
+        """The operator chart, as a platform team installs it, with the image built from this tree."""
+        assert self.stack.kube is not None and self.stack.image is not None
+        helm = Helm(toolchain.ensure_helm() / "helm", self.workdir / "helm", self.stack.kube.kubeconfig)
+        self.say(f"$ helm install falachefe-operator helm/falachefe-operator -n {OPERATOR_NAMESPACE} --wait")
+        helm.install(
+            "falachefe-operator",
+            OPERATOR_NAMESPACE,
+            operator_values(self.stack.image, [NAMESPACE]),
+            flags=("--create-namespace", "--wait", "--timeout", "5m"),
+        )
+        self.say("the operator is running in its pod")
 
     def apply_resource(self, llm_url: str) -> None:
         window = self.options.scale_down_window_s
@@ -266,7 +254,8 @@ class Demo:
             "kind": KIND,
             "metadata": {"name": RESOURCE, "namespace": NAMESPACE},
             "spec": {
-                "image": "falachefe:demo",
+                "image": self.stack.image,
+                "imagePullPolicy": "Never",
                 "database": {"secretRef": {"name": "falachefe-db"}},
                 "redis": {"secretRef": {"name": "falachefe-redis"}},
                 "llm": {
@@ -303,48 +292,10 @@ class Demo:
         }
         k8s.CustomObjectsApi(self.api).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
 
-    def seed(self, dsn: str) -> str:
-        """A company, its users and a one-agent crew (an attendant and its task), straight into the schema."""
-
-        async def insert() -> str:
-            connection = await asyncpg.connect(dsn)
-            try:
-                async with connection.transaction():
-                    company_id = await connection.fetchval(
-                        "INSERT INTO companies (name, domain) VALUES ($1, $2) RETURNING id",
-                        "Padaria Demo",
-                        "demo.example",
-                    )
-                    await connection.executemany(
-                        "INSERT INTO users (company_id, phone_number, name) VALUES ($1, $2, $3)",
-                        [(company_id, _phone(i), f"Cliente {i}") for i in range(self.options.users)],
-                    )
-                    crew_id = await connection.fetchval(
-                        "INSERT INTO crews (company_id, name) VALUES ($1, $2) RETURNING id", company_id, "Atendimento"
-                    )
-                    agent_id = await connection.fetchval(
-                        "INSERT INTO crew_agents (crew_id, role, goal, backstory, position) "
-                        "VALUES ($1, $2, $3, $4, 0) RETURNING id",
-                        crew_id,
-                        "Atendente",
-                        "Responder clientes da padaria com cordialidade",
-                        "Trabalha na padaria há dez anos.",
-                    )
-                    await connection.execute(
-                        "INSERT INTO crew_tasks (crew_id, agent_id, description, expected_output, position) "
-                        "VALUES ($1, $2, $3, $4, 0)",
-                        crew_id,
-                        agent_id,
-                        "Responda à mensagem do cliente: {message}",
-                        "Uma resposta curta e educada",
-                    )
-                    return str(company_id)
-            finally:
-                await connection.close()
-
-        company_id = asyncio.run(insert())
-        self.say(f"seeded company {company_id} with {self.options.users} users and a crew")
-        return company_id
+    def seed(self, dsn: str) -> Tenant:
+        tenant = seed_tenant_sync(dsn, self.options.users)
+        self.say(f"seeded company {tenant.company_id} with {self.options.users} users and a crew")
+        return tenant
 
     # -- the burst ------------------------------------------------------------------------
 
@@ -384,16 +335,9 @@ class Demo:
     async def feed(self, queues: Queues) -> None:
         interval = self.options.burst_seconds / max(self.options.messages, 1)
         for i in range(self.options.messages):
-            message = InboundMessage(
-                phone_number=_phone(i % self.options.users),
-                company_id=uuid.UUID(self.company_id),
-                text=f"Bom dia! Vocês têm pão de queijo? (pergunta {i % self.options.distinct_texts})",
-                provider_message_id=f"demo-{i:05d}-{uuid.uuid4().hex[:6]}",
-                timestamp=datetime.now(UTC),
-            )
-            self.sent_at[message.provider_message_id] = time.monotonic()
-            # The original app's wire format: camelCase JSON under messageData.
-            job = ProcessMessage(message_data=message).model_dump(mode="json", by_alias=True)
+            text = f"Bom dia! Vocês têm pão de queijo? (pergunta {i % self.options.distinct_texts})"
+            message_id, job = process_message_job(self.tenant, i, text)
+            self.sent_at[message_id] = time.monotonic()
             await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, job)
             await asyncio.sleep(interval)
 
@@ -470,7 +414,7 @@ class Demo:
             return
         screen = [
             "\x1b[2J\x1b[H",
-            "Falachefe demo (kubelet, metrics-server and LLM are the demo's stand-ins)",
+            "Falachefe demo (real node and pods; the LLM is the demo's stand-in)",
             "",
             line,
             "",
@@ -538,9 +482,7 @@ class Demo:
         depth.set_xlabel("seconds since the burst started")
         replicas.legend(loc="upper right", fontsize="small")
         depth.legend(loc="upper right", fontsize="small")
-        replicas.set_title(
-            "Falachefe demo: pools scaling on queue depth and CPU (kubelet, metrics-server, LLM: stand-ins)"
-        )
+        replicas.set_title("Falachefe demo: pools scaling on queue depth and CPU (real pods; LLM: stand-in)")
         figure.tight_layout()
         figure.savefig(path, dpi=110)
         plt.close(figure)
@@ -565,22 +507,10 @@ class Demo:
         )
 
     def tear_down(self) -> None:
-        if self.standin is not None:
-            self.say("stopping the workers (SIGTERM: in-flight jobs finish first)")
-            self.standin.stop()
-        if self.operator is not None:
-            self.operator.stop()
-        with contextlib.suppress(Exception):  # the cluster goes away next anyway
-            self.cleanups.close()
-        if self.metrics is not None:
-            self.metrics.stop()
         if self.llm is not None:
             self.llm.stop()
+        # The node's stop takes every pod with it (SIGKILL); the demo's summary is already taken.
         self.stack.stop()
-
-
-def _phone(i: int) -> str:
-    return f"+55119{i:08d}"
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -596,6 +526,7 @@ def _interrupts_as_exit() -> Iterator[None]:
     """SIGTERM behaves like Ctrl-C: unwind and tear everything down."""
 
     def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the tear-down short
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, handler)

@@ -21,6 +21,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,13 +53,17 @@ class FakeOpenAI:
     #: Per-request delays, used up first to last before ``delay_s`` applies.
     delays: list[float] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    #: Loopback, or the host end of a local node's link when pods call it.
+    host: str = "127.0.0.1"
     port: int = 0
+    #: Requests being answered right now, by the caller's address (a pod's IP, for pods).
+    in_flight: Counter[str] = field(default_factory=Counter)
     _server: BackgroundServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     @property
     def request_count(self) -> int:
@@ -78,7 +83,7 @@ class FakeOpenAI:
         app.router.add_get("/v1/models", self._models)
         # A killed worker leaves its request behind: cancel it, and never wait long for one on shutdown.
         self._server = BackgroundServer(
-            app, name="llm-standin", port=self.port, handler_cancellation=True, shutdown_timeout=1.0
+            app, name="llm-standin", host=self.host, port=self.port, handler_cancellation=True, shutdown_timeout=1.0
         )
         self.port = self._server.start()
         return self
@@ -90,7 +95,22 @@ class FakeOpenAI:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
+    def callers_in_flight(self) -> dict[str, int]:
+        """How many requests each caller (by address) is waiting on right now."""
+        with self._lock:
+            return {caller: count for caller, count in self.in_flight.items() if count}
+
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        caller = request.remote or "unknown"
+        with self._lock:
+            self.in_flight[caller] += 1
+        try:
+            return await self._answer(request)
+        finally:
+            with self._lock:
+                self.in_flight[caller] -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         with self._lock:
             self.requests.append(body)

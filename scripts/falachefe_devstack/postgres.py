@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server: initdb into a temporary directory, loopback only."""
+"""A throwaway PostgreSQL server: initdb into a temporary directory, on loopback (and a node's link)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ class PostgresServer:
 
     workdir: Path
     port: int = field(default_factory=free_port)
+    #: Addresses to listen on besides loopback (the host end of a local node's link), and the
+    #: networks allowed to connect from there (the node and its pods).
+    extra_address: str | None = None
+    clients: tuple[str, ...] = ()
     process: ManagedProcess | None = None
     #: Where the cluster's files live: ``workdir``, or as root a directory of
     #: nobody's own (see ``_unprivileged_rundir``).
@@ -47,8 +51,8 @@ class PostgresServer:
     def datadir(self) -> Path:
         return (self.rundir or self.workdir) / "data"
 
-    def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
+    def dsn(self, database: str = "postgres", host: str = "127.0.0.1") -> str:
+        return f"postgresql://{SUPERUSER}:{PASSWORD}@{host}:{self.port}/{database}"
 
     def start(self, timeout: float = 60.0) -> PostgresServer:
         bindir = find_bindir()
@@ -80,6 +84,10 @@ class PostgresServer:
             capture_output=True,
             env=env,
         )
+        with (self.datadir / "pg_hba.conf").open("a") as hba:
+            for network in self.clients:
+                hba.write(f"host all all {network} scram-sha-256\n")
+        listen = ",".join(["127.0.0.1", *([self.extra_address] if self.extra_address else [])])
         argv = [
             *run_as,
             str(bindir / "postgres"),
@@ -88,7 +96,7 @@ class PostgresServer:
             "-p",
             str(self.port),
             "-h",
-            "127.0.0.1",
+            listen,
             "-k",
             str(rundir),
             # A test server: durability off, enough connections for pools of many workers.

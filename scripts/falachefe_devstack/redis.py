@@ -1,4 +1,4 @@
-"""A throwaway Redis server on loopback, no persistence."""
+"""A throwaway Redis server on loopback (and a node's link), no persistence."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ DATABASES = 1024
 class RedisServer:
     workdir: Path
     port: int = field(default_factory=free_port)
+    #: An address to listen on besides loopback: the host end of a local node's link.
+    extra_address: str | None = None
     process: ManagedProcess | None = None
 
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+    def url(self, db: int = 0, host: str = "127.0.0.1") -> str:
+        return f"redis://{host}:{self.port}/{db}"
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -31,7 +33,7 @@ class RedisServer:
             "--port",
             str(self.port),
             "--bind",
-            "127.0.0.1",
+            " ".join(["127.0.0.1", *([self.extra_address] if self.extra_address else [])]),
             "--dir",
             str(self.workdir),
             "--save",
@@ -42,8 +44,10 @@ class RedisServer:
             str(DATABASES),
             "--daemonize",
             "no",
+            # Protected mode refuses every client but loopback's while there is no password;
+            # the one other address is the node's link, which only this machine's pods reach.
             "--protected-mode",
-            "yes",
+            "no" if self.extra_address else "yes",
         ]
         self.process = ManagedProcess("redis", argv, self.workdir / "redis.log").start()
         self.process.wait_until(lambda: port_open(self.port), timeout, "listening")

@@ -1,0 +1,146 @@
+"""The operator and the workers as pods from the project's image, on a real kubelet.
+
+What only a real pod shows: the Dockerfile builds an image that runs, the
+non-root user and read-only root filesystem hold inside running containers,
+Secrets and the ConfigMap arrive through the kubelet, probes gate
+readiness, the kubelet restarts a crashed worker, and scale-down sends
+SIGTERM and waits for in-flight jobs within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from nodekit import App, replies, send_messages
+
+from falachefe_devstack.kube import kubectl
+from falachefe_devstack.waiting import async_wait_for, wait_for
+from falachefe_operator import naming
+from falachefe_runtime.config import WorkerKind
+
+pytestmark = pytest.mark.slow
+
+#: Small pools, short windows: enough to see every behaviour on two cores.
+POOLS = {
+    "auth": {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "resources": {"requests": {"cpu": "100m", "memory": "192Mi"}},
+        "autoscaling": {"enabled": False},
+    },
+    "crew": {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}},
+        "autoscaling": {"enabled": False},
+    },
+}
+
+
+def pool_selector(kind: WorkerKind, name: str = "app") -> str:
+    return naming.selector_string(naming.pool_selector(name, kind))
+
+
+def exec_in(app: App, pod: str, *command: str) -> tuple[int, str]:
+    assert app.stack.kube is not None
+    result = kubectl(app.stack.kube.kubeconfig, "exec", "-n", app.namespace, pod, "--", *command, check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+async def test_workers_answer_messages_from_real_pods(app: App) -> None:
+    app.apply(app.falachefe(pools=POOLS))
+    resource = await asyncio.to_thread(app.wait_ready)
+    for kind in (WorkerKind.AUTH, WorkerKind.CREW):
+        pods = app.pods(pool_selector(kind))
+        assert pods, f"no {kind.value} pod"
+        for pod in pods:
+            assert pod.spec.containers[0].image == app.stack.image
+            assert pod.spec.node_name == app.stack.node.name if app.stack.node else False
+            assert pod.status.pod_ip.startswith(app.stack.node.network.pod_cidr.rsplit(".", 2)[0])  # type: ignore[union-attr]
+    status = resource["status"]
+    assert status["observedGeneration"] == resource["metadata"]["generation"]
+
+    sent = await send_messages(app, 12)
+
+    async def all_answered() -> bool:
+        return set(sent) <= set(await replies(app.queues))
+
+    await async_wait_for(all_answered, timeout=180, interval=1.0, what="every message answered by the pods")
+    answers = await replies(app.queues)
+    assert all(answers[message].text for message in sent)
+
+
+async def test_containers_run_as_non_root_with_a_read_only_root(app: App) -> None:
+    app.apply(app.falachefe(pools={"auth": POOLS["auth"]}))
+    await asyncio.to_thread(app.wait_ready)
+    pod = app.pods(pool_selector(WorkerKind.AUTH))[0].metadata.name
+    code, out = await asyncio.to_thread(exec_in, app, pod, "id", "-u")
+    assert (code, out.strip()) == (0, "10001")
+    code, out = await asyncio.to_thread(exec_in, app, pod, "sh", "-c", "touch /opt/falachefe/x")
+    assert code != 0 and "Read-only file system" in out, out
+    code, out = await asyncio.to_thread(exec_in, app, pod, "sh", "-c", "touch /tmp/x && echo writable")
+    assert (code, out.strip()) == (0, "writable")
+    # The config arrives as a file the kubelet mounted; the secrets as environment, never in the config.
+    code, out = await asyncio.to_thread(exec_in, app, pod, "cat", f"{naming.CONFIG_DIR}/{naming.CONFIG_KEY}")
+    assert code == 0 and "dsn" not in out and "e2e-key-not-secret" not in out, out
+
+
+async def test_a_crashed_worker_is_restarted_by_the_kubelet(app: App) -> None:
+    app.apply(app.falachefe(pools={"auth": POOLS["auth"]}))
+    await asyncio.to_thread(app.wait_ready)
+    assert app.stack.node is not None
+    pod = app.pods(pool_selector(WorkerKind.AUTH))[0]
+    container_id = pod.status.container_statuses[0].container_id.removeprefix("containerd://")
+    killed = await asyncio.create_subprocess_exec(
+        *app.stack.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
+    )
+    assert await killed.wait() == 0
+
+    def restarted_and_ready() -> bool:
+        current = [p for p in app.pods(pool_selector(WorkerKind.AUTH)) if p.metadata.name == pod.metadata.name]
+        if not current:
+            return False
+        status = current[0].status.container_statuses[0]
+        return bool(status.restart_count >= 1 and status.ready)
+
+    await asyncio.to_thread(wait_for, restarted_and_ready, 120, 1.0, "the worker restarted and Ready again")
+    last = next(p for p in app.pods(pool_selector(WorkerKind.AUTH)) if p.metadata.name == pod.metadata.name)
+    terminated = last.status.container_statuses[0].last_state.terminated
+    assert terminated is not None and terminated.exit_code == 137, terminated
+
+
+async def test_scale_down_lets_in_flight_crew_jobs_finish(app: App) -> None:
+    """Two crew pods with slow LLM answers in flight, then one pod goes: its jobs still finish, once each."""
+    pools = {**POOLS, "crew": {**POOLS["crew"], "minReplicas": 2, "maxReplicas": 2}}
+    app.apply(app.falachefe(pools=pools))
+    await asyncio.to_thread(app.wait_ready)
+    crew_ips = {pod.status.pod_ip for pod in app.pods(pool_selector(WorkerKind.CREW))}
+    assert len(crew_ips) == 2
+
+    app.llm.delay_s = 8.0
+    try:
+        sent = await send_messages(app, 8, text="Uma pergunta demorada")
+
+        async def both_pods_waiting_on_the_llm() -> bool:
+            return crew_ips <= set(app.llm.callers_in_flight())
+
+        await async_wait_for(both_pods_waiting_on_the_llm, timeout=120, interval=0.2, what="crew jobs in flight")
+        started = time.monotonic()
+        app.apply(app.falachefe(pools={**pools, "crew": {**pools["crew"], "minReplicas": 1, "maxReplicas": 1}}))
+
+        async def one_crew_pod() -> bool:
+            return len(app.pods(pool_selector(WorkerKind.CREW))) == 1
+
+        await async_wait_for(one_crew_pod, timeout=120, interval=0.5, what="scaled down to one crew pod")
+        print(f"the removed crew pod drained and exited {time.monotonic() - started:.1f}s after the scale-down")
+
+        async def all_answered() -> bool:
+            return set(sent) <= set(await replies(app.queues))
+
+        await async_wait_for(all_answered, timeout=240, interval=1.0, what="every message answered")
+    finally:
+        app.llm.delay_s = 0.0
+    counts = await app.queues.counts("crewai-processing", ("failed", "completed"))
+    assert counts == {"failed": 0, "completed": len(sent)}, counts
