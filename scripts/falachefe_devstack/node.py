@@ -199,6 +199,19 @@ class Node:
         # unshare's only child is the node's PID 1; the daemons join its namespaces.
         children = Path(f"/proc/{init.popen.pid}/task/{init.popen.pid}/children").read_text().split()
         self.init_pid = int(children[0])
+        # For people and tests looking at a node from outside.
+        (self.workdir / "init.pid").write_text(f"{self.init_pid}\n")
+        net = self.slot.network
+        description = {
+            "number": self.slot.number,
+            "interface": net.host_interface,
+            "host_address": net.host_address,
+            "node_address": net.node_address,
+            "pod_cidr": net.pod_cidr,
+            "cgroup_root": self.slot.cgroup_root.strip("/"),
+            "image_store": str(store),
+        }
+        (self.workdir / "slot.json").write_text(json.dumps(description, indent=2))
 
     def _link(self) -> None:
         net = self.network

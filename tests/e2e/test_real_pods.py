@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import pytest
+from kubernetes import client as k8s
 from nodekit import App, replies, send_messages
 
 from falachefe_devstack.kube import kubectl
@@ -144,3 +146,36 @@ async def test_scale_down_lets_in_flight_crew_jobs_finish(app: App) -> None:
         app.llm.delay_s = 0.0
     counts = await app.queues.counts("crewai-processing", ("failed", "completed"))
     assert counts == {"failed": 0, "completed": len(sent)}, counts
+
+
+async def test_time_from_scale_up_to_ready_per_pool(app: App) -> None:
+    """Each pool goes 1 -> 3; every new pod's creation -> container start -> Ready, as the API recorded it."""
+    app.apply(app.falachefe(pools=POOLS))
+    await asyncio.to_thread(app.wait_ready)
+    before = {pod.metadata.name for pod in app.pods("")}
+    bigger = {name: {**pool, "minReplicas": 3, "maxReplicas": 3} for name, pool in POOLS.items()}
+    app.apply(app.falachefe(pools=bigger))
+
+    def new_pods_ready() -> list[k8s.V1Pod] | None:
+        new = [pod for pod in app.pods("") if pod.metadata.name not in before]
+        ready = [pod for pod in new if _ready_since(pod) is not None]
+        return ready if len(ready) == 4 else None
+
+    ready = await asyncio.to_thread(wait_for, new_pods_ready, 300, 1.0, "two new Ready pods in each pool")
+    for pod in sorted(ready, key=lambda p: p.metadata.name):
+        created = pod.metadata.creation_timestamp
+        started = pod.status.container_statuses[0].state.running.started_at
+        ready_at = _ready_since(pod)
+        assert created <= started <= ready_at
+        print(
+            f"{pod.metadata.labels[naming.POOL_LABEL]:>5} {pod.metadata.name}: container started "
+            f"{(started - created).total_seconds():.0f}s after creation, Ready "
+            f"{(ready_at - created).total_seconds():.0f}s after creation"
+        )
+
+
+def _ready_since(pod: k8s.V1Pod) -> datetime | None:
+    for condition in pod.status.conditions or []:
+        if condition.type == "Ready" and condition.status == "True":
+            return condition.last_transition_time  # type: ignore[no-any-return]
+    return None
