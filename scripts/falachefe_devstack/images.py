@@ -306,15 +306,15 @@ def prune_project_images(buildah: Buildah, keep: int) -> None:
     subprocess.run(buildah.argv("rmi", "--prune"), capture_output=True, check=False)
 
 
-def image_size(buildah: Buildah, ref: str) -> int:
-    """The image's size in bytes (uncompressed layers), as ``buildah images`` reports it."""
+def image_size(buildah: Buildah, ref: str) -> str:
+    """The image's size (its layers, uncompressed) as buildah reports it, e.g. ``1.25 GB``."""
     out = subprocess.run(
-        buildah.argv("inspect", "--type", "image", "--format", "{{.ImageSize}}", ref),
+        buildah.argv("images", "--noheading", "--format", "{{.Size}}", ref),
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
-    return int(out)
+    ).stdout
+    return out.strip()
 
 
 def export_archive(buildah: Buildah, ref: str, directory: Path) -> Path:
@@ -375,7 +375,7 @@ def main() -> int:
     built = ensure_node_images()
     buildah = Buildah()
     for ref in (built.sandbox, built.project):
-        print(f"{ref}: {image_size(buildah, ref) / 1e6:.0f} MB")
+        print(f"{ref}: {image_size(buildah, ref)}")
     return 0
 
 

@@ -179,6 +179,11 @@ def _built_once(target: Path, names: Sequence[str]) -> Iterator[Path | None]:
             shutil.rmtree(target, ignore_errors=True)
             scratch.rename(target)
             log(f"built {', '.join(names)} in {time.monotonic() - started:.0f}s")
+            # Builds of other versions or keys are never used again: disk use stays bounded.
+            family = target.name.rsplit("-", 2)[0] + "-"
+            for stale in target.parent.glob(f"{family}*"):
+                if stale.is_dir() and stale != target and not stale.name.startswith("."):
+                    shutil.rmtree(stale, ignore_errors=True)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
