@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -79,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
-    # The autoscaler's readers use the synchronous client in threads; give them room.
-    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="k8s"))
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -97,7 +94,7 @@ async def run(args: argparse.Namespace) -> int:
     state: dict[str, Any] = {"leader": False, "identity": identity}
     endpoints = Endpoints(liveness_port=args.liveness_port, metrics_port=args.metrics_port, describe=lambda: state)
     await endpoints.start()
-    scaler = Autoscaler(k8s.ApiClient(configuration))
+    scaler = Autoscaler(api)
     fleet = Fleet(api, scaler, resync_seconds=args.resync_seconds)
     exit_code = 0
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -55,19 +55,14 @@ def target_for(namespace: str, redis_url: str, deployment: str = "demo-auth") ->
 
 
 @pytest.fixture
-def operator_api(
+async def engine(
     kube: ControlPlane, kube_api: k8s.ApiClient, namespace: str, tmp_path: Path
-) -> Iterator[k8s.ApiClient]:
-    with operator_identity(kube, kube_api, namespace, tmp_path) as api:
-        yield api
-
-
-@pytest.fixture
-async def engine(operator_api: k8s.ApiClient) -> AsyncIterator[tuple[Autoscaler, CollectorRegistry]]:
+) -> AsyncIterator[tuple[Autoscaler, CollectorRegistry]]:
     registry = CollectorRegistry()
-    autoscaler = Autoscaler(operator_api, metrics=ScalingMetrics(registry))
-    yield autoscaler, registry
-    await autoscaler.aclose()
+    async with operator_identity(kube, kube_api, namespace, tmp_path) as api:
+        autoscaler = Autoscaler(api, metrics=ScalingMetrics(registry))
+        yield autoscaler, registry
+        await autoscaler.aclose()
 
 
 async def test_full_queue_scales_to_the_bound_and_back_to_min_after_the_window(
