@@ -10,8 +10,9 @@ field manager.
 Credentials come from the ``kubernetes`` library's own loaders (kubeconfig,
 in-cluster service account, exec plugins), read per request through the
 ``Configuration`` so that a rotated service-account token is picked up. The
-reconcilers and the autoscaler share one ``KubeApi``; Kopf logs in with the
-same ``Configuration``: one identity for the whole operator.
+reconcilers and the autoscaler share one ``KubeApi``; the leader elector has
+one of its own (its renewals must not wait behind theirs); Kopf logs in
+with the same ``Configuration``: one identity for the whole operator.
 """
 
 from __future__ import annotations
