@@ -426,6 +426,8 @@ class Controller:
             self._next_poll[kind] = self._clock() + pool.autoscaling.polling_interval_seconds
             if outcome.queue is None:
                 self._next_secrets = min(self._next_secrets, self._clock() + SECRETS_RECHECK_SECONDS)
+            for change in outcome.transitions:
+                self._event(body, *autoscaling.source_event(kind, change, outcome, pool))
             if outcome.scaled:
                 self._event(body, "Normal", "Scaled", autoscaling.scale_message(kind, outcome))
 

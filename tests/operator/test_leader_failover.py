@@ -15,6 +15,7 @@ a change to the resource after taking over.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -93,7 +94,7 @@ class ActingSampler:
 
     def overlap_seconds(self) -> float:
         """How long two or more operators acted at once: each such sample counts until the next one."""
-        pairs = zip(self.samples, self.samples[1:], strict=False)
+        pairs = itertools.pairwise(self.samples)
         return sum(later.at - sample.at for sample, later in pairs if sum(sample.acting) > 1)
 
 

@@ -42,6 +42,7 @@ from .decision import Decision, decide
 from .history import History
 from .metrics import ScalingMetrics, default_metrics
 from .observation import CpuSample, MetricUnavailable, Observation, QueueCounts
+from .outages import Transition, track
 from .policy import ScalingPolicy
 from .queue import QueueReader, QueueRef
 
@@ -87,6 +88,8 @@ class StepOutcome:
     queue: QueueCounts | None = None
     cpu: CpuSample | None = None
     decision: Decision | None = field(default=None, repr=False)
+    #: Metric sources that stopped answering, or answered again, in this poll.
+    transitions: tuple[Transition, ...] = ()
 
     @property
     def queue_depth(self) -> int | None:
@@ -115,6 +118,8 @@ class Autoscaler:
         self._clock = clock
         self._timeout = timeout_seconds
         self._histories: dict[tuple[str, str, str], History] = {}
+        #: Per pool, the metric sources down and since when (this engine's clock).
+        self._outages: dict[tuple[str, str, str], dict[str, float]] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     async def step(self, target: PoolTarget) -> StepOutcome:
@@ -127,6 +132,7 @@ class Autoscaler:
     def forget(self, target: PoolTarget) -> None:
         """Drop a pool's history and series (its resource or pool was deleted)."""
         self._histories.pop(target.labels, None)
+        self._outages.pop(target.labels, None)
         self._locks.pop(target.labels, None)
         self._metrics.forget(target.labels)
 
@@ -144,8 +150,11 @@ class Autoscaler:
         current = int((deployment.get("spec") or {}).get("replicas", 1))
         ready = int((deployment.get("status") or {}).get("readyReplicas", 0))
 
-        observation = await self._observe(target, current, ready)
+        observation, answered = await self._observe(target, current, ready)
         now = self._clock()
+        self._outages[target.labels], transitions = track(
+            self._outages.get(target.labels, {}), unavailable=observation.unavailable, answered=answered, now=now
+        )
         decision = decide(target.policy, observation, self._histories.get(target.labels, History()), now)
         history = decision.history
         messages = [str(u) for u in observation.unavailable]
@@ -175,9 +184,11 @@ class Autoscaler:
             queue=observation.queue,
             cpu=observation.cpu,
             decision=decision,
+            transitions=transitions,
         )
 
-    async def _observe(self, target: PoolTarget, current: int, ready: int) -> Observation:
+    async def _observe(self, target: PoolTarget, current: int, ready: int) -> tuple[Observation, list[str]]:
+        """What the sources said, and which of them answered."""
         queue_read = self._queues.read(target.queue)
         if target.policy.target_cpu_utilization_percentage is None:
             queue_result = await queue_read
@@ -190,7 +201,12 @@ class Autoscaler:
                 queue_read, self._cpu.read(target.namespace, target.selector)
             )
         unavailable = tuple(r for r in (queue_result, cpu_result) if isinstance(r, MetricUnavailable))
-        return Observation(
+        answered = [
+            source
+            for source, result in (("queue", queue_result), ("cpu", cpu_result if current else None))
+            if isinstance(result, QueueCounts | CpuSample)
+        ]
+        observation = Observation(
             current_replicas=current,
             ready_replicas=ready,
             concurrency=target.concurrency,
@@ -198,6 +214,7 @@ class Autoscaler:
             cpu=cpu_result if isinstance(cpu_result, CpuSample) else None,
             unavailable=unavailable,
         )
+        return observation, answered
 
     async def _scale(self, target: PoolTarget, current: int, replicas: int) -> str | None:
         """Write spec.replicas through the scale subresource; the problem, or None.
