@@ -34,6 +34,10 @@ from . import metrics
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+#: A Table of one row and no object (``includeObject=None``): the name, type, key count and age of a
+#: Secret, and nothing of its content. Not PartialObjectMetadata: the metadata of a Secret created with
+#: ``kubectl apply`` carries its whole data in the last-applied-configuration annotation.
+EXISTENCE_ONLY = "application/json;as=Table;g=meta.k8s.io;v=v1"
 USER_AGENT = "falachefe-operator"
 
 
@@ -122,9 +126,10 @@ class KubeApi:
         params: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> tuple[int, dict[str, Any]]:
         """One request; a non-2xx answer raises ``ApiError`` with the server's message."""
-        headers = {"Content-Type": content_type}
+        headers = {"Content-Type": content_type, "Accept": accept}
         headers.update(_auth_headers(self._configuration))
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         async with self._in_flight:
@@ -156,6 +161,16 @@ class KubeApi:
             if error.status == 404:
                 return None
             raise
+
+    async def exists(self, path: str) -> bool:
+        """Whether there is an object at ``path``, without receiving anything of its content."""
+        try:
+            await self.request("GET", path, params={"includeObject": "None"}, accept=EXISTENCE_ONLY)
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     async def apply(self, path: str, manifest: Mapping[str, Any], *, manager: str) -> Applied:
         """Server-side apply ``manifest`` as ``manager``, taking over fields others changed (force)."""
