@@ -57,14 +57,25 @@ def fingerprint(body: Mapping[str, Any]) -> str:
 class SecretsCheck:
     problems: list[Problem]
     #: The pools' Redis URL, which the autoscaler needs to read queue depth.
-    redis_url: str | None
+    redis_url: str | None = field(repr=False)
 
 
 async def check_secrets(api: KubeApi, namespace: str, spec: FalachefeSpec) -> SecretsCheck:
-    """Whether every Secret key the workers reference exists (a pod cannot start without it)."""
+    """Whether every Secret the workers reference exists (a pod cannot start without it), and the Redis URL.
+
+    The Redis URL is the one secret value the operator needs. The API has no
+    read of a single key, so the Secret holding it is read whole, its URL key
+    decoded and kept, the rest dropped at once (keep the URL in a Secret of
+    its own). Of every other Secret only its existence is asked
+    (``KubeApi.exists``): the API server never sends its data, so a key
+    missing from it shows when its pods fail to start, not here.
+    """
+    redis_ref = spec.redis.secret_ref
     refs = builders.secret_refs(spec)
     names = sorted({ref.name for _, ref in refs})
-    fetched = await asyncio.gather(*(_read_secret(api, namespace, name) for name in names))
+    fetched = await asyncio.gather(
+        *(_read_secret(api, namespace, name, redis_ref.key if name == redis_ref.name else None) for name in names)
+    )
     secrets = dict(zip(names, fetched, strict=True))
     problems = []
     for field_path, ref in refs:
@@ -75,18 +86,23 @@ async def check_secrets(api: KubeApi, namespace: str, spec: FalachefeSpec) -> Se
             )
         elif secret is None:
             problems.append(Problem("SecretNotFound", f"Secret {namespace}/{ref.name} not found ({field_path}.name)"))
-        elif ref.key not in (secret.get("data") or {}):
+        elif secret.keys is not None and ref.key not in secret.keys:
             problems.append(
                 Problem(
                     "SecretKeyNotFound",
                     f"Secret {namespace}/{ref.name} has no key {ref.key!r} ({field_path}.key)",
                 )
             )
-    redis_secret = secrets[spec.redis.secret_ref.name]
-    redis_url = None
-    if isinstance(redis_secret, dict):
-        redis_url = _decode((redis_secret.get("data") or {}).get(spec.redis.secret_ref.key))
-    return SecretsCheck(problems, redis_url)
+    redis_secret = secrets[redis_ref.name]
+    return SecretsCheck(problems, redis_secret.redis_url if isinstance(redis_secret, _Found) else None)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A Secret that exists; for the Redis URL's Secret, its data keys and the URL (the only value kept)."""
+
+    keys: frozenset[str] | None = None
+    redis_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -94,14 +110,21 @@ class _Unreadable:
     reason: str
 
 
-async def _read_secret(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | _Unreadable | None:
-    """The Secret, None if there is none, or why it could not be read."""
+async def _read_secret(api: KubeApi, namespace: str, name: str, redis_key: str | None) -> _Found | _Unreadable | None:
+    """Whether the Secret exists (None if not), or why it could not be read; its data only for ``redis_key``."""
+    path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
     try:
-        return await api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        if redis_key is None:
+            return _Found() if await api.exists(path) else None
+        secret = await api.get(path)
     except ApiError as error:
         return _Unreadable(f"{error.status} {error.reason}: {error.message}")
     except (aiohttp.ClientError, TimeoutError) as error:
         return _Unreadable(f"API server unreachable: {type(error).__name__}")
+    if secret is None:
+        return None
+    data = secret.get("data") or {}
+    return _Found(keys=frozenset(data), redis_url=_decode(data.get(redis_key)))
 
 
 def _decode(value: str | None) -> str | None:

@@ -4,7 +4,7 @@ The engine knows nothing about ``Falachefe`` resources: it scales one pool
 described by a ``PoolTarget``. This module builds that target from the
 parsed spec (typed, so a renamed field is a type error rather than a silent
 default) and turns the engine's ``StepOutcome`` into what the status shows
-and what the scale Event says.
+and what the scale and metric-outage Events say.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from falachefe_runtime.config import WorkerKind
 
 from . import naming
 from .scaling.engine import PoolTarget, StepOutcome
+from .scaling.outages import SourceBack, SourceDown
 from .scaling.policy import RuleType, ScalingPolicy, ScalingRule, ScalingRules, SelectPolicy
 from .scaling.queue import QueueRef
 from .spec import FalachefeSpec, PoolSpec, ScalingRulesSpec
@@ -93,3 +94,29 @@ def scale_message(kind: WorkerKind, outcome: StepOutcome) -> str:
         facts.append(f"{outcome.ready} ready")
     numbers = "; ".join(facts) or "no metrics"
     return f"pool {kind.value}: {outcome.current} -> {outcome.desired} replicas: {outcome.reason} ({numbers})"
+
+
+#: What each metric source measures, and where it comes from, for Events.
+SOURCES = {"queue": "queue depth (Redis)", "cpu": "CPU utilisation (metrics.k8s.io)"}
+
+
+def source_event(
+    kind: WorkerKind, change: SourceDown | SourceBack, outcome: StepOutcome, pool: PoolSpec
+) -> tuple[str, str, str]:
+    """The Event (type, reason, message) for a metric source that went down or came back; it names no address."""
+    what = SOURCES.get(change.source, change.source)
+    held = f"{outcome.current} replicas" if outcome.current is not None else "the current size"
+    if isinstance(change, SourceDown):
+        return (
+            "Warning",
+            "MetricUnavailable",
+            f"pool {kind.value}: {what} unavailable: {change.cause}; holding {held}"
+            " (the pool may grow on the other metrics, it does not shrink)",
+        )
+    window = pool.autoscaling.behavior.scale_down.stabilization_window_seconds
+    return (
+        "Normal",
+        "MetricAvailable",
+        f"pool {kind.value}: {what} available again after {change.down_seconds:.0f}s unavailable;"
+        f" the {window}s scale-down window starts afresh from {held}",
+    )

@@ -4,16 +4,17 @@
                        [--liveness-port 8080] [--metrics-port 9090]
 
 Without ``--standalone`` the process first wins the leader Lease (standing
-by until then), and stops (exit 1, so that Kubernetes restarts it as a
-candidate) if it ever loses it. SIGTERM stops it cleanly: the watches close,
-the per-resource loops stop, the Lease is released, exit 0.
+by until then). If it ever loses it (not renewed within the renew deadline),
+it stops acting at that moment (the per-resource loops are cancelled, so no
+reconcile or scale starts after it), then stops altogether (exit 1, so that
+Kubernetes restarts it as a candidate). SIGTERM stops it cleanly: the
+watches close, the per-resource loops stop, the Lease is released, exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -54,6 +55,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--leader-election-id", default="falachefe-operator", help="name of the leader Lease")
     parser.add_argument(
+        "--leader-election-lease-duration",
+        type=int,
+        default=LeaseConfig.lease_duration,
+        metavar="SECONDS",
+        help="how long standbys wait after the leader's last renewal before taking over (default %(default)s)",
+    )
+    parser.add_argument(
+        "--leader-election-renew-deadline",
+        type=float,
+        default=LeaseConfig.renew_deadline,
+        metavar="SECONDS",
+        help="the leader stops acting when it has not renewed for this long (default %(default)s)",
+    )
+    parser.add_argument(
+        "--leader-election-retry-period",
+        type=float,
+        default=LeaseConfig.retry_period,
+        metavar="SECONDS",
+        help="time between tries to acquire or renew the Lease (default %(default)s)",
+    )
+    parser.add_argument(
         "--resync-seconds", type=float, default=600.0, help="re-apply every resource's objects this often"
     )
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
@@ -61,7 +83,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.standalone and not args.leader_election_namespace:
         parser.error("leader election needs --leader-election-namespace (or $POD_NAMESPACE), or run --standalone")
+    try:
+        lease_config(args, identity="")
+    except ValueError as error:
+        parser.error(f"--leader-election-*: {error}")
     return args
+
+
+def lease_config(args: argparse.Namespace, *, identity: str) -> LeaseConfig:
+    return LeaseConfig(
+        namespace=args.leader_election_namespace or "",
+        name=args.leader_election_id,
+        identity=identity,
+        lease_duration=args.leader_election_lease_duration,
+        renew_deadline=args.leader_election_renew_deadline,
+        retry_period=args.leader_election_retry_period,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
-    # The autoscaler's readers use the synchronous client in threads; give them room.
-    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="k8s"))
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -89,41 +124,56 @@ async def run(args: argparse.Namespace) -> int:
     identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     configuration = load_configuration(args.kubeconfig)
     api = KubeApi(configuration)
-    elector: LeaderElector | None = None
-    if not args.standalone:
-        elector = LeaderElector(
-            api, LeaseConfig(namespace=args.leader_election_namespace, name=args.leader_election_id, identity=identity)
-        )
-    state: dict[str, Any] = {"leader": False, "identity": identity}
-    endpoints = Endpoints(liveness_port=args.liveness_port, metrics_port=args.metrics_port, describe=lambda: state)
+    elector = None if args.standalone else LeaderElector(configuration, lease_config(args, identity=identity))
+    state = Acting(identity)
+    endpoints = Endpoints(liveness_port=args.liveness_port, metrics_port=args.metrics_port, describe=state.describe)
     await endpoints.start()
-    scaler = Autoscaler(k8s.ApiClient(configuration))
+    scaler = Autoscaler(api)
     fleet = Fleet(api, scaler, resync_seconds=args.resync_seconds)
     exit_code = 0
     try:
         if elector is not None and not await elector.acquire(stop):
             return 0
-        state["leader"] = True
-        metrics.LEADER.set(1)
         exit_code = await _operate(
-            args, fleet=fleet, configuration=configuration, identity=identity, stop=stop, elector=elector
+            args, fleet=fleet, state=state, configuration=configuration, identity=identity, stop=stop, elector=elector
         )
     finally:
-        state["leader"] = False
-        metrics.LEADER.set(0)
         await fleet.stop()
+        state.set(False)
         await scaler.aclose()
         if elector is not None:
             await elector.release()
+            await elector.aclose()
         await api.close()
         await endpoints.stop()
     return exit_code
+
+
+class Acting:
+    """Whether this replica acts (reconciles and scales): /healthz's ``leader`` and the leader gauge.
+
+    Set true just before the per-resource loops may start and false just
+    after they are stopped, so both say what the replica does, not what it
+    hopes.
+    """
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.leader = False
+
+    def set(self, acting: bool) -> None:
+        self.leader = acting
+        metrics.LEADER.set(int(acting))
+
+    def describe(self) -> dict[str, Any]:
+        return {"leader": self.leader, "identity": self.identity}
 
 
 async def _operate(
     args: argparse.Namespace,
     *,
     fleet: Fleet,
+    state: Acting,
     configuration: k8s.Configuration,
     identity: str,
     stop: asyncio.Event,
@@ -140,7 +190,11 @@ async def _operate(
         try:
             await elector.hold()
         except LeadershipLost as error:
-            log.error("%s", error)
+            # Stop acting first, at once: Kopf's own shutdown takes seconds,
+            # and a standby may lead once the lease duration has passed.
+            await fleet.stop()
+            state.set(False)
+            log.error("stopped leading: %s", error)
             lost.append(error)
             kopf_stop.set()
 
@@ -149,6 +203,7 @@ async def _operate(
         kopf_stop.set()
 
     background = [asyncio.create_task(hold_lease()), asyncio.create_task(forward_stop())]
+    state.set(True)
     try:
         await kopf.operator(
             registry=handlers.build_registry(fleet, configuration, kopf_stop),

@@ -426,6 +426,8 @@ class Controller:
             self._next_poll[kind] = self._clock() + pool.autoscaling.polling_interval_seconds
             if outcome.queue is None:
                 self._next_secrets = min(self._next_secrets, self._clock() + SECRETS_RECHECK_SECONDS)
+            for change in outcome.transitions:
+                self._event(body, *autoscaling.source_event(kind, change, outcome, pool))
             if outcome.scaled:
                 self._event(body, "Normal", "Scaled", autoscaling.scale_message(kind, outcome))
 
@@ -513,6 +515,7 @@ class Fleet:
         # them bounds the memory a burst (an operator restart) takes.
         self._slots = asyncio.Semaphore(concurrent_reconciles)
         self._controllers: dict[tuple[str, str], Controller] = {}
+        self._stopped = False
 
     def _controller(self, namespace: str, name: str) -> Controller:
         key = (namespace, name)
@@ -526,6 +529,8 @@ class Fleet:
         return controller
 
     def resource_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        if self._stopped:
+            return
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         if event_type == "DELETED":
@@ -537,6 +542,8 @@ class Fleet:
         self._controller(*key).observe(body)
 
     def owned_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        if self._stopped:
+            return
         owner = _controlling_owner(body)
         if owner is None:
             return
@@ -553,6 +560,8 @@ class Fleet:
             metrics.RESOURCES.set(len(self._controllers))
 
     async def stop(self) -> None:
+        """Cancel every controller's loop; events that arrive afterwards (Kopf still stopping) start none."""
+        self._stopped = True
         controllers, self._controllers = list(self._controllers.values()), {}
         await asyncio.gather(*(controller.stop() for controller in controllers))
 

@@ -10,8 +10,9 @@ field manager.
 Credentials come from the ``kubernetes`` library's own loaders (kubeconfig,
 in-cluster service account, exec plugins), read per request through the
 ``Configuration`` so that a rotated service-account token is picked up. The
-same ``Configuration`` feeds Kopf's login and the autoscaler's client: one
-identity for the whole operator.
+reconcilers and the autoscaler share one ``KubeApi``; the leader elector has
+one of its own (its renewals must not wait behind theirs); Kopf logs in
+with the same ``Configuration``: one identity for the whole operator.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from . import metrics
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+#: A Table of one row and no object (``includeObject=None``): the name, type, key count and age of a
+#: Secret, and nothing of its content. Not PartialObjectMetadata: the metadata of a Secret created with
+#: ``kubectl apply`` carries its whole data in the last-applied-configuration annotation.
+EXISTENCE_ONLY = "application/json;as=Table;g=meta.k8s.io;v=v1"
 USER_AGENT = "falachefe-operator"
 
 
@@ -121,9 +126,10 @@ class KubeApi:
         params: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> tuple[int, dict[str, Any]]:
         """One request; a non-2xx answer raises ``ApiError`` with the server's message."""
-        headers = {"Content-Type": content_type}
+        headers = {"Content-Type": content_type, "Accept": accept}
         headers.update(_auth_headers(self._configuration))
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         async with self._in_flight:
@@ -155,6 +161,16 @@ class KubeApi:
             if error.status == 404:
                 return None
             raise
+
+    async def exists(self, path: str) -> bool:
+        """Whether there is an object at ``path``, without receiving anything of its content."""
+        try:
+            await self.request("GET", path, params={"includeObject": "None"}, accept=EXISTENCE_ONLY)
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     async def apply(self, path: str, manifest: Mapping[str, Any], *, manager: str) -> Applied:
         """Server-side apply ``manifest`` as ``manager``, taking over fields others changed (force)."""

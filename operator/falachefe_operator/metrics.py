@@ -27,12 +27,12 @@ STATUS_WRITES = Counter("falachefe_operator_status_writes", "Status subresource 
 RESOURCES = Gauge("falachefe_operator_resources", "Falachefe resources this operator serves.")
 API_REQUESTS = Counter(
     "falachefe_operator_api_requests",
-    "Kubernetes API requests made by the reconciler, by method and HTTP status.",
+    "Kubernetes API requests made by the reconcilers and the autoscaler, by method and HTTP status.",
     ("method", "code"),
 )
 API_SECONDS = Histogram(
     "falachefe_operator_api_request_seconds",
-    "Kubernetes API request latency seen by the reconciler.",
+    "Kubernetes API request latency seen by the reconcilers and the autoscaler.",
     ("method",),
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )

@@ -21,6 +21,10 @@ Users (static tokens):
 - the node's own identities (``system:node:<name>``, ``system:kube-proxy``,
   ``system:kube-scheduler``), which the built-in RBAC and the Node
   authorizer already know.
+
+The API server keeps an audit log of every read of a Secret with what it
+sent back (``audit_events``), so a test can tell what a client was given,
+not only what it was allowed: a whole Secret, or only whether it exists.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client as k8s
 
@@ -51,6 +56,20 @@ KUBE_PROXY_USER = "system:kube-proxy"
 SCHEDULER_USER = "system:kube-scheduler"
 SERVICE_CIDR = "10.96.0.0/16"
 CONTROLLERS = "garbagecollector,deployment,replicaset,namespace,serviceaccount,serviceaccount-token,disruption"
+#: Reads of Secrets, with the response, and nothing else.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "RequestResponse",
+            "verbs": ["get", "list", "watch"],
+            "resources": [{"group": "", "resources": ["secrets"]}],
+        },
+        {"level": "None"},
+    ],
+}
 #: With a node: not-ready taints lifted, Services' endpoints, Jobs, the kube-root-ca.crt ConfigMap, pod GC.
 NODE_CONTROLLERS = (
     "nodelifecycle,taint-eviction-controller,endpoint,endpointslice,endpointslicemirroring,"
@@ -115,6 +134,17 @@ class ControlPlane:
     def restricted_kubeconfig(self) -> Path:
         return self.workdir / "restricted.kubeconfig"
 
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def audit_events(self, user: str) -> list[dict[str, Any]]:
+        """The audit events of ``user``'s requests (reads of Secrets, with what the API server answered)."""
+        if not self.audit_log.exists():
+            return []
+        events = (json.loads(line) for line in self.audit_log.read_text().splitlines() if line)
+        return [event for event in events if event.get("user", {}).get("username") == user]
+
     def start(self, timeout: float = 90.0) -> ControlPlane:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki.mkdir(exist_ok=True)
@@ -151,6 +181,7 @@ class ControlPlane:
             )
         )
         self.pki.joinpath("tokens.csv").chmod(0o600)
+        (self.workdir / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY))
         _openssl("genrsa", "-out", str(self.pki / "sa.key"), "2048")
         _openssl("rsa", "-in", str(self.pki / "sa.key"), "-pubout", "-out", str(self.pki / "sa.pub"))
         # The aggregation layer authenticates itself to extension API servers
@@ -260,6 +291,12 @@ class ControlPlane:
             # The apiserver runs outside the node, where ClusterIPs mean nothing:
             # the aggregator dials the extension server's endpoints instead.
             "--enable-aggregator-routing=true",
+            "--audit-policy-file",
+            str(self.workdir / "audit-policy.json"),
+            "--audit-log-path",
+            str(self.audit_log),
+            "--audit-log-format",
+            "json",
             "--v",
             "1",
         ]

@@ -17,6 +17,7 @@ __all__ = ["CHART", "KUBE_VERSION", "Helm", "HelmError", "Manifest"]
 #: Value sets other than the defaults, each exercising a switch of the chart.
 NON_DEFAULT_VALUES: dict[str, dict[str, Any]] = {
     "namespaced": {"watch": {"allNamespaces": False, "namespaces": ["team-a", "team-b"]}},
+    "cluster-wide": {"watch": {"allNamespaces": True}},
     "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "pdb": {"podDisruptionBudget": {"enabled": True}, "replicaCount": 3},
     "single-standalone": {"replicaCount": 1, "leaderElection": {"enabled": False}},

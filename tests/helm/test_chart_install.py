@@ -71,15 +71,18 @@ def test_install_upgrade_and_uninstall(
 ) -> None:
     notes = cluster_helm.install(release, namespace)
     assert f"installed as {SERVICE_ACCOUNT} in namespace {namespace}" in notes
-    assert "It watches every namespace" in notes
+    assert f"It watches the namespace {namespace} for Falachefe resources" in notes
+    assert f"It may read Secrets by name (never list or watch them) in {namespace} only" in notes
     assert f"http://{SERVICE_ACCOUNT}-metrics.{namespace}.svc:9090/metrics" in notes
     installed = cluster_helm.manifest(release, namespace)
     live = live_objects(kube, installed, tmp_path / "installed.yaml")
     assert set(live) == {f"{m['kind']}/{m['metadata'].get('namespace', '')}/{m['metadata']['name']}" for m in installed}
     deployment = live[f"Deployment/{namespace}/{SERVICE_ACCOUNT}"]
     assert deployment["spec"]["replicas"] == 2
+    # By default the rules live in a Role in the release namespace; cluster-wide, only reading CRDs.
+    assert f"Role/{namespace}/{SERVICE_ACCOUNT}" in live
     cluster_role_bindings = [key for key in live if key.startswith("ClusterRoleBinding/")]
-    assert len(cluster_role_bindings) == 2
+    assert len(cluster_role_bindings) == 1 and cluster_role_bindings[0].endswith("-cluster")
 
     # The same values again: Helm finds nothing to change, so nothing changes.
     cluster_helm.upgrade(release, namespace)
@@ -88,7 +91,7 @@ def test_install_upgrade_and_uninstall(
         k: o["metadata"]["resourceVersion"] for k, o in live.items()
     }
 
-    # Changed values: watch two namespaces only, three replicas, a PDB, an extra flag.
+    # Changed values: watch two namespaces, three replicas, a PDB, an extra flag.
     changed = {
         "replicaCount": 3,
         "watch": {"allNamespaces": False, "namespaces": [namespace, other_namespace]},
@@ -106,13 +109,18 @@ def test_install_upgrade_and_uninstall(
     assert container["resources"]["limits"]["memory"] == "600Mi"
     assert f"PodDisruptionBudget/{namespace}/{SERVICE_ACCOUNT}" in upgraded
     assert f"Role/{other_namespace}/{SERVICE_ACCOUNT}" in upgraded
-    # The cluster-wide grant of namespaced objects is gone; only reading CRDs stays cluster-wide.
-    assert [key for key in upgraded if key.startswith("ClusterRoleBinding/")] == [
-        key for key in cluster_role_bindings if key.endswith("-cluster")
-    ]
-    for key in cluster_role_bindings:
-        if not key.endswith("-cluster"):
-            assert absent(kube, "clusterrolebinding", key.rsplit("/", 1)[1])
+    assert [key for key in upgraded if key.startswith("ClusterRoleBinding/")] == cluster_role_bindings
+
+    # Every namespace: the rules go cluster-wide, the per-namespace Roles go.
+    cluster_helm.upgrade(release, namespace, {**changed, "watch": {"allNamespaces": True}})
+    everywhere = live_objects(kube, cluster_helm.manifest(release, namespace), tmp_path / "everywhere.yaml")
+    (container,) = everywhere[f"Deployment/{namespace}/{SERVICE_ACCOUNT}"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "--all-namespaces"
+    assert len([key for key in everywhere if key.startswith("ClusterRoleBinding/")]) == 2
+    for role in (f"{namespace}/{SERVICE_ACCOUNT}", f"{other_namespace}/{SERVICE_ACCOUNT}"):
+        assert f"Role/{role}" not in everywhere
+        wait_for(lambda role=role: absent(kube, "role", *reversed(role.split("/"))), timeout=30, what=f"Role {role}")
+    upgraded = everywhere
 
     cluster_helm.uninstall(release, namespace)
     for key in upgraded:
@@ -132,49 +140,91 @@ def test_install_upgrade_and_uninstall(
 def test_the_operator_identity_may_do_its_job_and_nothing_more(
     cluster_helm: Helm,
     kube: ControlPlane,
+    kube_api: k8s.ApiClient,
     namespace: str,
     other_namespace: str,
     release: str,
     tmp_path: Path,
 ) -> None:
+    """The default install: the operator's job in the release namespace, nothing outside it."""
     cluster_helm.install(release, namespace)
     operator = service_account_kubeconfig(kube, SERVICE_ACCOUNT, namespace, tmp_path / "operator.kubeconfig")
 
-    # Its job, in any namespace: watch Falachefes, write their status, own worker objects.
-    assert can_i(operator, "watch", "falachefes.falachefe.io")
-    assert can_i(operator, "patch", "falachefes.falachefe.io/status", other_namespace)
+    # Its job, in the namespace it serves: watch Falachefes, write their status, own worker objects.
+    assert can_i(operator, "watch", "falachefes.falachefe.io", namespace)
+    assert can_i(operator, "patch", "falachefes.falachefe.io/status", namespace)
     for resource in ("deployments.apps", "configmaps", "services", "poddisruptionbudgets.policy"):
-        assert can_i(operator, "create", resource, other_namespace), resource
-        assert can_i(operator, "patch", resource, other_namespace), resource
-    assert can_i(operator, "patch", "deployments.apps/scale", other_namespace)
-    assert can_i(operator, "create", "events", other_namespace)
+        assert can_i(operator, "create", resource, namespace), resource
+        assert can_i(operator, "patch", resource, namespace), resource
+    assert can_i(operator, "patch", "deployments.apps/scale", namespace)
+    assert can_i(operator, "create", "events", namespace)
+    assert can_i(operator, "get", "secrets", namespace)  # the Redis URL of the Falachefes there
     assert can_i(operator, "list", "customresourcedefinitions.apiextensions.k8s.io")
     # The Lease only where it lives.
     assert can_i(operator, "update", "leases.coordination.k8s.io", namespace)
     assert not can_i(operator, "update", "leases.coordination.k8s.io", other_namespace)
 
-    # Nothing more.
-    assert not can_i(operator, "delete", "falachefes.falachefe.io", other_namespace)
+    # Nothing outside it: no Secret, no workload, no Falachefe.
+    for verb, resource in (
+        ("get", "secrets"),
+        ("patch", "deployments.apps"),
+        ("create", "configmaps"),
+        ("watch", "falachefes.falachefe.io"),
+        ("patch", "falachefes.falachefe.io/status"),
+        ("create", "events"),
+    ):
+        assert not can_i(operator, verb, resource, other_namespace), (verb, resource)
+    assert not can_i(operator, "get", "secrets", "kube-system")
+    # And nothing more anywhere.
+    assert not can_i(operator, "delete", "falachefes.falachefe.io", namespace)
+    assert not can_i(operator, "list", "secrets", namespace)
+    assert not can_i(operator, "watch", "secrets", namespace)
     assert not can_i(operator, "list", "secrets")
-    assert not can_i(operator, "list", "secrets", "kube-system")
     assert not can_i(operator, "list", "namespaces")
     assert not can_i(operator, "delete", "namespaces")
-    assert not can_i(operator, "create", "pods")
-    assert not can_i(operator, "create", "pods/exec", other_namespace)
+    assert not can_i(operator, "create", "pods", namespace)
+    assert not can_i(operator, "create", "pods/exec", namespace)
     assert not can_i(operator, "create", "clusterroles.rbac.authorization.k8s.io")
     assert not can_i(operator, "create", "rolebindings.rbac.authorization.k8s.io", namespace)
     assert not can_i(operator, "impersonate", "serviceaccounts", namespace)
     assert not can_i(operator, "get", "nodes")
 
-    # And the API server says so on real calls, with the real token.
-    denied = kubectl(operator, "get", "secrets", "--namespace", "kube-system", check=False)
+    # And the API server says so on real calls, with the real token: a Secret outside its scope is refused.
+    k8s.CoreV1Api(kube_api).create_namespaced_secret(
+        other_namespace, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="theirs"), string_data={"dsn": "postgres://x"})
+    )
+    user = f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"
+    denied = kubectl(operator, "get", "secret", "theirs", "--namespace", other_namespace, check=False)
     assert denied.returncode != 0
-    assert f'User "system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}" cannot list resource "secrets"' in denied.stderr
+    assert f'User "{user}" cannot get resource "secrets" in API group "" in the namespace "{other_namespace}"' in (
+        denied.stderr
+    )
+    denied = kubectl(operator, "get", "secrets", "--namespace", namespace, check=False)
+    assert f'User "{user}" cannot list resource "secrets"' in denied.stderr
     denied = kubectl(operator, "delete", "namespace", other_namespace, check=False)
     assert denied.returncode != 0
     assert 'cannot delete resource "namespaces"' in denied.stderr
-    allowed = kubectl(operator, "get", "deployments", "--namespace", other_namespace, check=False)
+    allowed = kubectl(operator, "get", "deployments", "--namespace", namespace, check=False)
     assert allowed.returncode == 0, allowed.stderr
+    refused = kubectl(operator, "get", "deployments", "--namespace", other_namespace, check=False)
+    assert 'cannot list resource "deployments"' in refused.stderr
+
+
+@pytest.mark.slow
+def test_all_namespaces_mode_may_read_any_secret_by_name_and_list_none(
+    cluster_helm: Helm, kube: ControlPlane, namespace: str, other_namespace: str, release: str, tmp_path: Path
+) -> None:
+    """What the chart's README says of the opt-in cluster-wide mode, checked."""
+    notes = cluster_helm.install(release, namespace, {"watch": {"allNamespaces": True}})
+    assert "It watches every namespace" in notes
+    assert "It may read any Secret of the cluster by name" in notes
+    operator = service_account_kubeconfig(kube, SERVICE_ACCOUNT, namespace, tmp_path / "operator.kubeconfig")
+    assert can_i(operator, "patch", "deployments.apps", other_namespace)
+    assert can_i(operator, "get", "secrets", other_namespace)
+    assert can_i(operator, "get", "secrets", "kube-system")
+    assert not can_i(operator, "list", "secrets")
+    assert not can_i(operator, "watch", "secrets", other_namespace)
+    assert not can_i(operator, "update", "leases.coordination.k8s.io", other_namespace)
 
 
 @pytest.mark.slow

@@ -51,9 +51,9 @@ def test_default_render(helm: Helm) -> None:
     kinds = sorted(m["kind"] for m in manifests)
     assert kinds == sorted(
         ["ServiceAccount", "Deployment", "Service"]
-        + ["ClusterRole"] * 4  # the operator's two (cluster-scoped, watched) and the view/edit aggregates
-        + ["ClusterRoleBinding"] * 2
-        + ["Role", "RoleBinding"]  # leader election
+        + ["ClusterRole"] * 3  # the operator's cluster-scoped one (reading CRDs) and the view/edit aggregates
+        + ["ClusterRoleBinding"]
+        + ["Role", "RoleBinding"] * 2  # the operator's rules in the release namespace, and leader election
     )
     deployment = one(manifests, "Deployment")
     assert deployment["metadata"]["namespace"] == "ops"
@@ -65,7 +65,7 @@ def test_default_render(helm: Helm) -> None:
     assert container["image"] == f"falachefe:{chart['appVersion']}"
     assert container["command"] == ["falachefe-operator"]
     assert container["args"] == [
-        "--all-namespaces",
+        "--namespace=ops",
         "--liveness-port=8080",
         "--metrics-port=9090",
         "--leader-election-id=rel-falachefe-operator",
@@ -108,8 +108,30 @@ def _canonical(rules: list[dict[str, Any]]) -> list[str]:
     return sorted(json.dumps(rule, sort_keys=True) for rule in rules)
 
 
-def test_cluster_wide_mode_grants_exactly_the_rules_file(helm: Helm) -> None:
+def _rule_sets() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rules file split as the chart splits it: cluster-scoped, leader election, the rest."""
+    rules = operator_rules()
+    cluster_scoped = [r for r in rules if {"customresourcedefinitions", "namespaces"} & set(r["resources"])]
+    election = [r for r in rules if "coordination.k8s.io" in r["apiGroups"]]
+    namespaced = [r for r in rules if r not in cluster_scoped and r not in election]
+    return cluster_scoped, election, namespaced
+
+
+def test_default_mode_grants_the_rules_in_the_release_namespace_only(helm: Helm) -> None:
+    """The default serves the release namespace: no namespaced object (no Secret) anywhere else."""
     manifests = helm.template(release="rel", namespace="ops")
+    granted = _granted_rules(manifests, "rel-falachefe-operator")
+    assert set(granted) == {"cluster", "ops"}
+    cluster_scoped, election, namespaced = _rule_sets()
+    assert _canonical(granted["cluster"]) == _canonical(cluster_scoped)
+    assert _canonical(granted["ops"]) == _canonical(namespaced + election)
+    assert not [r for r in granted["cluster"] if "secrets" in r["resources"]]
+    args = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [arg for arg in args if arg.startswith("--namespace") or arg == "--all-namespaces"] == ["--namespace=ops"]
+
+
+def test_cluster_wide_mode_grants_exactly_the_rules_file(helm: Helm) -> None:
+    manifests = helm.template(NON_DEFAULT_VALUES["cluster-wide"], release="rel", namespace="ops")
     granted = _granted_rules(manifests, "rel-falachefe-operator")
     assert set(granted) <= {"cluster", "ops"}
     assert _canonical(granted["cluster"] + granted.get("ops", [])) == _canonical(operator_rules())
@@ -121,10 +143,7 @@ def test_namespaced_mode_grants_the_rules_only_in_the_watched_namespaces(helm: H
     manifests = helm.template(NON_DEFAULT_VALUES["namespaced"], release="rel", namespace="ops")
     granted = _granted_rules(manifests, "rel-falachefe-operator")
     assert set(granted) == {"cluster", "team-a", "team-b", "ops"}
-    rules = operator_rules()
-    cluster_scoped = [r for r in rules if {"customresourcedefinitions", "namespaces"} & set(r["resources"])]
-    election = [r for r in rules if "coordination.k8s.io" in r["apiGroups"]]
-    namespaced = [r for r in rules if r not in cluster_scoped and r not in election]
+    cluster_scoped, election, namespaced = _rule_sets()
     # Cluster-wide, only what is cluster-scoped (reading CRDs): no namespaced object anywhere.
     assert _canonical(granted["cluster"]) == _canonical(cluster_scoped)
     assert _canonical(granted["team-a"]) == _canonical(granted["team-b"]) == _canonical(namespaced)
@@ -199,11 +218,10 @@ INVALID_VALUES = {
     ),
     "bad digest": ({"image": {"repository": "x", "digest": "latest"}}, "at '/image/digest'"),
     "bad port": ({"ports": {"health": 0, "metrics": 9090}}, "at '/ports/health'"),
-    "namespaced without namespaces": (
-        {"watch": {"allNamespaces": False}},
-        "watch.allNamespaces is false but watch.namespaces is empty",
+    "namespaces while watching all": (
+        {"watch": {"allNamespaces": True, "namespaces": ["a"]}},
+        "set watch.allNamespaces=false",
     ),
-    "namespaces while watching all": ({"watch": {"namespaces": ["a"]}}, "set watch.allNamespaces=false"),
     "replicas without leader election": (
         {"leaderElection": {"enabled": False}},
         "replicaCount > 1 needs leaderElection.enabled=true",

@@ -13,7 +13,9 @@ autoscaler chose.
 
 from __future__ import annotations
 
+import base64
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +154,8 @@ def test_operator_as_the_chart_identity_reconciles_and_never_fights_the_pipeline
     workloads_namespace: str,
     tmp_path: Path,
 ) -> None:
-    operator = start_operator({"replicaCount": 1})
+    # Cluster-wide (the opt-in mode), so that the team's namespace is not the operator's.
+    operator = start_operator({"replicaCount": 1, "watch": {"allNamespaces": True}})
     pipeline = Pipeline(kube, tmp_path)
     assert pipeline.apply(sample(workloads_namespace)).endswith("created")
     resource = wait_for(lambda: reconciled(kube, workloads_namespace), timeout=90, what="status.observedGeneration")
@@ -246,4 +249,65 @@ def test_namespaced_install_reconciles_its_namespaces_and_ignores_the_rest(
     ignored = get_falachefe(kube, other_workloads_namespace)
     assert "status" not in ignored
     assert owned_objects(kube, other_workloads_namespace, ignored["metadata"]["uid"]) == {}
+    assert_never_refused(operator)
+
+
+@pytest.mark.slow
+def test_default_install_serves_its_namespace_and_receives_only_the_redis_url(
+    start_operator: Callable[[dict[str, Any]], ManagedProcess],
+    kube: ControlPlane,
+    kube_api: k8s.ApiClient,
+    namespace: str,
+    workloads_namespace: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """The chart's defaults, as the chart's identity: what the API server sent it is read from its audit log.
+
+    The database and LLM Secrets are created with ``kubectl apply`` (their
+    metadata then holds their values, in kubectl's last-applied annotation):
+    the operator must receive neither, only the Redis URL it scales on.
+    """
+    operator = start_operator({"replicaCount": 1})
+    marker = uuid.uuid4().hex
+    dsn, api_key = f"postgresql://shop:dsn-{marker}@db/shop", f"sk-llm-{marker}"
+    pipeline = Pipeline(kube, tmp_path)
+    for name, key, value in (("shop-db", "dsn", dsn), ("shop-llm", "apiKey", api_key)):
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}}
+        pipeline.apply({**secret, "stringData": {key: value}})
+    k8s.CoreV1Api(kube_api).create_namespaced_secret(
+        namespace, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="shop-redis"), string_data={"url": redis_url})
+    )
+    resource = sample(namespace)
+    resource["spec"]["llm"] = {"model": "m", "apiKeySecretRef": {"name": "shop-llm"}}
+    resource["spec"]["pools"]["auth"]["autoscaling"] = {"targetCPUUtilizationPercentage": 0}
+    pipeline.apply(resource)
+    pipeline.apply(sample(workloads_namespace))  # outside its scope: never served
+
+    def scaling_active() -> dict[str, Any] | None:
+        found = reconciled(kube, namespace)
+        conditions = {c["type"]: c for c in ((found or {}).get("status") or {}).get("conditions", [])}
+        return found if conditions.get("ScalingActive", {}).get("status") == "True" else None
+
+    # Reconciled, and scaling on the queue depth read with the Redis URL.
+    resource = wait_for(scaling_active, timeout=90, what="ScalingActive=True in the release namespace")
+    degraded = {c["type"]: c for c in resource["status"]["conditions"]}["Degraded"]
+    assert degraded["status"] == "False", degraded  # every Secret found
+    assert "status" not in get_falachefe(kube, workloads_namespace)
+
+    user = f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"
+    reads = wait_for(lambda: kube.audit_events(user), timeout=10, what="the operator's Secret reads audited")
+    by_secret: dict[str, set[str]] = {}
+    for event in reads:
+        assert event["verb"] == "get", event["requestURI"]  # never a list or a watch
+        assert event["objectRef"]["namespace"] == namespace, event["requestURI"]
+        kind = (event.get("responseObject") or {}).get("kind", "")
+        by_secret.setdefault(event["objectRef"]["name"], set()).add(kind)
+    assert by_secret["shop-redis"] == {"Secret"}
+    # Of the others, whether they exist: a Table row without the object, never their data or metadata.
+    assert by_secret["shop-db"] == by_secret["shop-llm"] == {"Table"}
+    received = json.dumps(reads)
+    for value in (dsn, api_key):
+        for form in (value, base64.b64encode(value.encode()).decode(), marker):
+            assert form not in received
     assert_never_refused(operator)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from kubernetes import client as k8s
 from opkit import Operator, apply, create_secrets, sample
 
 from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.redis import RedisServer
 from falachefe_devstack.waiting import async_wait_for, wait_for
 
 pytestmark = pytest.mark.slow
@@ -28,7 +30,7 @@ POLL_SECONDS = 2
 WINDOW_SECONDS = 8
 
 
-def scaling(target: int, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+def scaling(target: int, min_replicas: int, max_replicas: int, window: int = WINDOW_SECONDS) -> dict[str, Any]:
     return {
         "minReplicas": min_replicas,
         "maxReplicas": max_replicas,
@@ -43,7 +45,7 @@ def scaling(target: int, min_replicas: int, max_replicas: int) -> dict[str, Any]
                     "policies": [{"type": "Pods", "value": 10, "periodSeconds": 1}],
                 },
                 "scaleDown": {
-                    "stabilizationWindowSeconds": WINDOW_SECONDS,
+                    "stabilizationWindowSeconds": window,
                     "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}],
                 },
             },
@@ -133,6 +135,68 @@ async def test_operator_scales_pools_up_on_a_full_queue_and_back_after_the_windo
         what="Scaled Events for each scale",
     )
     assert any(m.startswith(expected[0]) and "per replica" in m and "queue depth" in m for m in messages), messages
+
+
+async def test_redis_outage_is_one_warning_one_recovery_and_no_step_down_on_the_first_reading(
+    operator: Operator, kube: ControlPlane, kube_api: k8s.ApiClient, op_namespace: str, tmp_path: Path
+) -> None:
+    """The queue's real Redis is stopped for longer than the scale-down window, then started again, empty."""
+    window = 10
+    redis = RedisServer(tmp_path / "redis").start()
+    url = redis.url(0)
+    apps = k8s.AppsV1Api(kube_api)
+    core = k8s.CoreV1Api(kube_api)
+
+    def replicas() -> int | None:
+        try:
+            return int(apps.read_namespaced_deployment_scale("outage-auth", op_namespace).spec.replicas or 0)
+        except k8s.ApiException:
+            return None  # not created yet
+
+    def events(reason: str) -> list[str]:
+        return [
+            e.message
+            for e in core.list_namespaced_event(op_namespace).items
+            if e.reason == reason and e.involved_object.name == "outage"
+        ]
+
+    try:
+        create_secrets(kube_api, op_namespace, "outage", url)
+        apply(kube, sample("outage", op_namespace, pools={"auth": scaling(10, 1, 4, window)}))
+        queue = Queue("whatsapp-processing", {"connection": url})
+        await queue.addBulk([{"name": "message", "data": {"n": n}} for n in range(100)])
+        await queue.close()
+        wait_for(lambda: replicas() == 4, timeout=60, what="auth scaled to 4")
+
+        redis.stop()
+        wait_for(lambda: events("MetricUnavailable"), timeout=30, what="a Warning Event for the outage")
+        # Longer than the window: the recommendations from before the outage age out meanwhile.
+        await asyncio.sleep(window + 2 * POLL_SECONDS)
+        assert replicas() == 4  # a metric that cannot be read never shrinks the pool
+
+        redis.start()
+        flush = Queue("whatsapp-processing", {"connection": url})
+        await flush.obliterate({"force": True})  # the jobs were done meanwhile, as far as the pool can tell
+        await flush.close()
+        back = time.monotonic()
+        wait_for(lambda: events("MetricAvailable"), timeout=30, what="a Normal Event for the recovery")
+        # No step on the first readings: the scale-down window starts afresh...
+        dropped = wait_for(
+            lambda: replicas() != 4 and time.monotonic(), timeout=window + 30, interval=0.2, what="the first step down"
+        )
+        print(f"\nfirst step down {dropped - back:.1f}s after Redis came back (scale-down window {window}s)")
+        assert dropped - back >= window - POLL_SECONDS - 1, dropped - back
+        wait_for(lambda: replicas() == 1, timeout=30, what="back to min")
+    finally:
+        redis.stop()
+
+    # ...and one Event each way, whatever the number of polls in between.
+    (warning,) = events("MetricUnavailable")
+    (recovered,) = events("MetricAvailable")
+    assert warning.startswith("pool auth: queue depth (Redis) unavailable: cannot connect to Redis; holding 4 replicas")
+    assert recovered.startswith("pool auth: queue depth (Redis) available again after ")
+    assert f"the {window}s scale-down window starts afresh from 4 replicas" in recovered
+    assert url not in warning + recovered
 
 
 async def _is(replicas: Any, deployment: str, expected: int) -> bool:

@@ -1,35 +1,52 @@
-"""The Lease algorithm against the real API server: expiry observed locally, one winner, release."""
+"""The Lease algorithm against the real API server: expiry observed locally, one winner, release, hangs."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from kubernetes import client as k8s
 
 from falachefe_devstack.kube import ControlPlane
-from falachefe_operator.kubeapi import KubeApi, load_configuration
+from falachefe_devstack.tcp_proxy import HangingProxy
+from falachefe_operator.kubeapi import load_configuration
 from falachefe_operator.leader import LeaderElector, LeadershipLost, LeaseConfig
 
 
 @pytest.fixture
-async def api(kube: ControlPlane) -> AsyncIterator[KubeApi]:
-    client = KubeApi(load_configuration(str(kube.kubeconfig)))
-    yield client
-    await client.close()
+def api(kube: ControlPlane) -> k8s.Configuration:
+    """The admin's connection settings; each elector opens its own connections from them."""
+    return load_configuration(str(kube.kubeconfig))
+
+
+@pytest.fixture
+def proxy(kube: ControlPlane) -> Iterator[HangingProxy]:
+    """A TCP proxy in front of the API server, which the test can make hang."""
+    server = HangingProxy("127.0.0.1", kube.apiserver_port)
+    server.start()
+    yield server
+    server.stop()
+
+
+def through(proxy: HangingProxy, api: k8s.Configuration) -> k8s.Configuration:
+    """The same identity, reaching the API server through ``proxy`` (its certificate names 127.0.0.1)."""
+    proxied = copy.copy(api)
+    proxied.host = f"https://127.0.0.1:{proxy.port}"
+    return proxied
 
 
 def config(namespace: str, identity: str) -> LeaseConfig:
     return LeaseConfig(
-        namespace=namespace, name="leader", identity=identity, lease_duration=2.0, renew_deadline=1.5, retry_period=0.2
+        namespace=namespace, name="leader", identity=identity, lease_duration=2, renew_deadline=1.5, retry_period=0.2
     )
 
 
 async def test_a_lease_held_by_a_silent_holder_is_taken_only_after_it_expires(
-    api: KubeApi, kube_api: k8s.ApiClient, namespace: str
+    api: k8s.Configuration, kube_api: k8s.ApiClient, namespace: str
 ) -> None:
     # A holder that crashed: its renewTime is recent, and it never renews again.
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -51,7 +68,7 @@ async def test_a_lease_held_by_a_silent_holder_is_taken_only_after_it_expires(
     assert lease.spec.lease_transitions == 1
 
 
-async def test_racing_candidates_elect_exactly_one(api: KubeApi, namespace: str) -> None:
+async def test_racing_candidates_elect_exactly_one(api: k8s.Configuration, namespace: str) -> None:
     electors = [LeaderElector(api, config(namespace, f"candidate-{i}")) for i in range(4)]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(e.acquire(stop)) for e in electors]
@@ -64,7 +81,7 @@ async def test_racing_candidates_elect_exactly_one(api: KubeApi, namespace: str)
 
 
 async def test_a_leader_that_cannot_renew_stops_and_a_released_lease_is_free_at_once(
-    api: KubeApi, kube_api: k8s.ApiClient, namespace: str
+    api: k8s.Configuration, kube_api: k8s.ApiClient, namespace: str
 ) -> None:
     first = LeaderElector(api, config(namespace, "first"))
     assert await first.acquire(asyncio.Event())
@@ -92,3 +109,55 @@ async def test_a_leader_that_cannot_renew_stops_and_a_released_lease_is_free_at_
     assert await asyncio.wait_for(acquiring, timeout=10)
     # Well before the usurper's or second's lease could have expired on its own.
     assert time.monotonic() - started < 2.0
+
+
+async def test_a_renewal_that_hangs_is_cut_at_the_renew_deadline_before_anyone_else_may_lead(
+    api: k8s.Configuration, proxy: HangingProxy, namespace: str
+) -> None:
+    lease = LeaseConfig(
+        namespace=namespace, name="leader", identity="leader", lease_duration=3, renew_deadline=2.0, retry_period=0.3
+    )
+    leader = LeaderElector(through(proxy, api), lease)
+    standby = LeaderElector(api, LeaseConfig(**{**vars(lease), "identity": "standby"}))
+    assert await leader.acquire(asyncio.Event())
+    holding = asyncio.create_task(leader.hold())
+    taking_over = asyncio.create_task(standby.acquire(asyncio.Event()))
+    last_leading = 0.0
+
+    async def sample() -> None:
+        nonlocal last_leading
+        while True:
+            if leader.leading:
+                last_leading = time.monotonic()
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await asyncio.sleep(1.5)  # several renewals through the proxy
+        assert leader.leading and not holding.done() and not taking_over.done()
+
+        proxy.hang()  # the renewal in flight (or the next) never gets an answer
+        hung_at = time.monotonic()
+        with pytest.raises(LeadershipLost):
+            await asyncio.wait_for(holding, timeout=10)
+        lost_after = time.monotonic() - hung_at
+        assert await asyncio.wait_for(taking_over, timeout=10)
+        standby_led_at = time.monotonic()
+    finally:
+        sampler.cancel()
+    # The leader stopped within the renew deadline of its last renewal, which began before the hang...
+    assert not leader.leading
+    assert lost_after <= lease.renew_deadline + 0.25, lost_after
+    assert last_leading - hung_at <= lease.renew_deadline + 0.25, last_leading - hung_at
+    # ...and the standby began only after that, with about lease - deadline to spare.
+    gap = standby_led_at - last_leading
+    print(f"leader stopped {last_leading - hung_at:.2f}s after the hang; standby led {gap:.2f}s later")
+    assert gap >= lease.lease_duration - lease.renew_deadline - 0.1, gap
+
+    # Once the network heals, the old leader reconnects afresh (no hung connection is reused):
+    # it wins the Lease as soon as the standby lets it go.
+    proxy.resume()
+    await standby.release()
+    assert await asyncio.wait_for(leader.acquire(asyncio.Event()), timeout=5)
+    await leader.release()
+    await standby.aclose()

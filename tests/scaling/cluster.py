@@ -8,17 +8,17 @@ controller then reports them in the Deployment's readyReplicas.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.operator_identity import bind_operator_identity, drop_cluster_grants
 from falachefe_devstack.waiting import wait_for
+from falachefe_operator.kubeapi import KubeApi, load_configuration
 
 
 def pool_labels(pool: str) -> dict[str, str]:
@@ -89,13 +89,15 @@ def set_ready(api: k8s.ApiClient, namespace: str, pod: str, ready: bool) -> None
     )
 
 
-@contextmanager
-def operator_identity(
+@asynccontextmanager
+async def operator_identity(
     kube: ControlPlane, admin: k8s.ApiClient, namespace: str, workdir: Path
-) -> Iterator[k8s.ApiClient]:
-    """An API client for a ServiceAccount granted exactly the chart's rules in ``namespace``."""
+) -> AsyncIterator[KubeApi]:
+    """The operator's API client, as a ServiceAccount granted exactly the chart's rules in ``namespace``."""
     kubeconfig = bind_operator_identity(admin, kube, namespace, workdir)
+    api = KubeApi(load_configuration(str(kubeconfig)))
     try:
-        yield k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        yield api
     finally:
+        await api.close()
         drop_cluster_grants(admin, namespace)

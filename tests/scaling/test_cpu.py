@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.metrics_standin import MetricsServerStandIn, registered
+from falachefe_operator.kubeapi import KubeApi, load_configuration
 from falachefe_operator.scaling.cpu import CpuReader, utilization
 from falachefe_operator.scaling.engine import Autoscaler, PoolTarget
 from falachefe_operator.scaling.metrics import ScalingMetrics
@@ -42,32 +43,31 @@ EAGER = ScalingRules(0, (ScalingRule(RuleType.PODS, 100, 1),))
 
 
 def test_pods_without_a_cpu_request_are_named() -> None:
-    pod = k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="crew-7f9c"),
-        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="worker", image="x")]),
-        status=k8s.V1PodStatus(phase="Running", conditions=[k8s.V1PodCondition(type="Ready", status="True")]),
-    )
+    pod = {
+        "metadata": {"name": "crew-7f9c"},
+        "spec": {"containers": [{"name": "worker", "image": "x"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
     result = utilization([pod], [{"metadata": {"name": "crew-7f9c"}, "containers": [{"usage": {"cpu": "10m"}}]}])
     assert isinstance(result, MetricUnavailable)
     assert "pod crew-7f9c container worker has no CPU request" in result.message
 
 
-def _ready_pod(name: str, started: datetime, ready_since: datetime) -> k8s.V1Pod:
-    return k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name=name),
-        spec=k8s.V1PodSpec(
-            containers=[
-                k8s.V1Container(
-                    name="worker", image="x", resources=k8s.V1ResourceRequirements(requests={"cpu": "500m"})
-                )
-            ]
-        ),
-        status=k8s.V1PodStatus(
-            phase="Running",
-            start_time=started,
-            conditions=[k8s.V1PodCondition(type="Ready", status="True", last_transition_time=ready_since)],
-        ),
-    )
+def _rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ready_pod(name: str, started: datetime, ready_since: datetime) -> dict[str, Any]:
+    """A pod as the API returns it."""
+    return {
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "worker", "image": "x", "resources": {"requests": {"cpu": "500m"}}}]},
+        "status": {
+            "phase": "Running",
+            "startTime": _rfc3339(started),
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": _rfc3339(ready_since)}],
+        },
+    }
 
 
 def test_samples_taken_during_start_up_do_not_count() -> None:
@@ -96,9 +96,13 @@ def test_samples_taken_during_start_up_do_not_count() -> None:
     assert result.utilization == pytest.approx((0.1 + 0.4) / (0.5 + 0.5))
 
 
-async def test_metrics_api_not_served(kube_api: k8s.ApiClient, namespace: str) -> None:
+async def test_metrics_api_not_served(kube: ControlPlane, namespace: str) -> None:
     """No metrics-server registered (this test runs before the module registers the fake)."""
-    result = await CpuReader(kube_api).read(namespace, "app=none")
+    api = KubeApi(load_configuration(str(kube.kubeconfig)))
+    try:
+        result = await CpuReader(api).read(namespace, "app=none")
+    finally:
+        await api.close()
     assert isinstance(result, MetricUnavailable)
     assert "metrics.k8s.io/v1beta1 is not served: is metrics-server installed?" in result.message
 
@@ -145,7 +149,7 @@ async def test_pool_scales_on_cpu_and_ignores_starting_pods(
         selector=selector(labels),
         concurrency=3,
     )
-    with operator_identity(kube, kube_api, namespace, tmp_path) as api:
+    async with operator_identity(kube, kube_api, namespace, tmp_path) as api:
         engine = Autoscaler(api, metrics=ScalingMetrics(registry))
         try:
             # 2 ready pods at 90% of their request, target 50%: ceil(2 * 90 / 50) = 4.

@@ -184,6 +184,63 @@ def test_paused_queue_holds() -> None:
     assert decide(policy, observe(0, paused), History(), now=0.0).desired_replicas == 0
 
 
+def test_after_an_outage_the_scale_down_window_starts_afresh() -> None:
+    """The issue's case: 10 replicas, Redis down for 150 s, back with an empty queue.
+
+    The window (30 s, as in the demo) had aged out during the outage, so
+    the first reading used to take the pool from 10 to 1 in one step.
+    """
+    policy = replace(QUEUE_POLICY, scale_down=ScalingRules(30, (ScalingRule(RuleType.PERCENT, 100, 15),)))
+    down = MetricUnavailable("queue", "redis 10.0.0.1:6379/0: Connection refused")
+    decision = decide(policy, observe(10, queue(200)), History(), now=0.0)
+    assert decision.desired_replicas == 10
+    history = decision.history
+    for second in range(2, 152, 2):  # polls every 2 s while Redis is down
+        held = decide(policy, observe(10, None, unavailable=(down,)), history, now=float(second))
+        assert held.desired_replicas == 10
+        history = held.history
+    last_held = 150.0
+
+    # Back, empty: no step on the first reading, nor on any within the window.
+    now = last_held
+    while now < last_held + 30 - 2:
+        now += 2
+        back = decide(policy, observe(10, queue(0)), history, now=now)
+        assert back.desired_replicas == 10, (now, back.reason)
+        assert "size held while metrics were unavailable" in back.reason
+        history = back.history
+    # A full window after the last held poll, the empty queue has its way.
+    later = decide(policy, observe(10, queue(0)), history, now=last_held + 30.5)
+    assert later.desired_replicas == 1, later.reason
+
+
+def test_an_outage_never_holds_back_a_scale_up() -> None:
+    policy = replace(
+        QUEUE_POLICY,
+        scale_up=replace(QUEUE_POLICY.scale_up, stabilization_window_seconds=60),
+        scale_down=replace(QUEUE_POLICY.scale_down, stabilization_window_seconds=60),
+    )
+    down = MetricUnavailable("queue", "redis 10.0.0.1:6379/0: Connection refused")
+    history = decide(policy, observe(2, queue(200)), History(), now=-120.0).history  # long settled at 2
+    history = decide(policy, observe(2, queue(40)), history, now=-70.0).history
+    history = decide(policy, observe(2, None, unavailable=(down,)), history, now=-10.0).history
+    # Back with a deep queue: the held size (2) is no scale-up recommendation.
+    back = decide(policy, observe(2, queue(200)), history, now=0.0)
+    assert back.desired_replicas == 6, back.reason  # 200 / 20 -> 10, capped by +4 per 15 s
+
+
+def test_a_pool_seen_for_the_first_time_does_not_shrink_on_its_first_reading() -> None:
+    """An operator restart or failover forgets the history: like the HPA, the current size stands for it."""
+    policy = replace(QUEUE_POLICY, scale_down=replace(QUEUE_POLICY.scale_down, stabilization_window_seconds=60))
+    first = decide(policy, observe(8, queue(0)), History(), now=0.0)
+    assert first.desired_replicas == 8
+    assert "size held while metrics were unavailable or not yet read" in first.reason
+    assert decide(policy, observe(8, queue(0)), first.history, now=59.0).desired_replicas == 8
+    assert decide(policy, observe(8, queue(0)), first.history, now=61.0).desired_replicas == 1
+    # And it may grow on its first reading.
+    assert decide(policy, observe(2, queue(200)), History(), now=0.0).desired_replicas == 6
+
+
 def test_in_flight_jobs_keep_their_replicas() -> None:
     policy = replace(
         QUEUE_POLICY,
@@ -343,6 +400,8 @@ class Log:
     """What the test itself saw, to check windows and rate limits independently."""
 
     recommendations: list[tuple[float, int]] = field(default_factory=list)
+    #: The sizes the pool was held at (first sight, metrics unavailable): no shrinking below them for a window.
+    holds: list[tuple[float, int]] = field(default_factory=list)
     events: list[tuple[float, int]] = field(default_factory=list)  # (time, change)
 
     def period_start(self, now: float, current: int, period: int) -> int:
@@ -391,8 +450,11 @@ def test_invariants_hold_at_every_poll(
     log = Log()
     current = start
     now = 10_000.0
-    for poll in trajectory:
+    for index, poll in enumerate(trajectory):
         now += poll.gap
+        bounded = min(max(current, policy.min_replicas), policy.max_replicas)
+        if index == 0:
+            log.holds.append((now, bounded))  # first sight: the current size stands for the unseen window
         # The engine reads CPU only when the policy targets it.
         cpu_asked = policy.target_cpu_utilization_percentage is not None
         missing = poll.outage == "queue" or (poll.outage == "cpu" and cpu_asked)
@@ -413,10 +475,14 @@ def test_invariants_hold_at_every_poll(
             assert desired >= current, decision.reason
         if not held:
             log.recommendations.append((now, decision.recommendation))
+        else:
+            log.holds.append((now, bounded))
         if in_bounds and desired < current:
-            # Stabilization: no lower than any recommendation in the scale-down window.
+            # Stabilization: no lower than any recommendation in the scale-down window...
             window = policy.scale_down.stabilization_window_seconds
             assert all(desired >= r for at, r in log.recommendations if at > now - window), decision.reason
+            # ...nor than the pool's size at any poll of that window that could not read its metrics.
+            assert all(desired >= r for at, r in log.holds if at > now - window), decision.reason
             # Rate limit.
             assert desired >= min(current, scale_down_limit(policy, log, now, current)), decision.reason
             # In-flight jobs keep their replicas.

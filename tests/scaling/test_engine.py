@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.process import free_port
+from falachefe_devstack.redis import RedisServer
 from falachefe_operator.scaling.engine import Autoscaler, PoolTarget, StepOutcome
 from falachefe_operator.scaling.metrics import ScalingMetrics
+from falachefe_operator.scaling.outages import SourceBack, SourceDown
 from falachefe_operator.scaling.policy import RuleType, ScalingPolicy, ScalingRule, ScalingRules
 from falachefe_operator.scaling.queue import QueueRef
 
@@ -55,19 +57,14 @@ def target_for(namespace: str, redis_url: str, deployment: str = "demo-auth") ->
 
 
 @pytest.fixture
-def operator_api(
+async def engine(
     kube: ControlPlane, kube_api: k8s.ApiClient, namespace: str, tmp_path: Path
-) -> Iterator[k8s.ApiClient]:
-    with operator_identity(kube, kube_api, namespace, tmp_path) as api:
-        yield api
-
-
-@pytest.fixture
-async def engine(operator_api: k8s.ApiClient) -> AsyncIterator[tuple[Autoscaler, CollectorRegistry]]:
+) -> AsyncIterator[tuple[Autoscaler, CollectorRegistry]]:
     registry = CollectorRegistry()
-    autoscaler = Autoscaler(operator_api, metrics=ScalingMetrics(registry))
-    yield autoscaler, registry
-    await autoscaler.aclose()
+    async with operator_identity(kube, kube_api, namespace, tmp_path) as api:
+        autoscaler = Autoscaler(api, metrics=ScalingMetrics(registry))
+        yield autoscaler, registry
+        await autoscaler.aclose()
 
 
 async def test_full_queue_scales_to_the_bound_and_back_to_min_after_the_window(
@@ -194,3 +191,75 @@ async def test_scale_write_survives_status_churn_but_not_a_concurrent_resize(
     problem = await autoscaler._scale(target, 1, 4)
     assert problem == "replicas changed concurrently to 5; deciding again next poll"
     assert scale_of(kube_api, namespace, "demo-auth") == 5
+
+
+async def test_after_a_redis_outage_the_pool_keeps_its_size_for_a_whole_window(
+    kube: ControlPlane, kube_api: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """The issue's case on the real servers: 10 replicas, Redis stopped for 150 s, back with an empty queue.
+
+    The engine's clock is the test's (the outage's 150 s pass in a few
+    seconds); Redis is really stopped and started again, and the scale is
+    really read and written.
+    """
+    redis = RedisServer(tmp_path / "redis").start()
+    url = redis.url(0)
+    policy = ScalingPolicy(
+        min_replicas=1,
+        max_replicas=10,
+        target_queue_depth_per_replica=20,
+        scale_up=EAGER,
+        scale_down=ScalingRules(30, (ScalingRule(RuleType.PERCENT, 100, 15),)),
+    )
+    target = PoolTarget(
+        namespace=namespace,
+        falachefe="demo",
+        pool="auth",
+        deployment="demo-auth",
+        policy=policy,
+        queue=QueueRef(QUEUE, url),
+        selector=selector(pool_labels("auth")),
+        concurrency=5,
+    )
+    create_worker_deployment(kube_api, namespace, "demo-auth", "auth", replicas=10)
+    clock = [0.0]
+    queue = Queue(QUEUE, {"connection": url})
+    async with operator_identity(kube, kube_api, namespace, tmp_path) as api:
+        autoscaler = Autoscaler(api, metrics=ScalingMetrics(CollectorRegistry()), clock=lambda: clock[0])
+        try:
+            await queue.addBulk([{"name": "message", "data": {"n": n}} for n in range(400)])
+            await queue.close()
+            busy = await autoscaler.step(target)
+            assert (busy.current, busy.desired, busy.transitions) == (10, 10, ())
+
+            redis.stop()
+            outage = []
+            for second in range(2, 152, 2):
+                clock[0] = float(second)
+                outage.append(await autoscaler.step(target))
+            assert [o.desired for o in outage] == [10] * len(outage)
+            assert outage[0].transitions == (SourceDown("queue", "cannot connect to Redis"),)
+            assert all(o.transitions == () for o in outage[1:])  # one Event's worth, not one per poll
+
+            redis.start()
+            flush = Queue(QUEUE, {"connection": url})
+            await flush.obliterate({"force": True})  # drained while Redis was down, as far as the pool can tell
+            await flush.close()
+            clock[0] = 150.7
+            back = await autoscaler.step(target)
+            assert back.transitions == (SourceBack("queue", pytest.approx(148.7)),)
+            assert back.queue_depth == 0
+            assert (back.desired, back.scaled) == (10, False), back.reason  # was 10 -> 1 in one step
+            assert "size held while metrics were unavailable" in back.reason
+            for second in range(152, 180, 2):
+                clock[0] = float(second)
+                held = await autoscaler.step(target)
+                assert (held.desired, held.transitions) == (10, ()), held.reason
+            assert scale_of(kube_api, namespace, "demo-auth") == 10
+            clock[0] = 150.0 + 30 + 0.5  # a whole window after the last poll that could not read the queue
+            after = await autoscaler.step(target)
+            assert (after.desired, after.scaled, after.direction) == (1, True, "down"), after.reason
+            assert scale_of(kube_api, namespace, "demo-auth") == 1
+        finally:
+            await autoscaler.aclose()
+            redis.stop()

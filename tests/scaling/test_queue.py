@@ -119,6 +119,25 @@ async def test_redis_down_is_reported_without_the_password() -> None:
         assert "s3cret" not in result.message
         assert "s3cret" not in repr(QueueRef("admin-tasks", f"redis://:s3cret@127.0.0.1:{port}/4"))
         assert time.monotonic() - started < 10  # reported, not waited on
+        assert result.public_cause == "cannot connect to Redis"
+    finally:
+        await reader.aclose()
+
+
+async def test_the_cause_for_events_quotes_nothing_of_the_url() -> None:
+    """A password holding an unescaped / or # breaks the URL's parsing, and redis-py quotes the pieces."""
+    reader = QueueReader(timeout_seconds=1.0)
+    try:
+        for url in (
+            f"redis://:pa55/w0rd@127.0.0.1:{free_port()}/0",  # "pa55" parses as a port, "w0rd@..." as the db
+            f"redis://:1234/hunter2@127.0.0.1:{free_port()}/0",  # 1234 is a valid port: "hunter2@..." is the db
+            f"redis://:p#ss@127.0.0.1:{free_port()}/0",
+        ):
+            result = await reader.read(QueueRef("admin-tasks", url))
+            assert isinstance(result, MetricUnavailable), url
+            assert result.cause in {"the Redis URL is malformed", "cannot connect to Redis"}, (url, result.cause)
+            for fragment in ("pa55", "w0rd", "1234", "hunter2", "p#ss", "127.0.0.1"):
+                assert fragment not in result.public_cause
     finally:
         await reader.aclose()
 

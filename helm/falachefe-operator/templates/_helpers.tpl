@@ -108,14 +108,20 @@ A rule must not mix the three kinds; the chart refuses one that does.
 {{- dict "leaderElection" $election "cluster" $cluster "watched" $watched | toYaml }}
 {{- end }}
 
-{{/* The namespaces watched, for Roles and the --namespace arguments. */}}
+{{/*
+The namespaces watched, for Roles and the --namespace arguments: the listed
+ones, or the release namespace when none is listed (the default); none
+(an empty list) when watching all namespaces.
+*/}}
 {{- define "falachefe-operator.watchedNamespaces" -}}
 {{- if .Values.watch.allNamespaces }}
 {{- if .Values.watch.namespaces }}
 {{- fail "watch.namespaces is set but watch.allNamespaces is true: set watch.allNamespaces=false to watch only those namespaces" }}
 {{- end }}
-{{- else if not .Values.watch.namespaces }}
-{{- fail "watch.allNamespaces is false but watch.namespaces is empty: list the namespaces to watch" }}
-{{- end }}
+{{- list | toYaml }}
+{{- else if .Values.watch.namespaces }}
 {{- .Values.watch.namespaces | uniq | toYaml }}
+{{- else }}
+{{- list .Release.Namespace | toYaml }}
+{{- end }}
 {{- end }}

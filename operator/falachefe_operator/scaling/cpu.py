@@ -14,23 +14,24 @@ window began before the pod became Ready measures its start-up, not its
 load, and the pod counts as starting. Without this, every new pod would
 look overloaded and trigger the next scale-up.
 
-The ``kubernetes`` client is synchronous, so both calls run in threads and
-the event loop (Kopf's) never blocks on the API server.
+Both reads go through the operator's one asynchronous client
+(``kubeapi.KubeApi``) on the event loop: cancelling a poll cancels its
+requests, and nothing is left running in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
+import aiohttp
 from kubernetes.utils import parse_quantity
-from urllib3.exceptions import HTTPError
 
+from ..kubeapi import ApiError, KubeApi
 from .observation import CpuSample, MetricUnavailable
 
 METRICS_GROUP = "metrics.k8s.io"
@@ -43,42 +44,32 @@ DEFAULT_METRIC_WINDOW = timedelta(seconds=15)
 
 
 class CpuReader:
-    def __init__(self, api: k8s.ApiClient, *, timeout_seconds: float = 10.0) -> None:
-        self._core = k8s.CoreV1Api(api)
-        self._custom = k8s.CustomObjectsApi(api)
+    def __init__(self, api: KubeApi, *, timeout_seconds: float = 10.0) -> None:
+        self._api = api
         self._timeout = timeout_seconds
 
     async def read(self, namespace: str, selector: str) -> CpuSample | MetricUnavailable:
         """The pods' utilisation, or why it cannot be known (never raises for API trouble)."""
+        params = {"labelSelector": selector}
         try:
-            pods, usage = await asyncio.gather(
-                asyncio.to_thread(
-                    self._core.list_namespaced_pod,
-                    namespace,
-                    label_selector=selector,
-                    _request_timeout=self._timeout,
-                ),
-                asyncio.to_thread(
-                    self._custom.list_namespaced_custom_object,
-                    METRICS_GROUP,
-                    METRICS_VERSION,
-                    namespace,
-                    "pods",
-                    label_selector=selector,
-                    _request_timeout=self._timeout,
-                ),
-            )
-        except ApiException as error:
+            async with asyncio.timeout(self._timeout):
+                (_, pods), (_, usage) = await asyncio.gather(
+                    self._api.request("GET", f"/api/v1/namespaces/{namespace}/pods", params=params),
+                    self._api.request(
+                        "GET", f"/apis/{METRICS_GROUP}/{METRICS_VERSION}/namespaces/{namespace}/pods", params=params
+                    ),
+                )
+        except ApiError as error:
             return MetricUnavailable("cpu", _api_error(error, namespace))
-        except (HTTPError, OSError, TimeoutError) as error:
-            return MetricUnavailable("cpu", f"API server unreachable: {type(error).__name__}: {error}")
-        return utilization(pods.items, usage.get("items", []))
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return MetricUnavailable("cpu", f"API server unreachable: {type(error).__name__}")
+        return utilization(pods.get("items") or [], usage.get("items") or [])
 
 
 def utilization(
-    pods: list[Any], pod_metrics: list[dict[str, Any]], now: datetime | None = None
+    pods: list[Mapping[str, Any]], pod_metrics: list[Mapping[str, Any]], now: datetime | None = None
 ) -> CpuSample | MetricUnavailable:
-    """The HPA's grouping and ratio, from the pods (V1Pod) and their PodMetrics."""
+    """The HPA's grouping and ratio, from the pods and their PodMetrics (both as the API returns them)."""
     now = now or datetime.now(UTC)
     usage_by_pod: dict[str, Decimal] = {}
     window_start_by_pod: dict[str, datetime] = {}
@@ -98,80 +89,78 @@ def utilization(
     ready_pods = 0
     unaccounted = 0
     for pod in pods:
-        if pod.metadata.deletion_timestamp is not None or (pod.status and pod.status.phase in {"Succeeded", "Failed"}):
+        metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
+        name = str(metadata.get("name", ""))
+        if metadata.get("deletionTimestamp") or status.get("phase") in {"Succeeded", "Failed"}:
             continue
         if (
-            not _is_ready(pod)
-            or pod.metadata.name not in usage_by_pod
-            or _sampled_while_starting(pod, window_start_by_pod.get(pod.metadata.name), now)
+            _ready_since(status) is None
+            or name not in usage_by_pod
+            or _sampled_while_starting(status, window_start_by_pod.get(name), now)
         ):
             unaccounted += 1
             continue
         pod_request = Decimal(0)
-        for container in pod.spec.containers:
-            request = ((container.resources and container.resources.requests) or {}).get("cpu")
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            request = ((container.get("resources") or {}).get("requests") or {}).get("cpu")
             if request is None:
                 return MetricUnavailable(
                     "cpu",
-                    f"pod {pod.metadata.name} container {container.name} has no CPU request:"
+                    f"pod {name} container {container.get('name')} has no CPU request:"
                     " set resources.requests.cpu on the pool to scale on CPU",
                 )
             pod_request += parse_quantity(request)
         if pod_request <= 0:
-            return MetricUnavailable("cpu", f"pod {pod.metadata.name} requests no CPU")
-        usage += usage_by_pod[pod.metadata.name]
+            return MetricUnavailable("cpu", f"pod {name} requests no CPU")
+        usage += usage_by_pod[name]
         requests += pod_request
         ready_pods += 1
     ratio = float(usage / requests) if requests > 0 else 0.0
     return CpuSample(utilization=ratio, ready_pods=ready_pods, unaccounted_pods=unaccounted)
 
 
-def _is_ready(pod: Any) -> bool:
-    return _ready_since(pod) is not None
-
-
-def _ready_since(pod: Any) -> datetime | None:
+def _ready_since(status: Mapping[str, Any]) -> datetime | None:
     """When the pod became Ready (its condition's lastTransitionTime), or None if it is not."""
-    conditions = (pod.status and pod.status.conditions) or []
-    for condition in conditions:
-        if condition.type == "Ready" and condition.status == "True":
-            return _aware(condition.last_transition_time) or datetime.min.replace(tzinfo=UTC)
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready" and condition.get("status") == "True":
+            return _timestamp(condition.get("lastTransitionTime")) or datetime.min.replace(tzinfo=UTC)
     return None
 
 
-def _sampled_while_starting(pod: Any, window_start: datetime | None, now: datetime) -> bool:
+def _sampled_while_starting(status: Mapping[str, Any], window_start: datetime | None, now: datetime) -> bool:
     """Is this Ready pod's sample from before it was Ready, within its initialization period?"""
-    started = _aware(pod.status.start_time) if pod.status else None
-    ready_since = _ready_since(pod)
+    started = _timestamp(status.get("startTime"))
+    ready_since = _ready_since(status)
     if started is None or ready_since is None or window_start is None:
         return False
     return now - started < CPU_INITIALIZATION_PERIOD and window_start < ready_since
 
 
-def _window_start(item: dict[str, Any]) -> datetime | None:
+def _window_start(item: Mapping[str, Any]) -> datetime | None:
     """When a PodMetrics sample's measuring window began (its timestamp minus its window)."""
-    raw = item.get("timestamp")
-    if not raw:
-        return None
-    try:
-        timestamp = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
+    timestamp = _timestamp(item.get("timestamp"))
+    if timestamp is None:
         return None
     window = DEFAULT_METRIC_WINDOW
     raw_window = str(item.get("window") or "")
     if raw_window.endswith("s"):
         with contextlib.suppress(ValueError):
             window = timedelta(seconds=float(raw_window[:-1]))
-    return timestamp.replace(tzinfo=timestamp.tzinfo or UTC) - window
+    return timestamp - window
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
+def _timestamp(raw: object) -> datetime | None:
+    """An RFC 3339 time from the API (always UTC there), or None."""
+    if not raw:
         return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        moment = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _api_error(error: ApiException, namespace: str) -> str:
+def _api_error(error: ApiError, namespace: str) -> str:
     if error.status == 404:
         return f"{METRICS_GROUP}/{METRICS_VERSION} is not served: is metrics-server installed? ({error.reason})"
     if error.status == 403:

@@ -31,7 +31,13 @@ Beyond the HPA:
 - a queue paused in bullmq is not drained whatever the size: the pool holds;
 - never below the replicas the in-flight jobs occupy (active / concurrency);
 - a metric that could not be read never lets the pool shrink: it holds,
-  or grows on what the other metrics say;
+  or grows on what the other metrics say; and the size it held at counts
+  as a scale-down recommendation, so once the metric is back the pool
+  waits a whole scale-down window before it shrinks, instead of taking the
+  first reading after the outage as if the window had seen nothing else;
+- like the HPA (``recordInitialRecommendation``), a pool seen for the first
+  time (a new pool, an operator restart or failover) starts with its current
+  size as such a recommendation: its first reading cannot shrink it either;
 - scale to zero when ``minReplicas`` is 0 and the queue has been empty,
   with no arrivals, for the scale-down window; the first runnable job
   wakes it to one replica at once, whatever the scale-up window or rules
@@ -90,6 +96,8 @@ class Decision:
 def decide(policy: ScalingPolicy, observation: Observation, history: History, now: float) -> Decision:
     """The pool's desired replicas, with a reason a person can check by hand."""
     current = observation.current_replicas
+    if not history.recommendations:
+        history = history.recording(now, policy.history_seconds, recommendation=current, held=True)
     queue = observation.queue
     sample = QueueSample.from_counts(now, queue) if queue is not None else None
     rates = None
@@ -143,9 +151,7 @@ def decide(policy: ScalingPolicy, observation: Observation, history: History, no
         notes.append("no metric has data yet: keeping the current size")
     recommendation = _clamp(recommendation, policy)
 
-    next_history = history.recording(
-        now, policy.history_seconds, recommendation=None if held else recommendation, sample=sample
-    )
+    next_history = history.recording(now, policy.history_seconds, recommendation, sample, held=held)
     desired = _normalize(
         policy,
         current=current,
@@ -330,20 +336,28 @@ def _normalize(
 def _stabilize(
     policy: ScalingPolicy, *, current: int, recommendation: int, history: History, now: float, notes: list[str]
 ) -> int:
-    """The HPA's stabilization: down to the window's highest, up to the window's lowest."""
+    """The HPA's stabilization: down to the window's highest, up to the window's lowest.
+
+    Held recommendations (an outage, a first sight) count for scale-down only.
+    """
     up_window = policy.scale_up.stabilization_window_seconds
     down_window = policy.scale_down.stabilization_window_seconds
     up_bound = min(
-        [recommendation, *(r.replicas for r in history.recommendations if r.at > now - up_window)],
+        [recommendation, *(r.replicas for r in history.recommendations if r.at > now - up_window and not r.held)],
     )
-    down_bound = max(
-        [recommendation, *(r.replicas for r in history.recommendations if r.at > now - down_window)],
-    )
+    in_down_window = [r for r in history.recommendations if r.at > now - down_window]
+    down_bound = max([recommendation, *(r.replicas for r in in_down_window)])
     # Recommendations made under an older policy may lie outside today's bounds.
     stabilized = _clamp(min(max(current, up_bound), down_bound), policy)
     if stabilized != recommendation:
         if recommendation < current:
-            notes.append(f"scaleDown stabilized at {stabilized} (highest recommendation in the last {down_window}s)")
+            metrics_said = max([recommendation, *(r.replicas for r in in_down_window if not r.held)])
+            why = (
+                "the size held while metrics were unavailable or not yet read"
+                if down_bound > metrics_said
+                else "highest recommendation"
+            )
+            notes.append(f"scaleDown stabilized at {stabilized} ({why} in the last {down_window}s)")
         else:
             notes.append(f"scaleUp stabilized at {stabilized} (lowest recommendation in the last {up_window}s)")
     return stabilized

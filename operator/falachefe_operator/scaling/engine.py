@@ -20,7 +20,10 @@ A step:
    apply leaves ``replicas`` alone after creation, so the two never fight.
 
 Nothing here raises for a metric source or the API server being down: the
-outcome says so, and the pool keeps its size.
+outcome says so, and the pool keeps its size. Every request goes through the
+operator's one asynchronous client (``kubeapi.KubeApi``), so cancelling a
+step (the operator lost its leadership) cancels its requests: no scale is
+left to be sent later from a thread.
 """
 
 from __future__ import annotations
@@ -29,21 +32,23 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
+import aiohttp
 
+from ..kubeapi import ApiError, KubeApi
 from .cpu import CpuReader
 from .decision import Decision, decide
 from .history import History
 from .metrics import ScalingMetrics, default_metrics
 from .observation import CpuSample, MetricUnavailable, Observation, QueueCounts
+from .outages import Transition, track
 from .policy import ScalingPolicy
 from .queue import QueueReader, QueueRef
 
 #: What a request to the API server may fail with: reported, never raised.
-_API_TROUBLE = (ApiException, HTTPError, OSError, TimeoutError)
+_API_TROUBLE = (ApiError, aiohttp.ClientError, TimeoutError)
+JSON_PATCH = "application/json-patch+json"
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class StepOutcome:
     queue: QueueCounts | None = None
     cpu: CpuSample | None = None
     decision: Decision | None = field(default=None, repr=False)
+    #: Metric sources that stopped answering, or answered again, in this poll.
+    transitions: tuple[Transition, ...] = ()
 
     @property
     def queue_depth(self) -> int | None:
@@ -98,19 +105,21 @@ class Autoscaler:
 
     def __init__(
         self,
-        api: k8s.ApiClient,
+        api: KubeApi,
         *,
         metrics: ScalingMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         timeout_seconds: float = 10.0,
     ) -> None:
-        self._apps = k8s.AppsV1Api(api)
+        self._api = api
         self._queues = QueueReader(timeout_seconds=min(timeout_seconds, 3.0))
         self._cpu = CpuReader(api, timeout_seconds=timeout_seconds)
         self._metrics = metrics if metrics is not None else default_metrics()
         self._clock = clock
         self._timeout = timeout_seconds
         self._histories: dict[tuple[str, str, str], History] = {}
+        #: Per pool, the metric sources down and since when (this engine's clock).
+        self._outages: dict[tuple[str, str, str], dict[str, float]] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     async def step(self, target: PoolTarget) -> StepOutcome:
@@ -123,6 +132,7 @@ class Autoscaler:
     def forget(self, target: PoolTarget) -> None:
         """Drop a pool's history and series (its resource or pool was deleted)."""
         self._histories.pop(target.labels, None)
+        self._outages.pop(target.labels, None)
         self._locks.pop(target.labels, None)
         self._metrics.forget(target.labels)
 
@@ -137,11 +147,14 @@ class Autoscaler:
             self._metrics.step_errors.labels(*target.labels).inc()
             message = f"{where} unreadable: {_describe(error)}"
             return StepOutcome(None, None, None, False, None, message, metrics_available=False, message=message)
-        current = int(deployment.spec.replicas or 0)
-        ready = int((deployment.status and deployment.status.ready_replicas) or 0)
+        current = int((deployment.get("spec") or {}).get("replicas", 1))
+        ready = int((deployment.get("status") or {}).get("readyReplicas", 0))
 
-        observation = await self._observe(target, current, ready)
+        observation, answered = await self._observe(target, current, ready)
         now = self._clock()
+        self._outages[target.labels], transitions = track(
+            self._outages.get(target.labels, {}), unavailable=observation.unavailable, answered=answered, now=now
+        )
         decision = decide(target.policy, observation, self._histories.get(target.labels, History()), now)
         history = decision.history
         messages = [str(u) for u in observation.unavailable]
@@ -171,9 +184,11 @@ class Autoscaler:
             queue=observation.queue,
             cpu=observation.cpu,
             decision=decision,
+            transitions=transitions,
         )
 
-    async def _observe(self, target: PoolTarget, current: int, ready: int) -> Observation:
+    async def _observe(self, target: PoolTarget, current: int, ready: int) -> tuple[Observation, list[str]]:
+        """What the sources said, and which of them answered."""
         queue_read = self._queues.read(target.queue)
         if target.policy.target_cpu_utilization_percentage is None:
             queue_result = await queue_read
@@ -186,7 +201,12 @@ class Autoscaler:
                 queue_read, self._cpu.read(target.namespace, target.selector)
             )
         unavailable = tuple(r for r in (queue_result, cpu_result) if isinstance(r, MetricUnavailable))
-        return Observation(
+        answered = [
+            source
+            for source, result in (("queue", queue_result), ("cpu", cpu_result if current else None))
+            if isinstance(result, QueueCounts | CpuSample)
+        ]
+        observation = Observation(
             current_replicas=current,
             ready_replicas=ready,
             concurrency=target.concurrency,
@@ -194,6 +214,7 @@ class Autoscaler:
             cpu=cpu_result if isinstance(cpu_result, CpuSample) else None,
             unavailable=unavailable,
         )
+        return observation, answered
 
     async def _scale(self, target: PoolTarget, current: int, replicas: int) -> str | None:
         """Write spec.replicas through the scale subresource; the problem, or None.
@@ -212,32 +233,31 @@ class Autoscaler:
             {"op": "add", "path": "/spec/replicas", "value": replicas},
         ]
         try:
-            await asyncio.to_thread(
-                self._apps.patch_namespaced_deployment_scale,
-                target.deployment,
-                target.namespace,
-                patch,
-                _request_timeout=self._timeout,
-            )
+            async with asyncio.timeout(self._timeout):
+                await self._api.request("PATCH", f"{_path(target)}/scale", body=patch, content_type=JSON_PATCH)
             return None
-        except ApiException as error:
+        except ApiError as error:
             if error.status not in {409, 422}:
                 return _describe(error)
-        except (HTTPError, OSError, TimeoutError) as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             return _describe(error)
         try:
             fresh = await self._read_deployment(target)
         except _API_TROUBLE as error:
             return _describe(error)
-        return f"replicas changed concurrently to {fresh.spec.replicas}; deciding again next poll"
+        replicas = (fresh.get("spec") or {}).get("replicas", 0)
+        return f"replicas changed concurrently to {replicas}; deciding again next poll"
 
-    async def _read_deployment(self, target: PoolTarget) -> k8s.V1Deployment:
-        return await asyncio.to_thread(
-            self._apps.read_namespaced_deployment, target.deployment, target.namespace, _request_timeout=self._timeout
-        )
+    async def _read_deployment(self, target: PoolTarget) -> dict[str, Any]:
+        async with asyncio.timeout(self._timeout):
+            return (await self._api.request("GET", _path(target)))[1]
+
+
+def _path(target: PoolTarget) -> str:
+    return f"/apis/apps/v1/namespaces/{target.namespace}/deployments/{target.deployment}"
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, ApiException):
+    if isinstance(error, ApiError):
         return f"API error {error.status} {error.reason}"
-    return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -15,10 +15,18 @@ from .rates import QueueSample
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The unstabilized replica count the metrics asked for at ``at``."""
+    """The unstabilized replica count the metrics asked for at ``at``.
+
+    ``held``: not the metrics' word but the size the pool was held at while
+    they could not be read (a source unavailable, or no reading yet). It
+    keeps the pool from shrinking for a scale-down window after the metrics
+    come back, as if demand had stayed where the pool was, and never holds
+    back a scale-up.
+    """
 
     at: float
     replicas: int
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,12 +54,14 @@ class History:
         keep_seconds: float,
         recommendation: int | None = None,
         sample: QueueSample | None = None,
+        *,
+        held: bool = False,
     ) -> History:
         """This history plus what was seen at ``now``, minus what is older than ``keep_seconds``."""
         cutoff = now - keep_seconds
         recommendations = self.recommendations
         if recommendation is not None:
-            recommendations = (*recommendations, Recommendation(now, recommendation))
+            recommendations = (*recommendations, Recommendation(now, recommendation, held))
         samples = self.queue_samples
         if sample is not None:
             samples = (*samples, sample)

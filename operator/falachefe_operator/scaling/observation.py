@@ -12,13 +12,25 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class MetricUnavailable:
-    """A metric source that did not answer, and what went wrong (no secrets)."""
+    """A metric source that did not answer, and what went wrong (no secrets).
+
+    ``message`` may say where the source is (the Redis host) for the
+    resource's status; ``cause`` says what went wrong in words that name no
+    address and hold nothing of a URL, for Events (which more people may
+    read, and which outlive a fix of the URL). Left empty when ``message``
+    is already such words.
+    """
 
     source: str  # "queue" or "cpu"
     message: str
+    cause: str = ""
 
     def __str__(self) -> str:
         return f"{self.source} unavailable: {self.message}"
+
+    @property
+    def public_cause(self) -> str:
+        return self.cause or self.message
 
 
 @dataclass(frozen=True)

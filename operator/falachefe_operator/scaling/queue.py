@@ -77,9 +77,11 @@ class QueueReader:
                 pipeline.get(f"{key}:id")
                 wait, legacy_paused, prioritized, due, delayed, active, paused, added = await pipeline.execute()
         except (aioredis.RedisError, OSError, TimeoutError) as error:
-            return MetricUnavailable("queue", f"redis {queue.redis_address} queue {key}: {_describe(error)}")
+            return MetricUnavailable(
+                "queue", f"redis {queue.redis_address} queue {key}: {_describe(error)}", _cause(error, self._timeout)
+            )
         except ValueError as error:  # a malformed URL: redis-py says which part
-            return MetricUnavailable("queue", f"redis URL for queue {key}: {error}")
+            return MetricUnavailable("queue", f"redis URL for queue {key}: {error}", "the Redis URL is malformed")
         return QueueCounts(
             waiting=int(wait) + int(legacy_paused),
             prioritized=int(prioritized),
@@ -109,6 +111,17 @@ class QueueReader:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.aclose()
+
+
+def _cause(error: BaseException, timeout: float) -> str:
+    """What went wrong, in fixed words: redis-py's own texts may quote parts of the URL."""
+    if isinstance(error, TimeoutError | aioredis.TimeoutError):
+        return f"Redis did not answer within {timeout:g}s"
+    if isinstance(error, aioredis.AuthenticationError):
+        return "Redis refused the credentials"
+    if isinstance(error, aioredis.ConnectionError | OSError):
+        return "cannot connect to Redis"
+    return f"Redis refused the read ({type(error).__name__})"
 
 
 def _describe(error: BaseException) -> str:
