@@ -6,7 +6,8 @@
 #     iptables, conntrack, gcc (the pause image);
 #   - uv (pinned) and the project's virtualenv in .venv, synced to requirements.lock;
 #   - the Node bullmq producer used by the interoperability tests (tests/node);
-#   - the Go-built Kubernetes (control plane and node), metrics-server and Helm,
+#   - the Go-built Kubernetes (control plane and node), metrics-server, Helm and
+#     promtool (the chart's alert rule tests),
 #     and the project's image built from the Dockerfile, cached in ~/.cache/falachefe
 #     ($FALACHEFE_DEV_CACHE).
 #
@@ -77,7 +78,8 @@ if [ -f "$node_dir/package-lock.json" ]; then
   fi
 fi
 
-# -- Go-built Kubernetes, metrics-server and Helm; the images the local node runs ------------
+# -- Go-built Kubernetes, metrics-server, Helm and promtool; the images the local node runs ---
 PYTHONPATH="$repo/scripts" "$venv/bin/python" -m falachefe_devstack.toolchain >/dev/null
 PYTHONPATH="$repo/scripts" "$venv/bin/python" -m falachefe_devstack.images >/dev/null
+PYTHONPATH="$repo/scripts" "$venv/bin/python" -c 'from falachefe_devstack.toolchain import ensure_promtool; ensure_promtool()'
 say "ready"

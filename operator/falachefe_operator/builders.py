@@ -93,7 +93,7 @@ class Resource:
 
 def desired_objects(resource: Resource) -> list[dict[str, Any]]:
     """Every object ``resource`` should own, in apply order (config before its consumers)."""
-    config = runtime_config_yaml(resource.spec)
+    config = runtime_config_yaml(resource)
     objects = [config_map(resource, config), metrics_service(resource)]
     config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
     for kind, pool in resource.spec.pools.items():
@@ -111,14 +111,17 @@ def desired_keys(resource: Resource) -> list[tuple[str, str]]:
     return keys
 
 
-def runtime_config_yaml(spec: FalachefeSpec) -> str:
+def runtime_config_yaml(resource: Resource) -> str:
     """The workers' config file: ``RuntimeConfig`` without secrets, mapped from the spec.
+
+    It also names the resource, for the workers' log lines (``namespace``, ``name``).
 
     The sections are validated models; the root is assembled with
     ``model_construct`` because ``RuntimeConfig`` is a settings class that
     would otherwise read this (operator) process's environment into the
     workers' config.
     """
+    spec = resource.spec
     database = spec.database
     llm = spec.llm
     config = RuntimeConfig.model_construct(
@@ -141,7 +144,9 @@ def runtime_config_yaml(spec: FalachefeSpec) -> str:
         llm=LLMSettings()
         if llm is None
         else LLMSettings(model=llm.model, base_url=llm.base_url, timeout_s=llm.timeout_seconds),
-        observability=ObservabilitySettings(log_level=spec.log_level),
+        observability=ObservabilitySettings(
+            log_level=spec.log_level, resource_namespace=resource.namespace, resource_name=resource.name
+        ),
     )
     return yaml.safe_dump(config.public_dict(), sort_keys=True)
 

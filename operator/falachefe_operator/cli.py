@@ -26,6 +26,8 @@ from typing import Any
 import kopf
 from kubernetes import client as k8s
 
+from falachefe_runtime.observability.logging import configure_logging
+
 from . import handlers, metrics
 from .controller import Fleet
 from .health import Endpoints
@@ -56,7 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resync-seconds", type=float, default=600.0, help="re-apply every resource's objects this often"
     )
-    parser.add_argument("--log-format", choices=["json", "text"], default="json")
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="json (the default): one object per line; text: the same fields as key=value",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     if not args.standalone and not args.leader_election_namespace:
@@ -66,14 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    kopf.configure(
-        verbose=args.verbose,
-        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
-        log_refkey="object",
-    )
+    # The workers' log schema, for Kopf's records as for ours (not kopf.configure's formats).
+    configure_logging("DEBUG" if args.verbose else "INFO", args.log_format)
     if not args.verbose:
         # Kopf logs every watch event's handler at INFO; the controllers log what they do.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # asyncio's debug chatter, as kopf.configure silences it.
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
     return asyncio.run(run(args))
 
 
