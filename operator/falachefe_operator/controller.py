@@ -486,8 +486,12 @@ class Controller:
     def _event(
         self, body: Mapping[str, Any], type_: str, reason: str, message: str, pool: WorkerKind | None = None
     ) -> None:
-        """Post an Event and log it: a Warning Event is a warning in the log too."""
-        fields: dict[str, Any] = {"namespace": self.namespace, "name": self.name, "event": type_, "reason": reason}
+        """Post an Event and log it: a Warning Event is a warning in the log too.
+
+        The resource's namespace and name come from the task's log context
+        (``name`` could not be an ``extra``: LogRecord keeps it for the logger).
+        """
+        fields: dict[str, Any] = {"event": type_, "reason": reason}
         if pool is not None:
             fields["pool"] = pool.value
         log.log(logging.WARNING if type_ == "Warning" else logging.INFO, "%s", message, extra=fields)
