@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from .decision import Decision
 from .observation import Observation
+from .policy import ScalingPolicy
 from .rates import QueueSample, flow
 
 POOL_LABELS = ("namespace", "falachefe", "pool")
@@ -55,6 +56,8 @@ class ScalingMetrics:
         self.current_replicas = gauge("current_replicas", "spec.replicas of the pool's Deployment.")
         self.ready_replicas = gauge("ready_replicas", "Ready replicas of the pool's Deployment.")
         self.desired_replicas = gauge("desired_replicas", "Replicas the autoscaler decided on.")
+        self.min_replicas = gauge("min_replicas", "The pool's minReplicas: the autoscaler never goes below.")
+        self.max_replicas = gauge("max_replicas", "The pool's maxReplicas: the autoscaler never goes above.")
         self.proposed_replicas = gauge("proposed_replicas", "Replicas each metric asked for.", ("metric",))
         self.metrics_available = gauge(
             "metrics_available", "1 when the source answered in the last poll, else 0.", ("source",)
@@ -84,14 +87,16 @@ class ScalingMetrics:
             self.current_replicas,
             self.ready_replicas,
             self.desired_replicas,
+            self.min_replicas,
+            self.max_replicas,
         )
         self._known_metrics: dict[tuple[str, ...], set[str]] = {}
         self._last_counts: dict[tuple[str, ...], QueueSample] = {}
 
     def observe(
-        self, labels: tuple[str, str, str], observation: Observation, decision: Decision, cpu_asked: bool
+        self, labels: tuple[str, str, str], observation: Observation, decision: Decision, policy: ScalingPolicy
     ) -> None:
-        """Publish one poll's inputs and the decision."""
+        """Publish one poll's inputs, the pool's bounds and the decision."""
         queue = observation.queue
         self.metrics_available.labels(*labels, "queue").set(queue is not None)
         if queue is not None:
@@ -109,7 +114,7 @@ class ScalingMetrics:
             self._drop(self.queue_depth, labels)
             for state in QUEUE_STATES:
                 self._drop(self.queue_jobs, (*labels, state))
-        if cpu_asked:
+        if policy.target_cpu_utilization_percentage is not None:
             self.metrics_available.labels(*labels, "cpu").set(observation.cpu is not None)
         if observation.cpu is not None and observation.cpu.ready_pods > 0:
             self.cpu_utilization.labels(*labels).set(observation.cpu.utilization)
@@ -118,6 +123,8 @@ class ScalingMetrics:
         self.current_replicas.labels(*labels).set(observation.current_replicas)
         self.ready_replicas.labels(*labels).set(observation.ready_replicas)
         self.desired_replicas.labels(*labels).set(decision.desired_replicas)
+        self.min_replicas.labels(*labels).set(policy.min_replicas)
+        self.max_replicas.labels(*labels).set(policy.max_replicas)
         metrics_now = {p.metric for p in decision.proposals}
         for stale in self._known_metrics.get(labels, set()) - metrics_now:
             self._drop(self.proposed_replicas, (*labels, stale))
