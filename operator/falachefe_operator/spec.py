@@ -34,6 +34,7 @@ from falachefe_runtime.config import (
     CONFIG_FILE_ENV,
     DEFAULT_CONCURRENCY,
     DEFAULT_QUEUES,
+    FILE_SUFFIX,
     DatabaseSettings,
     LLMSettings,
     PoolSettings,
@@ -44,21 +45,18 @@ from falachefe_runtime.config import (
 
 from .scaling import policy as autoscaler
 
-#: Runtime config fields the operator sets on every worker (secrets by
-#: secretKeyRef, the pool's own settings by value).
-OPERATOR_SET_FIELDS = (
-    "database.dsn",
-    "database.replica_dsn",
-    "redis.url",
-    "llm.api_key",
-    "auth.otp_secret",
-    "worker.kind",
-    "worker.queue",
-    "worker.concurrency",
-    "worker.shutdown_grace_s",
+#: Secret settings the operator gives workers (as files, from the Secrets the spec names).
+OPERATOR_SET_SECRETS = ("database.dsn", "database.replica_dsn", "redis.url", "llm.api_key", "auth.otp_secret")
+#: Runtime config fields the operator sets on every worker by value.
+OPERATOR_SET_FIELDS = ("worker.kind", "worker.queue", "worker.concurrency", "worker.shutdown_grace_s")
+#: Environment variables the operator sets itself, or that would compete with
+#: them; ``env`` may not set them. A secret set both from its file and by
+#: value is refused by the runtime, so both spellings are the operator's.
+RESERVED_ENV = (
+    CONFIG_FILE_ENV,
+    *(name for field in OPERATOR_SET_SECRETS for name in (env_name(field), env_name(field) + FILE_SUFFIX)),
+    *(env_name(field) for field in OPERATOR_SET_FIELDS),
 )
-#: Environment variables the operator sets itself; ``env`` may not override them.
-RESERVED_ENV = (CONFIG_FILE_ENV, *(env_name(field) for field in OPERATOR_SET_FIELDS))
 
 #: Seconds between the runtime's shutdown grace and the pod's termination
 #: grace period: time to exit after the last job, before the kubelet's SIGKILL.
@@ -108,7 +106,7 @@ class _Spec(BaseModel):
 
 
 class SecretKeyRef(_Spec):
-    """A key of a Secret in the resource's namespace; its value reaches pods via ``secretKeyRef``."""
+    """A key of a Secret in the resource's namespace; workers that need it read it as a file."""
 
     name: ObjectName = Field(description="Name of the Secret, in the Falachefe's namespace.")
     key: SecretKey
@@ -482,7 +480,9 @@ class AuthPoolSpec(PoolSpec):
 
     queue: str = _queue(WorkerKind.AUTH)
     concurrency: int = _concurrency(WorkerKind.AUTH)
-    resources: ResourceRequirements = ResourceRequirements(requests={"cpu": "100m", "memory": "128Mi"})
+    resources: ResourceRequirements = ResourceRequirements(
+        requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "512Mi"}
+    )
 
 
 class CrewPoolSpec(PoolSpec):
@@ -490,7 +490,9 @@ class CrewPoolSpec(PoolSpec):
 
     queue: str = _queue(WorkerKind.CREW)
     concurrency: int = _concurrency(WorkerKind.CREW)
-    resources: ResourceRequirements = ResourceRequirements(requests={"cpu": "250m", "memory": "512Mi"})
+    resources: ResourceRequirements = ResourceRequirements(
+        requests={"cpu": "250m", "memory": "512Mi"}, limits={"memory": "2Gi"}
+    )
 
 
 class AdminPoolSpec(PoolSpec):
@@ -498,7 +500,9 @@ class AdminPoolSpec(PoolSpec):
 
     queue: str = _queue(WorkerKind.ADMIN)
     concurrency: int = _concurrency(WorkerKind.ADMIN)
-    resources: ResourceRequirements = ResourceRequirements(requests={"cpu": "50m", "memory": "128Mi"})
+    resources: ResourceRequirements = ResourceRequirements(
+        requests={"cpu": "50m", "memory": "128Mi"}, limits={"memory": "512Mi"}
+    )
 
 
 class PoolsSpec(_Spec):
@@ -540,7 +544,7 @@ class LocalObjectReference(_Spec):
 
 
 _CREW_NEEDS_LLM = "llm is required when pools.crew is set: crews need an LLM endpoint"
-_AUTH_NEEDS_OTP_SECRET = "auth.otpSecretRef is required when pools.auth is set: one-time codes are hashed with its key"
+_AUTH_NEEDS_OTP_REF = "auth.otpSecretRef is required when pools.auth is set: one-time codes are hashed with its key"
 
 
 class FalachefeSpec(_Spec):
@@ -551,7 +555,7 @@ class FalachefeSpec(_Spec):
             {"rule": "!has(self.pools.crew) || has(self.llm)", "message": _CREW_NEEDS_LLM, "fieldPath": ".llm"},
             {
                 "rule": "!has(self.pools.auth) || (has(self.auth) && has(self.auth.otpSecretRef))",
-                "message": _AUTH_NEEDS_OTP_SECRET,
+                "message": _AUTH_NEEDS_OTP_REF,
                 "fieldPath": ".auth",
             },
         )
@@ -579,5 +583,5 @@ class FalachefeSpec(_Spec):
         if self.pools.crew is not None and self.llm is None:
             raise ValueError(_CREW_NEEDS_LLM)
         if self.pools.auth is not None and (self.auth is None or self.auth.otp_secret_ref is None):
-            raise ValueError(_AUTH_NEEDS_OTP_SECRET)
+            raise ValueError(_AUTH_NEEDS_OTP_REF)
         return self
