@@ -39,7 +39,16 @@ log = logging.getLogger("falachefe.operator")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="falachefe-operator", description="Reconcile Falachefe resources.")
+    parser = argparse.ArgumentParser(
+        prog="falachefe-operator",
+        description="Reconcile Falachefe resources.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="environment:\n"
+        "  KUBECONFIG     the API server and credentials, when not in a pod (see --kubeconfig)\n"
+        "  POD_NAME       this replica's name, in the leader Lease (default: the host name)\n"
+        "  POD_NAMESPACE  the leader Lease's namespace (see --leader-election-namespace)\n"
+        "The workers' settings (FALACHEFE_*) are listed by falachefe-runtime worker --help.",
+    )
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
         "--namespace", "-n", action="append", default=[], metavar="NS", help="watch this namespace (repeatable)"
