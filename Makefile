@@ -31,11 +31,15 @@ bench: setup
 	$(VENV)/python -m bench $(BENCH_ARGS)
 
 # Re-resolve the pinned dependency sets after editing pyproject.toml: the
-# development set (tests, demo) and the image's runtime-only set.
+# development set (tests, demo), the image's runtime-only set, and checkov's
+# own (a tool with pins of its own: in a virtualenv of its own, so it never
+# moves the versions the tests run against).
 UV := $(HOME)/.cache/falachefe/uv-0.13.8/bin/uv
+CHECKOV := checkov>=3.3,<3.4
 lock: setup
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --quiet -o requirements.lock
 	$(UV) pip compile pyproject.toml --python-version 3.11 --quiet -o requirements-runtime.lock
+	echo '$(CHECKOV)' | $(UV) pip compile - --python-version 3.11 --quiet -o requirements-checkov.lock
 
 # Copy crds/ into the chart and regenerate the Falachefe chart's values schema.
 charts:

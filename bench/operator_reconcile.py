@@ -66,6 +66,7 @@ SPEC: dict[str, Any] = {
     "database": {"secretRef": {"name": "bench-db"}},
     "redis": {"secretRef": {"name": "bench-redis"}},
     "llm": {"model": "bench"},
+    "auth": {"otpSecretRef": {"name": "bench-otp"}},
     "pools": {
         "auth": {"minReplicas": 1, "maxReplicas": 3, "autoscaling": {"enabled": False}},
         "crew": {"minReplicas": 0, "maxReplicas": 3, "autoscaling": {"enabled": False}},
@@ -259,7 +260,7 @@ async def _measure(run: Run, resources: int, singles: int) -> dict[str, Any]:
     )
     for namespace in (NAMESPACE, DIRECT_NAMESPACE):
         await api.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
-        for secret, key in (("bench-db", "dsn"), ("bench-redis", "url")):
+        for secret, key in (("bench-db", "dsn"), ("bench-redis", "url"), ("bench-otp", "otpSecret")):
             await api.request(
                 "POST",
                 f"/api/v1/namespaces/{namespace}/secrets",

@@ -5,8 +5,10 @@
 #     for the local node: containerd, runc, CNI plugins, buildah, mmdebstrap,
 #     iptables, conntrack, gcc (the pause image);
 #   - uv (pinned) and the project's virtualenv in .venv, synced to requirements.lock;
+#   - checkov in a virtualenv of its own (requirements-checkov.lock), linked into .venv/bin;
 #   - the Node bullmq producer used by the interoperability tests (tests/node);
-#   - the Go-built Kubernetes (control plane and node), metrics-server and Helm,
+#   - the Go-built Kubernetes (control plane and node), metrics-server, Helm and
+#     promtool (the chart's alert rule tests),
 #     and the project's image built from the Dockerfile, cached in ~/.cache/falachefe
 #     ($FALACHEFE_DEV_CACHE).
 #
@@ -66,6 +68,22 @@ if [ "$(cat "$venv/.falachefe-lock" 2>/dev/null)" != "$lock_hash" ]; then
   echo "$lock_hash" > "$venv/.falachefe-lock"
 fi
 
+# -- checkov (the charts' and the worker Deployments' security scan) ------------------------
+# In a virtualenv of its own: its pins (cachetools 5, packaging 23, ...) would
+# otherwise move the versions the tests run against away from the image's.
+checkov_venv="$cache/checkov-$(sha256sum "$repo/requirements-checkov.lock" | cut -c1-16)"
+(
+  flock 9
+  if [ ! -f "$checkov_venv/.complete" ]; then
+    say "installing checkov into $checkov_venv"
+    rm -rf "$checkov_venv"
+    "$uv" venv -q --python "$python" "$checkov_venv"
+    VIRTUAL_ENV="$checkov_venv" "$uv" pip sync -q "$repo/requirements-checkov.lock"
+    touch "$checkov_venv/.complete"
+  fi
+) 9>"$checkov_venv.lock"
+ln -sfn "$checkov_venv/bin/checkov" "$venv/bin/checkov"
+
 # -- Node bullmq producer ----------------------------------------------------------------
 node_dir="$repo/tests/node"
 if [ -f "$node_dir/package-lock.json" ]; then
@@ -77,7 +95,8 @@ if [ -f "$node_dir/package-lock.json" ]; then
   fi
 fi
 
-# -- Go-built Kubernetes, metrics-server and Helm; the images the local node runs ------------
+# -- Go-built Kubernetes, metrics-server, Helm and promtool; the images the local node runs ---
 PYTHONPATH="$repo/scripts" "$venv/bin/python" -m falachefe_devstack.toolchain >/dev/null
 PYTHONPATH="$repo/scripts" "$venv/bin/python" -m falachefe_devstack.images >/dev/null
+PYTHONPATH="$repo/scripts" "$venv/bin/python" -c 'from falachefe_devstack.toolchain import ensure_promtool; ensure_promtool()'
 say "ready"

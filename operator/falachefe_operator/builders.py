@@ -6,6 +6,14 @@ config), one metrics Service, and per pool a Deployment and a
 PodDisruptionBudget. No I/O, no clock: the same spec always gives the same
 manifests, which is what makes re-applying them a no-op.
 
+Secrets reach the workers as files, never as environment variables (which
+any process in the container, a crash dump or ``kubectl describe`` of a
+misconfigured pod may show): one projected volume holds the keys the pool
+needs, each at the path of its setting (``database.dsn``), and the runtime
+reads ``FALACHEFE_DATABASE__DSN_FILE``. A pool gets only the secrets its
+kind uses: no crew worker holds the one-time-code key, no auth worker the
+LLM's.
+
 Two things are deliberately left out of every manifest:
 
 - a Deployment's ``spec.replicas``: the autoscaler owns it (through the
@@ -25,6 +33,7 @@ import yaml
 
 from falachefe_runtime.config import (
     CONFIG_FILE_ENV,
+    FILE_SUFFIX,
     DatabaseSettings,
     LLMSettings,
     ObservabilitySettings,
@@ -43,6 +52,12 @@ _PORTS = ObservabilitySettings()
 HEALTH_PORT = _PORTS.health_port
 METRICS_PORT = _PORTS.metrics_port
 CONTAINER_NAME = "worker"
+#: Where the pool's secrets are mounted, one file per setting.
+SECRETS_DIR = "/var/run/secrets/falachefe"
+#: The image's user and group (the Dockerfile's USER): explicit, so no
+#: image can run a worker as another user, and the secrets' files
+#: (group-readable only) belong to it.
+WORKER_UID = 10001
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,7 @@ class Resource:
 
 def desired_objects(resource: Resource) -> list[dict[str, Any]]:
     """Every object ``resource`` should own, in apply order (config before its consumers)."""
-    config = runtime_config_yaml(resource.spec)
+    config = runtime_config_yaml(resource)
     objects = [config_map(resource, config), metrics_service(resource)]
     config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
     for kind, pool in resource.spec.pools.items():
@@ -111,14 +126,17 @@ def desired_keys(resource: Resource) -> list[tuple[str, str]]:
     return keys
 
 
-def runtime_config_yaml(spec: FalachefeSpec) -> str:
+def runtime_config_yaml(resource: Resource) -> str:
     """The workers' config file: ``RuntimeConfig`` without secrets, mapped from the spec.
+
+    It also names the resource, for the workers' log lines (``namespace``, ``name``).
 
     The sections are validated models; the root is assembled with
     ``model_construct`` because ``RuntimeConfig`` is a settings class that
     would otherwise read this (operator) process's environment into the
     workers' config.
     """
+    spec = resource.spec
     database = spec.database
     llm = spec.llm
     config = RuntimeConfig.model_construct(
@@ -141,7 +159,9 @@ def runtime_config_yaml(spec: FalachefeSpec) -> str:
         llm=LLMSettings()
         if llm is None
         else LLMSettings(model=llm.model, base_url=llm.base_url, timeout_s=llm.timeout_seconds),
-        observability=ObservabilitySettings(log_level=spec.log_level),
+        observability=ObservabilitySettings(
+            log_level=spec.log_level, resource_namespace=resource.namespace, resource_name=resource.name
+        ),
     )
     return yaml.safe_dump(config.public_dict(), sort_keys=True)
 
@@ -206,10 +226,17 @@ def deployment(resource: Resource, kind: WorkerKind, pool: PoolSpec, config_hash
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": pool.termination_grace_period_seconds,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [_container(resource, kind, pool)],
         "volumes": [
             {"name": "config", "configMap": {"name": naming.config_map_name(resource.name)}},
+            {"name": "secrets", "projected": {"defaultMode": 0o440, "sources": _secret_sources(spec, kind)}},
             {"name": "tmp", "emptyDir": {}},
         ],
     }
@@ -285,6 +312,7 @@ def _container(resource: Resource, kind: WorkerKind, pool: PoolSpec) -> dict[str
         },
         "volumeMounts": [
             {"name": "config", "mountPath": naming.CONFIG_DIR, "readOnly": True},
+            {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the only writable place, an emptyDir
         ],
     }
@@ -299,18 +327,33 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": CONFIG_FILE_ENV, "value": f"{naming.CONFIG_DIR}/{naming.CONFIG_KEY}"},
-        _secret_env(env_name("database.dsn"), spec.database.secret_ref),
+def pool_secrets(spec: FalachefeSpec, kind: WorkerKind) -> list[tuple[str, SecretKeyRef]]:
+    """The runtime settings a pool of ``kind`` reads from Secrets, with the Secret key of each."""
+    secrets: list[tuple[str, SecretKeyRef | None]] = [
+        ("database.dsn", spec.database.secret_ref),
+        ("database.replica_dsn", spec.database.replica_secret_ref),
+        ("redis.url", spec.redis.secret_ref),
     ]
-    if spec.database.replica_secret_ref is not None:
-        env.append(_secret_env(env_name("database.replica_dsn"), spec.database.replica_secret_ref))
-    env.append(_secret_env(env_name("redis.url"), spec.redis.secret_ref))
-    if spec.llm is not None and spec.llm.api_key_secret_ref is not None:
-        env.append(_secret_env(env_name("llm.api_key"), spec.llm.api_key_secret_ref))
-    if spec.auth is not None and spec.auth.otp_secret_ref is not None:
-        env.append(_secret_env(env_name("auth.otp_secret"), spec.auth.otp_secret_ref))
+    if kind is WorkerKind.CREW:
+        secrets.append(("llm.api_key", spec.llm.api_key_secret_ref if spec.llm else None))
+    if kind is WorkerKind.AUTH:
+        secrets.append(("auth.otp_secret", spec.auth.otp_secret_ref if spec.auth else None))
+    return [(setting, ref) for setting, ref in secrets if ref is not None]
+
+
+def _secret_sources(spec: FalachefeSpec, kind: WorkerKind) -> list[dict[str, Any]]:
+    return [
+        {"secret": {"name": ref.name, "items": [{"key": ref.key, "path": setting}]}}
+        for setting, ref in pool_secrets(spec, kind)
+    ]
+
+
+def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": CONFIG_FILE_ENV, "value": f"{naming.CONFIG_DIR}/{naming.CONFIG_KEY}"}]
+    env += [
+        {"name": env_name(setting) + FILE_SUFFIX, "value": f"{SECRETS_DIR}/{setting}"}
+        for setting, _ in pool_secrets(spec, kind)
+    ]
     env += [
         {"name": env_name("worker.kind"), "value": kind.value},
         {"name": env_name("worker.queue"), "value": pool.queue},
@@ -319,10 +362,6 @@ def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str
     ]
     env += [{"name": variable.name, "value": variable.value} for variable in pool.env]
     return env
-
-
-def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
 def secret_refs(spec: FalachefeSpec) -> list[tuple[str, SecretKeyRef]]:

@@ -27,6 +27,8 @@ from typing import Any
 import kopf
 from kubernetes import client as k8s
 
+from falachefe_runtime.observability.logging import configure_logging
+
 from . import handlers, metrics
 from .controller import Fleet
 from .health import Endpoints
@@ -38,7 +40,16 @@ log = logging.getLogger("falachefe.operator")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="falachefe-operator", description="Reconcile Falachefe resources.")
+    parser = argparse.ArgumentParser(
+        prog="falachefe-operator",
+        description="Reconcile Falachefe resources.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="environment:\n"
+        "  KUBECONFIG     the API server and credentials, when not in a pod (see --kubeconfig)\n"
+        "  POD_NAME       this replica's name, in the leader Lease (default: the host name)\n"
+        "  POD_NAMESPACE  the leader Lease's namespace (see --leader-election-namespace)\n"
+        "The workers' settings (FALACHEFE_*) are listed by falachefe-runtime worker --help.",
+    )
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
         "--namespace", "-n", action="append", default=[], metavar="NS", help="watch this namespace (repeatable)"
@@ -78,7 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resync-seconds", type=float, default=600.0, help="re-apply every resource's objects this often"
     )
-    parser.add_argument("--log-format", choices=["json", "text"], default="json")
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="json (the default): one object per line; text: the same fields as key=value",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     if not args.standalone and not args.leader_election_namespace:
@@ -103,14 +119,13 @@ def lease_config(args: argparse.Namespace, *, identity: str) -> LeaseConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    kopf.configure(
-        verbose=args.verbose,
-        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
-        log_refkey="object",
-    )
+    # The workers' log schema, for Kopf's records as for ours (not kopf.configure's formats).
+    configure_logging("DEBUG" if args.verbose else "INFO", args.log_format)
     if not args.verbose:
         # Kopf logs every watch event's handler at INFO; the controllers log what they do.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # asyncio's debug chatter, as kopf.configure silences it.
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
     return asyncio.run(run(args))
 
 

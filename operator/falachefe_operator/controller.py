@@ -37,6 +37,7 @@ import kopf
 from pydantic import ValidationError
 
 from falachefe_runtime.config import WorkerKind
+from falachefe_runtime.observability.logging import log_context
 
 from . import apply, autoscaling, metrics, naming
 from .builders import OWNED_KINDS, ObjectRef, Resource, desired_keys
@@ -248,6 +249,11 @@ class Controller:
     # -- the loop ---------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Every line this task logs (and its children's: apply, autoscale) says which resource it is about.
+        with log_context(namespace=self.namespace, name=self.name):
+            await self._loop()
+
+    async def _loop(self) -> None:
         while True:
             delay = self._next_due() - self._clock()
             if delay > 0:
@@ -261,7 +267,7 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("reconciling %s/%s failed", self.namespace, self.name)
+                log.exception("reconcile failed; retrying")
                 metrics.RECONCILES.labels("error").inc()
                 self._retry_later()
 
@@ -429,7 +435,7 @@ class Controller:
             for change in outcome.transitions:
                 self._event(body, *autoscaling.source_event(kind, change, outcome, pool))
             if outcome.scaled:
-                self._event(body, "Normal", "Scaled", autoscaling.scale_message(kind, outcome))
+                self._event(body, "Normal", "Scaled", autoscaling.scale_message(kind, outcome), pool=kind)
 
     def _observation(self, spec: FalachefeSpec, generation: int, *, paused: bool = False) -> Observation:
         deployments = {
@@ -466,7 +472,7 @@ class Controller:
         try:
             await self._api.apply(status_path(self.namespace, self.name), manifest, manager=naming.FIELD_MANAGER)
         except (ApiError, aiohttp.ClientError, TimeoutError) as error:
-            log.warning("writing the status of %s/%s failed: %s", self.namespace, self.name, error)
+            log.warning("writing the status failed; retrying", extra={"error": str(error)})
             self._retry_later()
             return
         metrics.STATUS_WRITES.inc()
@@ -479,8 +485,18 @@ class Controller:
             self._event(body, "Warning", problems[0].reason, "; ".join(messages))
         self._announced = messages
 
-    def _event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        log.info("%s/%s: %s: %s", self.namespace, self.name, reason, message)
+    def _event(
+        self, body: Mapping[str, Any], type_: str, reason: str, message: str, pool: WorkerKind | None = None
+    ) -> None:
+        """Post an Event and log it: a Warning Event is a warning in the log too.
+
+        The resource's namespace and name come from the task's log context
+        (``name`` could not be an ``extra``: LogRecord keeps it for the logger).
+        """
+        fields: dict[str, Any] = {"event": type_, "reason": reason}
+        if pool is not None:
+            fields["pool"] = pool.value
+        log.log(logging.WARNING if type_ == "Warning" else logging.INFO, "%s", message, extra=fields)
         kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=type_, reason=reason, message=message)
 
 

@@ -192,8 +192,13 @@ def definition() -> dict[str, Any]:
                             "required": ["spec"],
                             "x-kubernetes-validations": [NAME_RULE],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": f"The schema version of this object: {GROUP}/{VERSION}.",
+                                },
+                                "kind": {"type": "string", "description": f"{KIND}."},
+                                # The API server refuses anything here but the type: kubectl explain
+                                # describes metadata from ObjectMeta's own schema.
                                 "metadata": {"type": "object"},
                                 "spec": openapi_schema(FalachefeSpec),
                                 "status": openapi_schema(FalachefeStatus),

@@ -34,6 +34,7 @@ from falachefe_runtime.config import (
     CONFIG_FILE_ENV,
     DEFAULT_CONCURRENCY,
     DEFAULT_QUEUES,
+    FILE_SUFFIX,
     DatabaseSettings,
     LLMSettings,
     PoolSettings,
@@ -44,21 +45,18 @@ from falachefe_runtime.config import (
 
 from .scaling import policy as autoscaler
 
-#: Runtime config fields the operator sets on every worker (secrets by
-#: secretKeyRef, the pool's own settings by value).
-OPERATOR_SET_FIELDS = (
-    "database.dsn",
-    "database.replica_dsn",
-    "redis.url",
-    "llm.api_key",
-    "auth.otp_secret",
-    "worker.kind",
-    "worker.queue",
-    "worker.concurrency",
-    "worker.shutdown_grace_s",
+#: Secret settings the operator gives workers (as files, from the Secrets the spec names).
+OPERATOR_SET_SECRETS = ("database.dsn", "database.replica_dsn", "redis.url", "llm.api_key", "auth.otp_secret")
+#: Runtime config fields the operator sets on every worker by value.
+OPERATOR_SET_FIELDS = ("worker.kind", "worker.queue", "worker.concurrency", "worker.shutdown_grace_s")
+#: Environment variables the operator sets itself, or that would compete with
+#: them; ``env`` may not set them. A secret set both from its file and by
+#: value is refused by the runtime, so both spellings are the operator's.
+RESERVED_ENV = (
+    CONFIG_FILE_ENV,
+    *(name for field in OPERATOR_SET_SECRETS for name in (env_name(field), env_name(field) + FILE_SUFFIX)),
+    *(env_name(field) for field in OPERATOR_SET_FIELDS),
 )
-#: Environment variables the operator sets itself; ``env`` may not override them.
-RESERVED_ENV = (CONFIG_FILE_ENV, *(env_name(field) for field in OPERATOR_SET_FIELDS))
 
 #: Seconds between the runtime's shutdown grace and the pod's termination
 #: grace period: time to exit after the last job, before the kubelet's SIGKILL.
@@ -108,7 +106,7 @@ class _Spec(BaseModel):
 
 
 class SecretKeyRef(_Spec):
-    """A key of a Secret in the resource's namespace; its value reaches pods via ``secretKeyRef``."""
+    """A key of a Secret in the resource's namespace; workers that need it read it as a file."""
 
     name: ObjectName = Field(description="Name of the Secret, in the Falachefe's namespace.")
     key: SecretKey
@@ -139,6 +137,11 @@ _REDIS = RedisSettings()
 _LLM = LLMSettings()
 
 
+_MIN_SIZE = "Connections each worker opens at start and keeps open."
+_MAX_SIZE = "Most connections each worker opens."
+_STATEMENT_TIMEOUT = "PostgreSQL cancels a statement that runs longer (statement_timeout)."
+
+
 class _ConnectionPool(_Spec):
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -164,17 +167,21 @@ class _ConnectionPool(_Spec):
 class PrimaryPool(_ConnectionPool):
     """Connections each worker keeps to the primary."""
 
-    min_size: int = Field(_PRIMARY.min_size, ge=0, le=1000)
-    max_size: int = Field(_PRIMARY.max_size, ge=1, le=1000)
-    statement_timeout_seconds: float = Field(_PRIMARY.statement_timeout_s, gt=0, le=3600)
+    min_size: int = Field(_PRIMARY.min_size, ge=0, le=1000, description=_MIN_SIZE)
+    max_size: int = Field(_PRIMARY.max_size, ge=1, le=1000, description=_MAX_SIZE)
+    statement_timeout_seconds: float = Field(
+        _PRIMARY.statement_timeout_s, gt=0, le=3600, description=_STATEMENT_TIMEOUT
+    )
 
 
 class ReplicaPool(_ConnectionPool):
     """Connections each worker keeps to the read replica (when there is one)."""
 
-    min_size: int = Field(_REPLICA.min_size, ge=0, le=1000)
-    max_size: int = Field(_REPLICA.max_size, ge=1, le=1000)
-    statement_timeout_seconds: float = Field(_REPLICA.statement_timeout_s, gt=0, le=3600)
+    min_size: int = Field(_REPLICA.min_size, ge=0, le=1000, description=_MIN_SIZE)
+    max_size: int = Field(_REPLICA.max_size, ge=1, le=1000, description=_MAX_SIZE)
+    statement_timeout_seconds: float = Field(
+        _REPLICA.statement_timeout_s, gt=0, le=3600, description=_STATEMENT_TIMEOUT
+    )
 
 
 class DatabaseSpec(_Spec):
@@ -184,9 +191,18 @@ class DatabaseSpec(_Spec):
     replica_secret_ref: DsnSecretRef | None = Field(None, description="Secret key holding a read replica's DSN.")
     primary_pool: PrimaryPool = PrimaryPool()
     replica_pool: ReplicaPool = ReplicaPool()
-    idle_timeout_seconds: float = Field(_DATABASE.idle_timeout_s, gt=0, le=3600)
-    connect_timeout_seconds: float = Field(_DATABASE.connect_timeout_s, gt=0, le=300)
-    slow_query_threshold_seconds: float = Field(_DATABASE.slow_query_threshold_s, gt=0, le=3600)
+    idle_timeout_seconds: float = Field(
+        _DATABASE.idle_timeout_s, gt=0, le=3600, description="A pooled connection idle this long is closed."
+    )
+    connect_timeout_seconds: float = Field(
+        _DATABASE.connect_timeout_s, gt=0, le=300, description="Time to open one connection before it counts as failed."
+    )
+    slow_query_threshold_seconds: float = Field(
+        _DATABASE.slow_query_threshold_s,
+        gt=0,
+        le=3600,
+        description="A statement slower than this is logged and counted in falachefe_db_slow_queries_total.",
+    )
 
 
 class RedisSpec(_Spec):
@@ -204,12 +220,12 @@ class RedisSpec(_Spec):
 class LLMSpec(_Spec):
     """The OpenAI-compatible endpoint the crews talk to."""
 
-    model: str = Field(_LLM.model, min_length=1, max_length=253)
+    model: str = Field(_LLM.model, min_length=1, max_length=253, description="Model the crews ask the endpoint for.")
     base_url: str | None = Field(
         None, alias="baseURL", max_length=2048, pattern=r"^https?://", description="Endpoint; the provider's if unset."
     )
     api_key_secret_ref: ApiKeySecretRef | None = Field(None, description="Secret key holding the API key.")
-    timeout_seconds: float = Field(_LLM.timeout_s, gt=0, le=3600)
+    timeout_seconds: float = Field(_LLM.timeout_s, gt=0, le=3600, description="How long one LLM request may take.")
 
 
 class AuthSpec(_Spec):
@@ -229,13 +245,21 @@ _POLICY_DEFAULTS: dict[str, Any] = {field.name: field.default for field in datac
 class ScalingPolicy(_Spec):
     """At most `value` pods (or percent of the current pods) per `periodSeconds`."""
 
-    type: Literal["Pods", "Percent"]
-    value: int = Field(ge=1, le=10_000)
-    period_seconds: int = Field(ge=1, le=autoscaler.MAX_PERIOD_SECONDS)
+    type: Literal["Pods", "Percent"] = Field(description="Pods: a number of pods; Percent: of the current replicas.")
+    value: int = Field(ge=1, le=10_000, description="How many pods, or what percentage.")
+    period_seconds: int = Field(
+        ge=1, le=autoscaler.MAX_PERIOD_SECONDS, description="The window the limit applies to, in seconds."
+    )
 
 
 def _window(rules: autoscaler.ScalingRules) -> Any:
-    return Field(rules.stabilization_window_seconds, ge=0, le=autoscaler.MAX_STABILIZATION_WINDOW_SECONDS)
+    return Field(
+        rules.stabilization_window_seconds,
+        ge=0,
+        le=autoscaler.MAX_STABILIZATION_WINDOW_SECONDS,
+        description="Seconds of past recommendations to consider: scale-down takes their highest,"
+        " scale-up their lowest, which damps flapping.",
+    )
 
 
 def _select(rules: autoscaler.ScalingRules) -> Any:
@@ -252,6 +276,7 @@ def _policies(rules: autoscaler.ScalingRules) -> Any:
             for rule in rules.policies
         ],
         max_length=10,
+        description="Limits on how much the pool may change per period.",
     )
 
 
@@ -278,6 +303,8 @@ class ScaleDownRules(ScalingRulesSpec):
 
 
 class ScalingBehavior(_Spec):
+    """How fast the pool may grow and shrink, as a HorizontalPodAutoscaler's behavior."""
+
     scale_up: ScaleUpRules = ScaleUpRules()
     scale_down: ScaleDownRules = ScaleDownRules()
 
@@ -288,7 +315,9 @@ class AutoscalingSpec(_Spec):
     enabled: bool = Field(
         True, description="When false the operator only keeps replicas within minReplicas..maxReplicas."
     )
-    polling_interval_seconds: int = Field(5, ge=1, le=3600)
+    polling_interval_seconds: int = Field(
+        5, ge=1, le=3600, description="How often the queue and CPU are read and the pool's size decided."
+    )
     target_queue_depth_per_replica: int = Field(
         10, ge=1, le=1_000_000, description="Jobs waiting or running per replica the pool aims for."
     )
@@ -324,23 +353,43 @@ class AutoscalingSpec(_Spec):
 
 
 class ResourceRequirements(_Spec):
-    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
-    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
+    """CPU and memory of each worker container, as in a container's resources."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Reserved for each worker; CPU utilization is measured against the CPU request.",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="The most each worker may use; past its memory limit a worker is killed.",
+    )
 
 
 class Toleration(_Spec):
-    key: str | None = Field(None, max_length=317)
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = Field(None, max_length=63)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A taint the workers tolerate, as in a pod's tolerations."""
+
+    key: str | None = Field(None, max_length=317, description="Taint key; unset with Exists matches every taint.")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        None, description="Exists: any value; Equal (the default): the value below."
+    )
+    value: str | None = Field(None, max_length=63, description="Taint value to match with Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; unset matches every effect."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="With NoExecute: how long a worker stays on a node after the taint appears."
+    )
 
 
 class EnvVar(_Spec):
     """A plain (non-secret) environment variable for the workers."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    value: str = Field("", max_length=32_768)
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="The variable's name."
+    )
+    value: str = Field("", max_length=32_768, description="Its value, in plain text: secrets belong in Secrets.")
 
 
 _POOL_RULES = _cel(
@@ -365,8 +414,8 @@ class PoolSpec(_Spec):
     queue: str
     concurrency: int
     resources: ResourceRequirements
-    min_replicas: int = Field(1, ge=0, le=1000)
-    max_replicas: int = Field(10, ge=1, le=1000)
+    min_replicas: int = Field(1, ge=0, le=1000, description="Fewest workers, even with an empty queue (0 is allowed).")
+    max_replicas: int = Field(10, ge=1, le=1000, description="Most workers the autoscaler may run.")
     autoscaling: AutoscalingSpec = AutoscalingSpec()
     termination_grace_period_seconds: int = Field(
         30,
@@ -374,12 +423,28 @@ class PoolSpec(_Spec):
         le=86_400,
         description=f"Pod grace period; workers get {SHUTDOWN_MARGIN_S} s less to finish in-flight jobs.",
     )
-    node_selector: dict[str, LabelValue] = Field(default_factory=dict, max_length=64)
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
-    affinity: PassThroughObject | None = None
-    topology_spread_constraints: list[PassThroughObject] = Field(default_factory=list, max_length=16)
-    pod_annotations: dict[str, LabelValue] = Field(default_factory=dict, max_length=64)
-    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Labels a worker's node must have (the pods' nodeSelector)."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Taints the workers tolerate (the pods' tolerations)."
+    )
+    affinity: PassThroughObject | None = Field(
+        None, description="The pods' affinity (node, pod and anti-affinity), passed through as is."
+    )
+    topology_spread_constraints: list[PassThroughObject] = Field(
+        default_factory=list,
+        max_length=16,
+        description="The pods' topologySpreadConstraints; without a labelSelector they count the pool's pods.",
+    )
+    pod_annotations: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Annotations added to every worker pod."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra plain environment variables for the workers; the operator's own cannot be overridden.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PoolSpec:
@@ -415,7 +480,9 @@ class AuthPoolSpec(PoolSpec):
 
     queue: str = _queue(WorkerKind.AUTH)
     concurrency: int = _concurrency(WorkerKind.AUTH)
-    resources: ResourceRequirements = ResourceRequirements(requests={"cpu": "100m", "memory": "128Mi"})
+    resources: ResourceRequirements = ResourceRequirements(
+        requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "512Mi"}
+    )
 
 
 class CrewPoolSpec(PoolSpec):
@@ -423,7 +490,9 @@ class CrewPoolSpec(PoolSpec):
 
     queue: str = _queue(WorkerKind.CREW)
     concurrency: int = _concurrency(WorkerKind.CREW)
-    resources: ResourceRequirements = ResourceRequirements(requests={"cpu": "250m", "memory": "512Mi"})
+    resources: ResourceRequirements = ResourceRequirements(
+        requests={"cpu": "250m", "memory": "512Mi"}, limits={"memory": "2Gi"}
+    )
 
 
 class AdminPoolSpec(PoolSpec):
@@ -431,7 +500,9 @@ class AdminPoolSpec(PoolSpec):
 
     queue: str = _queue(WorkerKind.ADMIN)
     concurrency: int = _concurrency(WorkerKind.ADMIN)
-    resources: ResourceRequirements = ResourceRequirements(requests={"cpu": "50m", "memory": "128Mi"})
+    resources: ResourceRequirements = ResourceRequirements(
+        requests={"cpu": "50m", "memory": "128Mi"}, limits={"memory": "512Mi"}
+    )
 
 
 class PoolsSpec(_Spec):
@@ -467,7 +538,13 @@ class PoolsSpec(_Spec):
 
 
 class LocalObjectReference(_Spec):
-    name: ObjectName
+    """A Secret in the Falachefe's namespace, by name."""
+
+    name: ObjectName = Field(description="Name of the Secret.")
+
+
+_CREW_NEEDS_LLM = "llm is required when pools.crew is set: crews need an LLM endpoint"
+_AUTH_NEEDS_OTP_REF = "auth.otpSecretRef is required when pools.auth is set: one-time codes are hashed with its key"
 
 
 class FalachefeSpec(_Spec):
@@ -475,27 +552,36 @@ class FalachefeSpec(_Spec):
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
+            {"rule": "!has(self.pools.crew) || has(self.llm)", "message": _CREW_NEEDS_LLM, "fieldPath": ".llm"},
             {
-                "rule": "!has(self.pools.crew) || has(self.llm)",
-                "message": "llm is required when pools.crew is set: crews need an LLM endpoint",
-                "fieldPath": ".llm",
-            }
+                "rule": "!has(self.pools.auth) || (has(self.auth) && has(self.auth.otpSecretRef))",
+                "message": _AUTH_NEEDS_OTP_REF,
+                "fieldPath": ".auth",
+            },
         )
     )
 
     image: str = Field(min_length=1, max_length=1024, description="The runtime image (this project's Dockerfile).")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="When the node pulls the image (a container's imagePullPolicy)."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Secrets to pull the image with, from this namespace."
+    )
     database: DatabaseSpec
     redis: RedisSpec
     llm: LLMSpec | None = None
     auth: AuthSpec | None = None
     pools: PoolsSpec
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="The workers' log level (they log one JSON object per line)."
+    )
     paused: bool = Field(False, description="Stop reconciling and autoscaling; owned objects are left as they are.")
 
     @model_validator(mode="after")
-    def _crew_needs_llm(self) -> FalachefeSpec:
+    def _pools_need_their_settings(self) -> FalachefeSpec:
         if self.pools.crew is not None and self.llm is None:
-            raise ValueError("llm is required when pools.crew is set: crews need an LLM endpoint")
+            raise ValueError(_CREW_NEEDS_LLM)
+        if self.pools.auth is not None and (self.auth is None or self.auth.otp_secret_ref is None):
+            raise ValueError(_AUTH_NEEDS_OTP_REF)
         return self

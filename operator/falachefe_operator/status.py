@@ -35,40 +35,57 @@ Timestamp = str
 class ConditionStatusModel(_Status):
     """A metav1.Condition."""
 
-    type: str = Field(min_length=1, max_length=316)
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = Field(max_length=32_768)
-    observed_generation: int | None = Field(None, ge=0)
-    last_transition_time: Timestamp = Field(json_schema_extra={"format": "date-time"})
+    type: str = Field(
+        min_length=1, max_length=316, description="Ready, Progressing, Degraded or ScalingActive; Ready sums up."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
+    reason: str = Field(
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="Why, in one CamelCase word (WorkersReady, SecretNotFound, MetricsUnavailable...).",
+    )
+    message: str = Field(max_length=32_768, description="Why, for a person: what is wrong and where.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="The spec generation the condition was worked out from."
+    )
+    last_transition_time: Timestamp = Field(
+        json_schema_extra={"format": "date-time"}, description="When status last changed (not reason or message)."
+    )
 
 
 class PoolStatus(_Status):
     """One worker pool as last seen."""
 
     replicas: int = Field(description="Replicas the Deployment asks for now.")
-    ready_replicas: int
+    ready_replicas: int = Field(description="Workers Ready to take jobs.")
     desired_replicas: int | None = Field(None, description="What the autoscaler last decided.")
     queue_depth: int | None = Field(None, description="Jobs waiting, prioritized, delayed or active.")
     cpu_utilization: int | None = Field(None, description="Percent of the pods' CPU requests.")
-    last_scale_time: Timestamp | None = Field(None, json_schema_extra={"format": "date-time"})
-    last_scale_reason: str | None = Field(None, max_length=1024)
+    last_scale_time: Timestamp | None = Field(
+        None, json_schema_extra={"format": "date-time"}, description="When the autoscaler last resized the pool."
+    )
+    last_scale_reason: str | None = Field(None, max_length=1024, description="The numbers behind the last resize.")
 
 
 class PoolsStatus(_Status):
+    """Each pool of the spec, by kind."""
+
     auth: PoolStatus | None = None
     crew: PoolStatus | None = None
     admin: PoolStatus | None = None
 
 
 class FalachefeStatus(_Status):
+    """What the operator last saw and did; written by the operator only."""
+
     observed_generation: int | None = Field(None, description="The generation the operator last acted on.")
     conditions: list[ConditionStatusModel] = Field(
         default_factory=list,
         max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Ready, Progressing, Degraded and ScalingActive, one of each.",
     )
-    pools: PoolsStatus | None = None
+    pools: PoolsStatus | None = Field(None, description="Replicas, queue depth, CPU and last scale of each pool.")
     workers: str | None = Field(None, max_length=64, description="Ready/desired workers over all pools.")
     queue_depth: int | None = Field(None, description="Jobs waiting or running over all pools' queues.")
     pool_summary: str | None = Field(None, max_length=1024, description="Per pool: ready/desired and queue depth.")

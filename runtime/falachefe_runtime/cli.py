@@ -2,8 +2,8 @@
 
 Every command reads the same configuration as the workers (environment and
 ``$FALACHEFE_CONFIG_FILE``) and validates it first: a bad value stops the
-command with the field's name and what is wrong, never with the value (it
-may be a secret).
+command with the variable's and the field's name and what is wrong, never
+with the value (it may be a secret). Every ``--help`` lists the variables.
 
     falachefe-runtime worker --pool auth|crew|admin
     falachefe-runtime migrate
@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import logging
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -25,7 +28,18 @@ from typing import Any, TextIO
 
 from pydantic import SecretStr, ValidationError
 
-from falachefe_runtime.config import RuntimeConfig, WorkerKind, env_name
+from falachefe_runtime.config import (
+    CONFIG_FILE_ENV,
+    FILE_SUFFIX,
+    ConfigSourceError,
+    RuntimeConfig,
+    WorkerKind,
+    describe_config_error,
+    env_name,
+    is_secret,
+    setting_fields,
+)
+from falachefe_runtime.observability.logging import configure_logging
 from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, ProcessMessage
 from falachefe_runtime.queues import ALL_QUEUES, COUNT_STATES, WHATSAPP_QUEUE, Queues
 from falachefe_runtime.validation import describe_validation_error
@@ -42,8 +56,8 @@ def load_config(**overrides: Any) -> RuntimeConfig:
     try:
         return RuntimeConfig(**overrides)
     except ValidationError as error:
-        raise ConfigError(f"invalid configuration: {describe_validation_error(error)}") from None
-    except FileNotFoundError as error:
+        raise ConfigError(f"invalid configuration: {describe_config_error(error, os.environ)}") from None
+    except ConfigSourceError as error:
         raise ConfigError(str(error)) from None
 
 
@@ -65,7 +79,15 @@ def _queues(config: RuntimeConfig) -> Queues:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    config = load_config(worker={"kind": args.pool})
+    try:
+        config = load_config(worker={"kind": args.pool})
+    except ConfigError as error:
+        # A worker's output is read by a log pipeline: its last words are one line of the log schema,
+        # in the format asked for if that much of the configuration is readable.
+        asked = os.environ.get(env_name("observability.log_format"))
+        configure_logging(fmt="text" if asked == "text" else "json")
+        logging.getLogger("falachefe_runtime.worker").error("cannot start: %s", error, extra={"pool": args.pool})
+        return EXIT_CONFIG
     from falachefe_runtime.worker.app import run_worker  # noqa: PLC0415 - heavy (asyncpg, crewai): only here
 
     return run_worker(config)
@@ -169,24 +191,56 @@ def cmd_enqueue_message(args: argparse.Namespace, out: TextIO) -> int:
 # -- parsing -------------------------------------------------------------------
 
 
+def settings_help() -> str:
+    """The configuration a command reads: the file, then every variable with its default."""
+    fields = setting_fields()
+    # A section's default may differ from its class's (the replica pool is smaller): read the defaults whole.
+    defaults = RuntimeConfig.model_construct().model_dump(mode="json")
+    width = max(len(env_name(dotted)) for dotted in fields)
+    lines = [
+        "configuration (a variable wins over the config file, which wins over the defaults):",
+        f"  {CONFIG_FILE_ENV:<{width}}  a YAML file with the sections below (database:, redis:, ...)",
+    ]
+    for dotted, field in fields.items():
+        if is_secret(field):
+            note = f"secret; or {env_name(dotted)}{FILE_SUFFIX}=<file holding it>"
+        else:
+            default = functools.reduce(lambda section, key: section[key], dotted.split("."), defaults)
+            note = "unset" if default is None else f"default {default}"
+        lines.append(f"  {env_name(dotted):<{width}}  {note}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="falachefe-runtime", description=__doc__.split("\n\n")[0])
+    epilog = settings_help()
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=summary, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+
+    parser = argparse.ArgumentParser(
+        prog="falachefe-runtime",
+        description=__doc__.split("\n\n")[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    worker = commands.add_parser("worker", help="run a worker pool until SIGTERM")
+    worker = command("worker", "run a worker pool until SIGTERM")
     worker.add_argument("--pool", required=True, choices=[kind.value for kind in WorkerKind])
 
-    commands.add_parser("migrate", help="apply the database migrations (safe to run twice, and concurrently)")
+    command("migrate", "apply the database migrations (safe to run twice, and concurrently)")
 
-    queues = commands.add_parser("queues", help="job counts per queue and state")
+    queues = command("queues", "job counts per queue and state")
     queues.add_argument("--queue", action="append", help="only this queue (repeatable); default: all")
     queues.add_argument("--json", action="store_true", help="machine-readable output")
 
-    failed = commands.add_parser("failed", help="the latest failed jobs of a queue, with their reasons")
+    failed = command("failed", "the latest failed jobs of a queue, with their reasons")
     failed.add_argument("--queue", required=True)
     failed.add_argument("--limit", type=int, default=20)
 
-    enqueue = commands.add_parser("enqueue-message", help="put an inbound WhatsApp message on whatsapp-processing")
+    enqueue = command("enqueue-message", "put an inbound WhatsApp message on whatsapp-processing")
     enqueue.add_argument("--company", required=True, help="company id (UUID)")
     enqueue.add_argument("--phone", required=True, help="sender's phone number, E.164 (+5511...)")
     enqueue.add_argument("--text", required=True)

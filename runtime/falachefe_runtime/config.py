@@ -7,10 +7,18 @@ heavy imports (no asyncpg, redis, crewai) so that importing it is cheap.
 
 Sources, highest precedence first:
 
-1. environment variables ``FALACHEFE_<SECTION>__<FIELD>`` (secrets arrive
-   this way, from ``secretKeyRef``);
+1. environment variables ``FALACHEFE_<SECTION>__<FIELD>``, one per setting
+   (``FALACHEFE_DATABASE__PRIMARY__MIN_SIZE``); a secret may instead be read
+   from the file that ``FALACHEFE_<SECTION>__<FIELD>_FILE`` names (a mounted
+   Secret: it never shows in the pod's environment);
 2. the YAML file named by ``FALACHEFE_CONFIG_FILE`` (the mounted ConfigMap);
 3. the defaults below, which are the seed document's numbers.
+
+Only those variables are read. Any other ``FALACHEFE_*`` variable (another
+tool's, a whole section as JSON, a typo) is left alone, so a stray variable
+in someone's environment cannot stop a worker; ``unrecognised_variables``
+lists the ones that look like settings, for a warning. A variable that is a
+setting but does not parse is named in the error (``describe_config_error``).
 
 Secrets are ``SecretStr``: their ``repr`` and ``str`` print ``**********``, so
 neither a log line nor a validation error can leak a DSN or an API key.
@@ -20,10 +28,14 @@ from __future__ import annotations
 
 import enum
 import os
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,11 +45,17 @@ from pydantic_settings import (
 
 CONFIG_FILE_ENV = "FALACHEFE_CONFIG_FILE"
 ENV_PREFIX = "FALACHEFE_"
+#: Suffix of the variable naming a file that holds a secret setting's value.
+FILE_SUFFIX = "_FILE"
 
 
 def env_name(field: str) -> str:
     """The environment variable that sets a dotted field: ``database.dsn`` -> ``FALACHEFE_DATABASE__DSN``."""
     return ENV_PREFIX + field.upper().replace(".", "__")
+
+
+class ConfigSourceError(ValueError):
+    """A configuration source could not be read; the message names the variable or file."""
 
 
 class WorkerKind(enum.StrEnum):
@@ -104,6 +122,11 @@ class DatabaseSettings(_Section):
     #: drops (reads, writes marked idempotent, and acquiring a connection).
     retry_attempts: int = Field(3, ge=1, le=10)
 
+    @field_validator("dsn", "replica_dsn")
+    @classmethod
+    def _postgres_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        return _checked_scheme(value, ("postgresql", "postgres"))
+
 
 class RedisSettings(_Section):
     """Redis: cache (L2), cache invalidation bus and the BullMQ queues."""
@@ -114,6 +137,18 @@ class RedisSettings(_Section):
     #: Prefix of the cache's keys, separate from the queues'.
     cache_prefix: str = Field("falachefe:cache", min_length=1)
     socket_timeout_s: Seconds = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        return _checked_scheme(value, ("redis", "rediss", "unix"))
+
+
+def _checked_scheme(value: SecretStr | None, schemes: tuple[str, ...]) -> SecretStr | None:
+    """Refuse a URL of another scheme, naming the expected ones and nothing of the value (it holds a password)."""
+    if value is not None and urlsplit(value.get_secret_value()).scheme not in schemes:
+        raise ValueError("must start with " + " or ".join(f"{name}://" for name in schemes))
+    return value
 
 
 class CacheTTLs(_Section):
@@ -205,7 +240,11 @@ class ObservabilitySettings(_Section):
     metrics_port: int = Field(9102, ge=0, le=65_535)
     health_port: int = Field(8080, ge=0, le=65_535)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
-    log_format: str = Field("json", pattern=r"^(json|text)$")
+    log_format: Literal["json", "text"] = "json"
+    #: The ``Falachefe`` this worker belongs to (the operator sets both), as
+    #: every log line's ``namespace`` and ``name``, like the operator's own.
+    resource_namespace: str | None = None
+    resource_name: str | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -241,12 +280,12 @@ class RuntimeConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, SettingVariables(settings_cls, os.environ)]
         config_file = os.environ.get(CONFIG_FILE_ENV)
         if config_file:
             path = Path(config_file)
             if not path.is_file():
-                raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+                raise ConfigSourceError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
@@ -261,3 +300,112 @@ class RuntimeConfig(BaseSettings):
                 "auth": {"otp_secret"},
             },
         )
+
+
+# -- where settings come from ------------------------------------------------
+
+
+def setting_fields(model: type[BaseModel] = RuntimeConfig, prefix: str = "") -> dict[str, FieldInfo]:
+    """Every leaf setting by dotted name (``database.primary.min_size``), in declaration order."""
+    fields: dict[str, FieldInfo] = {}
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            fields.update(setting_fields(field.annotation, f"{dotted}."))
+        else:
+            fields[dotted] = field
+    return fields
+
+
+def is_secret(field: FieldInfo) -> bool:
+    return field.annotation is SecretStr or SecretStr in typing.get_args(field.annotation)
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    head, _, rest = dotted.partition(".")
+    return {head: _nested(rest, value) if rest else value}
+
+
+def _merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+class SettingVariables(PydanticBaseSettingsSource):
+    """``FALACHEFE_<SECTION>__<FIELD>`` for each leaf setting, and ``..._FILE`` for each secret; nothing else.
+
+    pydantic-settings' own environment source also reads a whole section
+    from one variable as JSON, so any ``FALACHEFE_CACHE`` in the environment
+    (a build tool's cache directory, say) broke every command. This source
+    asks for the variables it knows by name and never parses one as JSON.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ reads every leaf itself (the base class asks per top-level field).
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for dotted, field in setting_fields(self.settings_cls).items():
+            variable = env_name(dotted)
+            value = self._environ.get(variable)
+            if is_secret(field) and variable + FILE_SUFFIX in self._environ:
+                if value is not None:
+                    raise ConfigSourceError(f"set {variable} or {variable}{FILE_SUFFIX}, not both")
+                value = _read_secret_file(variable + FILE_SUFFIX, self._environ[variable + FILE_SUFFIX])
+            if value is not None:
+                _merge(values, _nested(dotted, value))
+        return values
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    """A mounted Secret's value, without the trailing newline an editor or ``echo`` leaves."""
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as error:
+        raise ConfigSourceError(f"{variable}={path}: cannot read the file ({error.strerror or error})") from None
+
+
+def unrecognised_variables(environ: Mapping[str, str]) -> list[str]:
+    """``FALACHEFE_`` variables shaped like a setting (``SECTION__FIELD``) that are none: typos, old names."""
+    known = {CONFIG_FILE_ENV}
+    for dotted, field in setting_fields().items():
+        known.add(env_name(dotted))
+        if is_secret(field):
+            known.add(env_name(dotted) + FILE_SUFFIX)
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and "__" in name and name not in known)
+
+
+def describe_config_error(error: ValidationError, environ: Mapping[str, str]) -> str:
+    """Each problem with the setting it is about and where it was set, never the value.
+
+    ``worker.concurrency`` set by ``FALACHEFE_WORKER__CONCURRENCY`` reads
+    ``FALACHEFE_WORKER__CONCURRENCY (worker.concurrency): Input should be a
+    valid integer``; a value from the config file names the file.
+    """
+    config_file = environ.get(CONFIG_FILE_ENV)
+    problems = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        dotted = ".".join(str(part) for part in item["loc"])
+        variables = [
+            name
+            for setting in setting_fields()
+            if setting == dotted or setting.startswith(dotted + ".")
+            for name in (env_name(setting), env_name(setting) + FILE_SUFFIX)
+            if name in environ
+        ]
+        if variables:
+            where = f"{', '.join(variables)} ({dotted})"
+        elif config_file:
+            where = f"{dotted} in {config_file}"
+        else:
+            where = dotted or "(top level)"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)

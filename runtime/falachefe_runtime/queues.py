@@ -25,8 +25,7 @@ ADMIN_QUEUE = DEFAULT_QUEUES[WorkerKind.ADMIN]
 #: Replies and one-time codes for the WhatsApp sender (the original app's
 #: provider integration) to deliver; the runtime never calls the provider.
 OUTBOUND_QUEUE = "whatsapp-outbound"
-#: Every queue the runtime consumes or feeds: what ``falachefe-runtime queues``
-#: lists and the admin pool samples the depth of.
+#: Every queue the runtime consumes or feeds: what ``falachefe-runtime queues`` lists.
 ALL_QUEUES = (*DEFAULT_QUEUES.values(), OUTBOUND_QUEUE)
 
 _RETRYING = {"attempts": 3, "removeOnComplete": 100, "removeOnFail": 50}

@@ -36,6 +36,8 @@ KUBERNETES_VERSION = "v1.32.9"
 ETCD_VERSION = "v3.5.16"
 HELM_VERSION = "v3.19.5"
 METRICS_SERVER_VERSION = "v0.8.0"
+#: The Go module's version of Prometheus 3.16.0 (promtool).
+PROMETHEUS_VERSION = "v0.316.0"
 
 KUBERNETES_PACKAGES = {
     "etcd": "go.etcd.io/etcd/server/v3",
@@ -149,6 +151,29 @@ def _go_install(name: str, package: str, ldflags: str) -> Path:
                 packages=None,
                 cwd=build_dir,
                 env={"GOBIN": str(build_dir), "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
+            )
+    return target
+
+
+def ensure_promtool() -> Path:
+    """promtool, to unit-test the chart's alerting rules (``promtool test rules``).
+
+    ``remove_all_sd`` leaves out the service-discovery plugins (cloud SDKs):
+    checking and testing rules needs none of them, and they are most of the build.
+    """
+    key = hashlib.sha256(_go_version().encode()).hexdigest()[:12]
+    target = cache_root() / "bin" / f"promtool-{PROMETHEUS_VERSION}-{key}"
+    with _built_once(target, ["promtool"]) as build_dir:
+        if build_dir is not None:
+            release = "3." + PROMETHEUS_VERSION.removeprefix("v0.3")  # v0.3XX.Y is Prometheus 3.XX.Y
+            ldflags = f"-s -w -X github.com/prometheus/common/version.Version={release}"
+            package = f"github.com/prometheus/prometheus/cmd/promtool@{PROMETHEUS_VERSION}"
+            log(f"installing promtool {release} into {target}")
+            _go_with_progress(
+                ["install", "-trimpath", "-tags", "remove_all_sd", "-ldflags", ldflags, package],
+                packages=None,
+                cwd=build_dir,
+                env={"GOBIN": str(build_dir), "GOFLAGS": "-mod=mod"},
             )
     return target
 

@@ -18,7 +18,12 @@ __all__ = ["CHART", "KUBE_VERSION", "Helm", "HelmError", "Manifest"]
 NON_DEFAULT_VALUES: dict[str, dict[str, Any]] = {
     "namespaced": {"watch": {"allNamespaces": False, "namespaces": ["team-a", "team-b"]}},
     "cluster-wide": {"watch": {"allNamespaces": True}},
-    "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "monitoring": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "podMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Falachefe"}},
+    },
     "pdb": {"podDisruptionBudget": {"enabled": True}, "replicaCount": 3},
     "single-standalone": {"replicaCount": 1, "leaderElection": {"enabled": False}},
     "scheduling": {

@@ -45,6 +45,7 @@ def sample(namespace: str, image: str = "falachefe:0.1.0", **annotations: str) -
             "image": image,
             "database": {"secretRef": {"name": "shop-db"}},
             "redis": {"secretRef": {"name": "shop-redis"}},
+            "auth": {"otpSecretRef": {"name": "shop-otp"}},
             # Nothing reads queue depth or CPU here: the replicas are whatever
             # the (simulated) autoscaler set, within min..max.
             "pools": {"auth": {"minReplicas": 1, "maxReplicas": 5, "autoscaling": {"enabled": False}}},
@@ -72,6 +73,7 @@ def shop_namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
         for secret, key, value in (
             ("shop-db", "dsn", "postgresql://shop@db/shop"),
             ("shop-redis", "url", "redis://redis:6379/0"),
+            ("shop-otp", "otpSecret", "an HMAC key"),
         ):
             core.create_namespaced_secret(
                 name, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret), string_data={key: value})

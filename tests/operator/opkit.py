@@ -40,7 +40,7 @@ def install_crd(kube: ControlPlane) -> None:
 
 
 def sample(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    """A small Falachefe: the auth and crew pools, secrets named after the resource."""
+    """A small Falachefe: the auth and crew pools, secrets named after the resource (see ``create_secrets``)."""
     body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Falachefe",
@@ -50,6 +50,7 @@ def sample(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
             "database": {"secretRef": {"name": f"{name}-db"}},
             "redis": {"secretRef": {"name": f"{name}-redis"}},
             "llm": {"model": "test-model"},
+            "auth": {"otpSecretRef": {"name": f"{name}-otp"}},
             "pools": {
                 "auth": {"minReplicas": 1, "maxReplicas": 4, "autoscaling": {"targetCPUUtilizationPercentage": 0}},
                 "crew": {"minReplicas": 0, "maxReplicas": 3, "autoscaling": {"targetCPUUtilizationPercentage": 0}},
@@ -69,7 +70,11 @@ def apply(
 
 def create_secrets(api: k8s.ApiClient, namespace: str, name: str, redis_url: str) -> None:
     core = k8s.CoreV1Api(api)
-    for secret, key, value in ((f"{name}-db", "dsn", "postgresql://u:p@db/x"), (f"{name}-redis", "url", redis_url)):
+    for secret, key, value in (
+        (f"{name}-db", "dsn", "postgresql://u:p@db/x"),
+        (f"{name}-redis", "url", redis_url),
+        (f"{name}-otp", "otpSecret", "an HMAC key"),
+    ):
         put_secret(core, namespace, secret, {key: value})
 
 

@@ -11,7 +11,7 @@ import yaml
 from falachefe_operator import builders, naming
 from falachefe_operator.builders import Resource, desired_objects
 from falachefe_operator.spec import FalachefeSpec
-from falachefe_runtime.config import CONFIG_FILE_ENV, RuntimeConfig
+from falachefe_runtime.config import CONFIG_FILE_ENV, RuntimeConfig, env_name
 
 UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 
@@ -86,17 +86,68 @@ def test_worker_pod_contract() -> None:
     assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     variables = env(auth)
     assert variables[CONFIG_FILE_ENV] == "/etc/falachefe/config.yaml"
-    secrets = {name: value["secretKeyRef"] for name, value in variables.items() if isinstance(value, dict)}
-    assert secrets == {
-        "FALACHEFE_DATABASE__DSN": {"name": "db", "key": "dsn"},
-        "FALACHEFE_DATABASE__REPLICA_DSN": {"name": "db-ro", "key": "replica"},
-        "FALACHEFE_REDIS__URL": {"name": "redis", "key": "url"},
-        "FALACHEFE_LLM__API_KEY": {"name": "llm", "key": "apiKey"},
-        "FALACHEFE_AUTH__OTP_SECRET": {"name": "otp", "key": "otpSecret"},
-    }
     assert variables["FALACHEFE_WORKER__KIND"] == "auth"
     assert variables["FALACHEFE_WORKER__QUEUE"] == "whatsapp-processing"
     assert variables["FALACHEFE_WORKER__CONCURRENCY"] == "5"
+
+
+def test_secrets_are_files_and_each_pool_gets_only_the_ones_it_uses() -> None:
+    objects = by_key(desired_objects(resource()))
+    expected = {
+        "auth": {
+            "database.dsn": ("db", "dsn"),
+            "database.replica_dsn": ("db-ro", "replica"),
+            "redis.url": ("redis", "url"),
+            "auth.otp_secret": ("otp", "otpSecret"),
+        },
+        "crew": {
+            "database.dsn": ("db", "dsn"),
+            "database.replica_dsn": ("db-ro", "replica"),
+            "redis.url": ("redis", "url"),
+            "llm.api_key": ("llm", "apiKey"),
+        },
+    }
+    for pool, secrets in expected.items():
+        deployment = objects[f"Deployment/shop-{pool}"]
+        variables = env(deployment)
+        # No secret in the environment: only the path of its file.
+        assert not [value for value in variables.values() if isinstance(value, dict)]
+        assert {name: value for name, value in variables.items() if name.endswith("_FILE") and "__" in name} == {
+            env_name(setting) + "_FILE": f"/var/run/secrets/falachefe/{setting}" for setting in secrets
+        }
+        [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets"]
+        assert volume["projected"]["defaultMode"] == 0o440
+        mounted = {
+            item["path"]: (source["secret"]["name"], item["key"])
+            for source in volume["projected"]["sources"]
+            for item in source["secret"]["items"]
+        }
+        assert mounted == secrets
+        [mount] = [m for m in container(deployment)["volumeMounts"] if m["name"] == "secrets"]
+        assert mount == {"name": "secrets", "mountPath": "/var/run/secrets/falachefe", "readOnly": True}
+
+
+def test_the_runtime_reads_the_secret_files_the_pod_would_mount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the kubelet would write at each path, the runtime's settings read back as the setting it names."""
+    values = {
+        "database.dsn": "postgresql://u:p@primary/x",
+        "database.replica_dsn": "postgresql://u:p@replica/x",
+        "redis.url": "redis://redis:6379/0",
+        "llm.api_key": "sk-crew",
+    }
+    deployment = by_key(desired_objects(resource()))["Deployment/shop-crew"]
+    for variable in container(deployment)["env"]:
+        if variable["name"].endswith("_FILE") and variable["name"] != CONFIG_FILE_ENV:
+            setting = Path(variable["value"]).name
+            (tmp_path / setting).write_text(values[setting] + "\n")
+            monkeypatch.setenv(variable["name"], str(tmp_path / setting))
+    config = RuntimeConfig()
+    assert config.llm.api_key is not None and config.llm.api_key.get_secret_value() == "sk-crew"
+    assert config.database.replica_dsn is not None
+    assert config.database.replica_dsn.get_secret_value() == "postgresql://u:p@replica/x"
+    assert config.auth.otp_secret is None
 
 
 def test_pods_are_locked_down() -> None:
@@ -104,7 +155,13 @@ def test_pods_are_locked_down() -> None:
         if obj["kind"] != "Deployment":
             continue
         pod = obj["spec"]["template"]["spec"]
-        assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
         assert pod["automountServiceAccountToken"] is False
         security = container(obj)["securityContext"]
         assert security["readOnlyRootFilesystem"] is True

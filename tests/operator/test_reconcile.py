@@ -263,6 +263,7 @@ def test_a_missing_secret_is_a_condition_that_clears_when_the_secret_appears(
 ) -> None:
     core = k8s.CoreV1Api(kube_api)
     put_secret(core, op_namespace, "lost-db", {"dsn": "postgresql://u:p@db/x"})
+    put_secret(core, op_namespace, "lost-otp", {"otpSecret": "an HMAC key"})
     apply(kube, sample("lost", op_namespace))
     degraded = wait_condition(kube_api, op_namespace, "lost", "Degraded", "True", "SecretNotFound")
     message = condition(degraded, "Degraded")["message"]

@@ -20,6 +20,7 @@ def minimal(**pools: Any) -> dict[str, Any]:
         "database": {"secretRef": {"name": "db"}},
         "redis": {"secretRef": {"name": "redis"}},
         "llm": {"model": "m"},
+        "auth": {"otpSecretRef": {"name": "otp"}},
         "pools": pools or {"auth": {}},
     }
 

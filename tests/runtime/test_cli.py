@@ -31,7 +31,8 @@ def test_bad_config_names_the_fields_and_not_the_secrets(
     code, _ = cli(["queues"])
     error = capsys.readouterr().err
     assert code == 2
-    assert "worker.concurrency" in error and "database.primary" in error
+    assert "FALACHEFE_WORKER__CONCURRENCY (worker.concurrency): Input should be a valid integer" in error
+    assert "FALACHEFE_DATABASE__PRIMARY__MIN_SIZE (database.primary): " in error
     assert "hunter2" not in error and "lots" not in error
 
 
@@ -42,17 +43,22 @@ def test_config_file_typos_are_errors(
     config.write_text("worker:\n  concurency: 4\n")
     monkeypatch.setenv("FALACHEFE_CONFIG_FILE", str(config))
     assert cli(["queues"])[0] == 2
-    assert "worker.concurency: Extra inputs are not permitted" in capsys.readouterr().err
+    assert f"worker.concurency in {config}: Extra inputs are not permitted" in capsys.readouterr().err
 
 
 def test_worker_refuses_to_start_without_the_pools_secrets(values: dict, tmp_path: Path) -> None:
     env = worker_env({key: value for key, value in values.items() if key not in ("auth", "llm")}, "crew")
     env["FALACHEFE_DATABASE__DSN"] = SECRET_DSN
+    env["FALACHEFE_OBSERVABILITY__LOG_FORMAT"] = "json"
     done = subprocess.run(
         [str(RUNTIME_CLI), "worker", "--pool", "crew"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 2
-    assert "the crew pool needs llm.api_key: set FALACHEFE_LLM__API_KEY" in done.stderr
+    [line] = done.stderr.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error"
+    assert record["message"] == "cannot start: the crew pool needs llm.api_key: set FALACHEFE_LLM__API_KEY"
+    assert record["variables"] == ["FALACHEFE_LLM__API_KEY"] and record["pool"] == "crew"
     assert "hunter2" not in done.stderr + done.stdout
 
 

@@ -135,8 +135,8 @@ async def test_slow_query_is_logged_without_parameter_values_and_counted(
 ) -> None:
     secret = "s3cret-phone-+5511999990000"
     async with Database(settings(pg_dsn, slow_query_threshold_s=0.2)) as db:
-        slow_before = sample("falachefe_db_slow_queries_total", pool="primary", query="test.slow")
-        timed_before = sample("falachefe_db_query_duration_seconds_count", pool="primary", query="test.slow")
+        slow_before = sample("falachefe_db_slow_queries_total", role="primary", query="test.slow")
+        timed_before = sample("falachefe_db_query_duration_seconds_count", role="primary", query="test.slow")
         with caplog.at_level(logging.WARNING, logger="falachefe_runtime.db"):
             await db.fetchval("SELECT 1 FROM pg_sleep(0.01) WHERE $1::text <> ''", secret, name="test.fast")
             value = await db.fetchval(
@@ -157,8 +157,8 @@ async def test_slow_query_is_logged_without_parameter_values_and_counted(
         everything = record.getMessage() + repr(vars(record))
         assert secret not in everything
         assert "inline literal" not in everything, "literals in the SQL text are masked too"
-    assert sample("falachefe_db_slow_queries_total", pool="primary", query="test.slow") == slow_before + 1
-    assert sample("falachefe_db_query_duration_seconds_count", pool="primary", query="test.slow") == timed_before + 1
+    assert sample("falachefe_db_slow_queries_total", role="primary", query="test.slow") == slow_before + 1
+    assert sample("falachefe_db_query_duration_seconds_count", role="primary", query="test.slow") == timed_before + 1
 
 
 async def test_a_query_name_that_is_not_a_label_is_refused(db: Database) -> None:
@@ -216,17 +216,17 @@ async def test_next_call_succeeds_after_the_pooled_connections_are_terminated(pg
 
 
 async def test_a_read_whose_connection_drops_mid_statement_is_retried(pg_dsn: str) -> None:
-    retries = sample("falachefe_db_retries_total", pool="primary", phase="query")
+    retries = sample("falachefe_db_retries_total", role="primary", phase="query")
     async with Database(settings(pg_dsn)) as db:
         read = asyncio.create_task(db.fetchval("SELECT 'answered' FROM pg_sleep(1)", name="test.long_read"))
         await async_wait_for(lambda: terminate_backends(pg_dsn, APP, active_only=True), timeout=20, interval=0.05)
         assert await read == "answered"
-    assert sample("falachefe_db_retries_total", pool="primary", phase="query") == retries + 1
+    assert sample("falachefe_db_retries_total", role="primary", phase="query") == retries + 1
 
 
 async def test_a_write_whose_connection_drops_mid_statement_is_not_repeated(pg_dsn: str) -> None:
     await admin_execute(pg_dsn, "CREATE TABLE effects (id serial PRIMARY KEY, note text)")
-    retries = sample("falachefe_db_retries_total", pool="primary", phase="query")
+    retries = sample("falachefe_db_retries_total", role="primary", phase="query")
     async with Database(settings(pg_dsn)) as db:
         write = asyncio.create_task(db.execute("INSERT INTO effects (note) SELECT 'once' FROM pg_sleep(1)"))
         await async_wait_for(lambda: terminate_backends(pg_dsn, APP, active_only=True), timeout=20, interval=0.05)
@@ -234,7 +234,7 @@ async def test_a_write_whose_connection_drops_mid_statement_is_not_repeated(pg_d
             await write
         # The pool recovers for the next statement.
         assert await db.fetchval("SELECT count(*) FROM effects") == 0
-    assert sample("falachefe_db_retries_total", pool="primary", phase="query") == retries
+    assert sample("falachefe_db_retries_total", role="primary", phase="query") == retries
 
 
 # -- health, metrics, configuration --------------------------------------------
@@ -250,15 +250,15 @@ async def test_ping_reports_whether_the_primary_answers(pg_dsn: str) -> None:
 
 
 async def test_pool_gauges_and_acquire_wait_are_exported(db: Database) -> None:
-    waits = sample("falachefe_db_pool_acquire_wait_seconds_count", pool="primary")
-    assert sample("falachefe_db_pool_max_size", pool="primary") >= 4
-    in_use_before = sample("falachefe_db_pool_in_use", pool="primary")
+    waits = sample("falachefe_db_pool_acquire_wait_seconds_count", role="primary")
+    assert sample("falachefe_db_pool_max_size", role="primary") >= 4
+    in_use_before = sample("falachefe_db_pool_in_use", role="primary")
     async with db.transaction() as tx:
         assert await tx.fetchval("SELECT 1") == 1
-        assert sample("falachefe_db_pool_in_use", pool="primary") == in_use_before + 1
-        assert sample("falachefe_db_pool_size", pool="primary") >= 1
-    assert sample("falachefe_db_pool_in_use", pool="primary") == in_use_before
-    assert sample("falachefe_db_pool_acquire_wait_seconds_count", pool="primary") == waits + 1
+        assert sample("falachefe_db_pool_in_use", role="primary") == in_use_before + 1
+        assert sample("falachefe_db_pool_size", role="primary") >= 1
+    assert sample("falachefe_db_pool_in_use", role="primary") == in_use_before
+    assert sample("falachefe_db_pool_acquire_wait_seconds_count", role="primary") == waits + 1
 
 
 async def test_transaction_rolls_back_when_the_block_raises(db: Database) -> None:
@@ -281,13 +281,13 @@ async def test_json_columns_are_python_values(db: Database) -> None:
 async def test_start_retries_an_unreachable_server_then_fails_without_leaking_the_password() -> None:
     password = "never-print-me"
     unreachable = f"postgresql://falachefe:{password}@127.0.0.1:{free_port()}/falachefe"
-    retries = sample("falachefe_db_retries_total", pool="primary", phase="connect")
+    retries = sample("falachefe_db_retries_total", role="primary", phase="connect")
     db = Database(DatabaseSettings(dsn=unreachable, retry_attempts=2, connect_timeout_s=1))
     with pytest.raises(OSError) as failure:
         await db.start()
     assert password not in str(failure.value)
     assert password not in repr(db.settings)
-    assert sample("falachefe_db_retries_total", pool="primary", phase="connect") == retries + 1
+    assert sample("falachefe_db_retries_total", role="primary", phase="connect") == retries + 1
     assert not await db.ping()
 
 

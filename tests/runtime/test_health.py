@@ -49,4 +49,7 @@ async def test_readyz_follows_the_database_and_metrics_are_served(
         assert f'falachefe_jobs_processed_total{{outcome="completed",queue="{WHATSAPP_QUEUE}"}}' in scrape
         assert f'falachefe_job_duration_seconds_count{{queue="{WHATSAPP_QUEUE}"}}' in scrape
         assert 'falachefe_auth_decisions_total{event="message",result="authorized"}' in scrape
-        assert "falachefe_queue_depth" in scrape
+        assert f'falachefe_job_queue_wait_seconds_count{{queue="{WHATSAPP_QUEUE}"}}' in scrape
+        assert 'falachefe_build_info{python="' in scrape
+        # Queue depth is the operator's to export, once per pool: here every replica would repeat it.
+        assert "queue_depth" not in scrape

@@ -125,6 +125,10 @@ async def test_full_queue_scales_to_the_bound_and_back_to_min_after_the_window(
         registry.get_sample_value("falachefe_operator_pool_scale_actions_total", {**sample, "direction": "down"}) >= 1
     )
     assert registry.get_sample_value("falachefe_operator_pool_metrics_available", {**sample, "source": "queue"}) == 1
+    assert registry.get_sample_value("falachefe_operator_pool_max_replicas", sample) == 6
+    # Counters from the first poll on: the 3000 jobs were there before it, and all of them left the queue since.
+    assert registry.get_sample_value("falachefe_operator_pool_queue_jobs_added_total", sample) == 0
+    assert registry.get_sample_value("falachefe_operator_pool_queue_jobs_finished_total", sample) == 3000
 
 
 async def test_sources_down_hold_the_pool(

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from falachefe_operator.scaling.rates import QueueSample, estimate_rates
+from falachefe_operator.scaling.rates import QueueSample, estimate_rates, flow
 
 
 def sample(at: float, added: int, in_system: int, *, active: int = 0, backlog: int | None = None) -> QueueSample:
@@ -91,3 +91,12 @@ def test_too_little_history_gives_no_rates() -> None:
     assert estimate_rates([]) is None
     assert estimate_rates([sample(0.0, 0, 0)]) is None
     assert estimate_rates([sample(0.0, 0, 0), sample(0.5, 10, 10)]) is None
+
+
+def test_flow_between_two_polls_is_what_the_counters_add() -> None:
+    # 30 added by id, the system grew by 10: 20 finished.
+    assert flow(sample(0, 100, 50), sample(5, 130, 60)) == (30, 20)
+    # Jobs added with custom ids do not move the counter: the growth is their arrival.
+    assert flow(sample(0, 100, 50), sample(5, 100, 58)) == (8, 0)
+    # A recreated queue resets the counter: never a negative arrival.
+    assert flow(sample(0, 100, 50), sample(5, 3, 3)) == (0, 47)

@@ -169,9 +169,7 @@ class Autoscaler:
                 self._metrics.step_errors.labels(*target.labels).inc()
                 messages.append(f"{where}: scale to {decision.desired_replicas} failed: {problem}")
         self._histories[target.labels] = history
-        self._metrics.observe(
-            target.labels, observation, decision, cpu_asked=target.policy.target_cpu_utilization_percentage is not None
-        )
+        self._metrics.observe(target.labels, observation, decision, target.policy)
         return StepOutcome(
             current=current,
             ready=ready,

@@ -5,6 +5,12 @@ Labels are ``namespace``, ``falachefe`` (the custom resource's name) and
 one graph. A gauge whose input was unavailable in the last poll is removed
 rather than left at a stale value; ``falachefe_operator_pool_metrics_available``
 says which.
+
+The operator is the one exporter of queue depth: every worker replica of a
+pool would report the same queue, and a sum over pods would count it once
+per replica. Arrivals and completions are counters (``rate()`` them over
+any window), counted between successive polls the way the autoscaler's own
+rates are (``rates.flow``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from .decision import Decision
 from .observation import Observation
+from .policy import ScalingPolicy
+from .rates import QueueSample, flow
 
 POOL_LABELS = ("namespace", "falachefe", "pool")
 QUEUE_STATES = ("waiting", "prioritized", "delayed_due", "delayed_pending", "active")
@@ -30,32 +38,44 @@ class ScalingMetrics:
             "queue_depth", "Backlog the pool is sized for: waiting+prioritized+delayed-due+active."
         )
         self.queue_jobs = gauge("queue_jobs", "Jobs in the pool's bullmq queue, by state.", ("state",))
-        self.arrival_rate = gauge("queue_arrival_rate", "Jobs added per second, averaged over the rate window.")
-        self.completion_rate = gauge("queue_completion_rate", "Jobs finished per second over the rate window.")
+        self.jobs_added = Counter(
+            "falachefe_operator_pool_queue_jobs_added_total",
+            "Jobs added to the pool's queue, counted between polls.",
+            POOL_LABELS,
+            registry=registry,
+        )
+        self.jobs_finished = Counter(
+            "falachefe_operator_pool_queue_jobs_finished_total",
+            "Jobs that left the pool's queue (completed, or failed with no attempts left), counted between polls.",
+            POOL_LABELS,
+            registry=registry,
+        )
         self.cpu_utilization = gauge(
             "cpu_utilization_ratio", "CPU usage of the pool's ready pods over their requests (1 = as requested)."
         )
         self.current_replicas = gauge("current_replicas", "spec.replicas of the pool's Deployment.")
         self.ready_replicas = gauge("ready_replicas", "Ready replicas of the pool's Deployment.")
         self.desired_replicas = gauge("desired_replicas", "Replicas the autoscaler decided on.")
+        self.min_replicas = gauge("min_replicas", "The pool's minReplicas: the autoscaler never goes below.")
+        self.max_replicas = gauge("max_replicas", "The pool's maxReplicas: the autoscaler never goes above.")
         self.proposed_replicas = gauge("proposed_replicas", "Replicas each metric asked for.", ("metric",))
         self.metrics_available = gauge(
             "metrics_available", "1 when the source answered in the last poll, else 0.", ("source",)
         )
         self.scale_actions = Counter(
-            "falachefe_operator_pool_scale_actions",
+            "falachefe_operator_pool_scale_actions_total",
             "Writes of the Deployment's scale subresource, by direction.",
             (*POOL_LABELS, "direction"),
             registry=registry,
         )
         self.step_errors = Counter(
-            "falachefe_operator_pool_scale_errors",
+            "falachefe_operator_pool_scale_errors_total",
             "Polls that could not read or write the Deployment.",
             POOL_LABELS,
             registry=registry,
         )
         self.step_seconds = Histogram(
-            "falachefe_operator_pool_autoscale_step_seconds",
+            "falachefe_operator_pool_autoscale_step_duration_seconds",
             "Time to read the metrics, decide and scale one pool.",
             POOL_LABELS,
             registry=registry,
@@ -63,36 +83,38 @@ class ScalingMetrics:
         )
         self._per_pool_gauges = (
             self.queue_depth,
-            self.arrival_rate,
-            self.completion_rate,
             self.cpu_utilization,
             self.current_replicas,
             self.ready_replicas,
             self.desired_replicas,
+            self.min_replicas,
+            self.max_replicas,
         )
         self._known_metrics: dict[tuple[str, ...], set[str]] = {}
+        self._last_counts: dict[tuple[str, ...], QueueSample] = {}
 
     def observe(
-        self, labels: tuple[str, str, str], observation: Observation, decision: Decision, cpu_asked: bool
+        self, labels: tuple[str, str, str], observation: Observation, decision: Decision, policy: ScalingPolicy
     ) -> None:
-        """Publish one poll's inputs and the decision."""
+        """Publish one poll's inputs, the pool's bounds and the decision."""
         queue = observation.queue
         self.metrics_available.labels(*labels, "queue").set(queue is not None)
         if queue is not None:
             self.queue_depth.labels(*labels).set(queue.backlog)
             for state in QUEUE_STATES:
                 self.queue_jobs.labels(*labels, state).set(getattr(queue, state))
+            counts = QueueSample.from_counts(0.0, queue)
+            before = self._last_counts.get(labels)
+            added, finished = flow(before, counts) if before is not None else (0, 0)
+            # Created at zero on the first poll, so the first increase shows in rate().
+            self.jobs_added.labels(*labels).inc(added)
+            self.jobs_finished.labels(*labels).inc(finished)
+            self._last_counts[labels] = counts
         else:
             self._drop(self.queue_depth, labels)
             for state in QUEUE_STATES:
                 self._drop(self.queue_jobs, (*labels, state))
-        if decision.rates is not None:
-            self.arrival_rate.labels(*labels).set(decision.rates.arrival_rate)
-            self.completion_rate.labels(*labels).set(decision.rates.completion_rate)
-        else:
-            self._drop(self.arrival_rate, labels)
-            self._drop(self.completion_rate, labels)
-        if cpu_asked:
+        if policy.target_cpu_utilization_percentage is not None:
             self.metrics_available.labels(*labels, "cpu").set(observation.cpu is not None)
         if observation.cpu is not None and observation.cpu.ready_pods > 0:
             self.cpu_utilization.labels(*labels).set(observation.cpu.utilization)
@@ -101,6 +123,8 @@ class ScalingMetrics:
         self.current_replicas.labels(*labels).set(observation.current_replicas)
         self.ready_replicas.labels(*labels).set(observation.ready_replicas)
         self.desired_replicas.labels(*labels).set(decision.desired_replicas)
+        self.min_replicas.labels(*labels).set(policy.min_replicas)
+        self.max_replicas.labels(*labels).set(policy.max_replicas)
         metrics_now = {p.metric for p in decision.proposals}
         for stale in self._known_metrics.get(labels, set()) - metrics_now:
             self._drop(self.proposed_replicas, (*labels, stale))
@@ -120,6 +144,9 @@ class ScalingMetrics:
             self._drop(self.proposed_replicas, (*labels, metric))
         for direction in ("up", "down"):
             self._drop(self.scale_actions, (*labels, direction))
+        for counter in (self.jobs_added, self.jobs_finished):
+            self._drop(counter, labels)
+        self._last_counts.pop(labels, None)
         self._drop(self.step_errors, labels)
         self._drop(self.step_seconds, labels)
 

@@ -63,6 +63,17 @@ class QueueRates:
         return self.mean_active / self.completion_rate
 
 
+def flow(before: QueueSample, after: QueueSample) -> tuple[int, int]:
+    """Jobs added and jobs finished (or failed for good) between two samples.
+
+    A reset ``:id`` counter (the queue was recreated) counts only the growth
+    of the jobs in the system as arrivals.
+    """
+    growth = after.in_system - before.in_system
+    added = max(after.added_total - before.added_total, growth, 0)
+    return added, max(added - growth, 0)
+
+
 def estimate_rates(samples: Sequence[QueueSample]) -> QueueRates | None:
     """Rates over ``samples`` (oldest first), or None if they span too little time.
 
@@ -83,10 +94,9 @@ def estimate_rates(samples: Sequence[QueueSample]) -> QueueRates | None:
     completions = 0
     active_time = 0.0
     for before, after in itertools.pairwise(window):
-        growth = after.in_system - before.in_system
-        added = max(after.added_total - before.added_total, growth, 0)
+        added, finished = flow(before, after)
         arrivals += added
-        completions += max(added - growth, 0)
+        completions += finished
         active_time += (before.active + after.active) / 2 * (after.at - before.at)
     return QueueRates(
         window_seconds=span,

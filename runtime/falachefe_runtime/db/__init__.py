@@ -7,13 +7,14 @@ command runs.
 from __future__ import annotations
 
 from .bulk import COPY_COLUMNS
-from .database import Database, DatabaseNotStarted, Isolation, Record, Transaction
+from .database import Database, DatabaseNotStarted, DatabaseStartError, Isolation, Record, Transaction
 from .migrate import MigrationError, MigrationReport, migrate
 
 __all__ = [
     "COPY_COLUMNS",
     "Database",
     "DatabaseNotStarted",
+    "DatabaseStartError",
     "Isolation",
     "MigrationError",
     "MigrationReport",

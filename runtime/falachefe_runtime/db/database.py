@@ -58,6 +58,28 @@ class DatabaseNotStarted(RuntimeError):
     """A query was made before ``start()`` or after ``close()``."""
 
 
+class DatabaseStartError(ConnectionError):
+    """A pool could not open: ``setting`` names the DSN's setting, the message why (never the DSN)."""
+
+    def __init__(self, setting: str, error: BaseException) -> None:
+        super().__init__(f"cannot open {setting}: {_why(error)}")
+        self.setting = setting
+
+
+def _why(error: BaseException) -> str:
+    """What went wrong opening a pool, in words that hold no part of the DSN.
+
+    The server's own messages and socket errors name hosts and users at
+    most; a DSN that does not parse is only named as such, since the
+    parser quotes the piece it choked on, which may be part of a password.
+    """
+    if isinstance(error, TimeoutError):
+        return "no answer within database.connect_timeout_s"
+    if isinstance(error, asyncpg.PostgresError | OSError):
+        return f"{type(error).__name__}: {error}"
+    return f"the DSN is not usable ({type(error).__name__})"
+
+
 async def _init_connection(connection: Any) -> None:
     """Per-connection set-up: JSON columns as Python values."""
     for type_name in ("json", "jsonb"):
@@ -303,13 +325,21 @@ class Database:
         return self._replica is not None
 
     async def start(self) -> None:
-        """Open the pools (their ``min_size`` connections), retrying a server that is not up yet."""
-        await self._primary.open()
+        """Open the pools (their ``min_size`` connections), retrying a server that is not up yet.
+
+        Raises ``DatabaseStartError`` naming the setting whose server could not be reached.
+        """
+        try:
+            await self._primary.open()
+        except Exception as error:
+            raise DatabaseStartError("database.dsn", error) from error
         if self._replica is not None:
             try:
                 await self._replica.open()
-            except BaseException:
+            except BaseException as error:
                 await self._primary.close()
+                if isinstance(error, Exception):
+                    raise DatabaseStartError("database.replica_dsn", error) from error
                 raise
 
     async def close(self) -> None:

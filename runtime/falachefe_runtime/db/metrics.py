@@ -2,7 +2,9 @@
 
 Pool gauges are read from the live pools at scrape time by a collector, so
 they are never stale and cost nothing between scrapes. Pools are summed by
-role (``primary``/``replica``): a process normally has one of each.
+role (``primary``/``replica``): a process normally has one of each. The
+label is ``role``, not ``pool``: a worker's scrape is labelled with its
+worker pool (auth, crew, admin), as the operator's series are.
 """
 
 from __future__ import annotations
@@ -17,24 +19,24 @@ from prometheus_client.registry import Collector
 
 QUERY_DURATION = Histogram(
     "falachefe_db_query_duration_seconds",
-    "Time a statement took, from sending it to having its result, by pool and query.",
-    ["pool", "query"],
+    "Time a statement took, from sending it to having its result, by role (primary, replica) and query.",
+    ["role", "query"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 SLOW_QUERIES = Counter(
     "falachefe_db_slow_queries_total",
     "Statements that took longer than database.slow_query_threshold_s.",
-    ["pool", "query"],
+    ["role", "query"],
 )
 QUERY_ERRORS = Counter(
     "falachefe_db_query_errors_total",
-    "Statements that failed, by pool, query and error class.",
-    ["pool", "query", "error"],
+    "Statements that failed, by role, query and error class.",
+    ["role", "query", "error"],
 )
 RETRIES = Counter(
     "falachefe_db_retries_total",
-    "Operations repeated after their connection dropped, by pool and phase (connect, acquire, begin, query).",
-    ["pool", "phase"],
+    "Operations repeated after their connection dropped, by role and phase (connect, acquire, begin, query).",
+    ["role", "phase"],
 )
 REPLICA_FALLBACKS = Counter(
     "falachefe_db_replica_fallbacks_total",
@@ -43,7 +45,7 @@ REPLICA_FALLBACKS = Counter(
 ACQUIRE_WAIT = Histogram(
     "falachefe_db_pool_acquire_wait_seconds",
     "Time spent waiting for a pooled connection.",
-    ["pool"],
+    ["role"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
@@ -75,15 +77,15 @@ class PoolCollector(Collector):
             row["in_use"] += size - idle
             row["max"] += pool.get_max_size()
         families = {
-            "size": GaugeMetricFamily("falachefe_db_pool_size", "Open connections in the pool.", labels=["pool"]),
+            "size": GaugeMetricFamily("falachefe_db_pool_size", "Open connections in the pool.", labels=["role"]),
             "in_use": GaugeMetricFamily(
-                "falachefe_db_pool_in_use", "Connections lent out of the pool.", labels=["pool"]
+                "falachefe_db_pool_in_use", "Connections lent out of the pool.", labels=["role"]
             ),
             "idle": GaugeMetricFamily(
-                "falachefe_db_pool_idle", "Open connections waiting in the pool.", labels=["pool"]
+                "falachefe_db_pool_idle", "Open connections waiting in the pool.", labels=["role"]
             ),
             "max": GaugeMetricFamily(
-                "falachefe_db_pool_max_size", "The most connections the pool may open.", labels=["pool"]
+                "falachefe_db_pool_max_size", "The most connections the pool may open.", labels=["role"]
             ),
         }
         for role, row in sorted(totals.items()):

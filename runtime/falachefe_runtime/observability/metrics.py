@@ -3,11 +3,24 @@
 Labels are small closed sets (queue names, outcome words, reason codes from
 our own code), never ids, phone numbers or error messages, so the series
 count stays bounded whatever the traffic.
+
+Queue depth is not here: every replica of a pool would report the same
+queue, and a sum over pods would count it once per replica. The operator
+exports it, once per pool (``falachefe_operator_pool_queue_jobs``).
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from falachefe_runtime.observability.build import build_info
+
+BUILD_INFO = Gauge(
+    "falachefe_build_info",
+    "Always 1; the labels say which version, source revision and Python this worker runs.",
+    ["version", "revision", "python"],
+)
+BUILD_INFO.labels(**build_info()).set(1)
 
 #: Jobs taken off a queue and how they ended: completed, retried (failed with
 #: attempts left), failed (no attempts left, or a permanent failure).
@@ -42,16 +55,18 @@ JOB_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 
+JOB_QUEUE_WAIT = Histogram(
+    "falachefe_job_queue_wait_seconds",
+    "Time a job waited in its queue, from when it could run (added, or its delay over) to when a worker took it."
+    " First attempts only: a retry waits out its backoff on purpose.",
+    ["queue"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+
 JOBS_IN_FLIGHT = Gauge(
     "falachefe_jobs_in_flight",
     "Jobs this worker is processing right now.",
     ["queue"],
-)
-
-QUEUE_DEPTH = Gauge(
-    "falachefe_queue_depth",
-    "Jobs in a queue by state, as last sampled by this worker.",
-    ["queue", "state"],
 )
 
 CREW_KICKOFF_DURATION = Histogram(

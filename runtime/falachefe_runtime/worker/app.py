@@ -9,6 +9,11 @@ finish, and the process exits 0. If the grace period runs out the
 remaining jobs are abandoned to another worker (their locks expire) and
 the exit code is 1. A worker loop that dies on its own also exits 1, so
 the kubelet restarts the container.
+
+A worker that cannot start says why in one log line naming the setting and
+its variable (``cannot start: cannot open database.dsn: ...``), not with a
+traceback: exit 2 for settings it lacks, 1 for a server it cannot reach
+(the kubelet retries that with back-off).
 """
 
 from __future__ import annotations
@@ -25,19 +30,28 @@ from typing import Any
 import redis.asyncio as redis
 
 from falachefe_runtime.cache import Cache
-from falachefe_runtime.config import RuntimeConfig, WorkerKind, env_name
-from falachefe_runtime.db import Database
-from falachefe_runtime.observability import metrics
+from falachefe_runtime.config import RuntimeConfig, WorkerKind, env_name, unrecognised_variables
+from falachefe_runtime.db import Database, DatabaseStartError
 from falachefe_runtime.observability.health import HealthServer
-from falachefe_runtime.observability.logging import configure_logging
-from falachefe_runtime.queues import BACKLOG_STATES, Queues
+from falachefe_runtime.observability.logging import configure_logging, log_context
+from falachefe_runtime.queues import Queues
 from falachefe_runtime.worker.pools import build_routes
 from falachefe_runtime.worker.runner import QueueWorker
 
 log = logging.getLogger(__name__)
 
-#: How often the worker samples its queue's depth into falachefe_queue_depth.
-DEPTH_SAMPLE_S = 15.0
+#: Exit codes of a worker that could not start: a setting it lacks, a server it cannot reach.
+EXIT_MISSING_SETTINGS = 2
+EXIT_UNREACHABLE = 1
+
+
+class StartupError(Exception):
+    """The worker cannot start; the message says why and names ``settings``, never their values."""
+
+    def __init__(self, message: str, settings: list[str], exit_code: int) -> None:
+        super().__init__(message)
+        self.settings = settings
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -56,7 +70,12 @@ class Resources:
 
 def run_worker(config: RuntimeConfig) -> int:
     configure_logging(config.observability.log_level, config.observability.log_format)
-    code = asyncio.run(serve(config))
+    for variable in unrecognised_variables(os.environ):
+        log.warning("ignoring an environment variable that is not a runtime setting", extra={"variable": variable})
+    try:
+        code = asyncio.run(serve(config))
+    except StartupError as error:  # logged by serve, in its context
+        return error.exit_code
     if code != 0:
         # Jobs were abandoned mid-way: their threads (a CrewAI kickoff
         # cannot be interrupted) would hold the interpreter's exit until
@@ -78,10 +97,30 @@ def missing_settings(config: RuntimeConfig) -> list[str]:
 
 async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> int:
     """Run the pool until ``stop`` is set (by SIGTERM/SIGINT when not given); the exit code."""
-    missing = missing_settings(config)
-    if missing:
-        variables = ", ".join(env_name(name) for name in missing)
-        raise ValueError(f"the {config.worker.kind.value} pool needs {', '.join(missing)}: set {variables}")
+    observability = config.observability
+    with log_context(
+        namespace=observability.resource_namespace,
+        name=observability.resource_name,
+        pool=config.worker.kind.value,
+        queue=config.worker.queue_name,
+    ):
+        try:
+            missing = missing_settings(config)
+            if missing:
+                to_set = ", ".join(env_name(name) for name in missing)
+                raise StartupError(
+                    f"the {config.worker.kind.value} pool needs {', '.join(missing)}: set {to_set}",
+                    missing,
+                    EXIT_MISSING_SETTINGS,
+                )
+            return await _serve(config, stop)
+        except StartupError as error:
+            variables = [env_name(setting) for setting in error.settings]
+            log.error("cannot start: %s", error, extra={"config": error.settings, "variables": variables})
+            raise
+
+
+async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
     assert config.redis.url is not None
     redis_url = config.redis.url.get_secret_value()
     kind = config.worker.kind
@@ -110,8 +149,17 @@ async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> 
     try:
         await health.start()
         resources.closers.append(health.stop)
-        await db.start()
+        try:
+            await db.start()
+        except DatabaseStartError as error:
+            raise StartupError(str(error), [error.setting], EXIT_UNREACHABLE) from error
         resources.closers.append(db.close)
+        try:
+            await redis_answers()
+        except (redis.RedisError, OSError) as error:
+            # The queues, the cache and the rate limits all live there.
+            message = f"cannot reach redis.url: {_redis_trouble(error)}"
+            raise StartupError(message, ["redis.url"], EXIT_UNREACHABLE) from error
         cache = Cache.from_config(config)
         await cache.start()
         resources.closers.append(cache.close)
@@ -132,13 +180,9 @@ async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> 
         )
         await worker.start()
         consumer.append(worker)
-        sampled = [*pool.depth_queues] if kind is WorkerKind.ADMIN else [queue]
-        sampler = asyncio.create_task(_sample_depth(queues, sampled), name="queue-depth-sampler")
         log.info(
             "worker started",
             extra={
-                "pool": kind.value,
-                "queue": queue,
                 "concurrency": config.worker.effective_concurrency,
                 "health_port": health.bound["health"],
                 "metrics_port": health.bound["metrics"],
@@ -146,7 +190,6 @@ async def serve(config: RuntimeConfig, *, stop: asyncio.Event | None = None) -> 
         )
         exit_code = await _until_stopped(stop, worker)
         health.shutting_down = True
-        sampler.cancel()
         log.info("stopping: no new jobs; waiting for in-flight ones", extra={"in_flight": worker.in_flight})
         finished = await worker.stop(config.worker.shutdown_grace_s)
         log.info("worker stopped", extra={"all_jobs_finished": finished})
@@ -174,14 +217,8 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _sample_depth(queues: Queues, names: list[str]) -> None:
-    while True:
-        for name in names:
-            try:
-                counts = await queues.counts(name, BACKLOG_STATES)
-            except Exception as error:
-                log.warning("could not sample queue depth", extra={"queue": name, "error": type(error).__name__})
-                continue
-            for state, count in counts.items():
-                metrics.QUEUE_DEPTH.labels(name, state).set(count)
-        await asyncio.sleep(DEPTH_SAMPLE_S)
+def _redis_trouble(error: BaseException) -> str:
+    """A Redis connection failure in words that hold no part of the URL (redis-py names host and port only)."""
+    if isinstance(error, redis.AuthenticationError | redis.ResponseError):
+        return type(error).__name__
+    return f"{type(error).__name__}: {error}"

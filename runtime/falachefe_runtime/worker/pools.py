@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis.asyncio as redis
 
@@ -34,7 +34,7 @@ from falachefe_runtime.payloads import (
     ProcessCrew,
     ProcessMessage,
 )
-from falachefe_runtime.queues import ADMIN_QUEUE, ALL_QUEUES, Queues, job_options
+from falachefe_runtime.queues import ADMIN_QUEUE, Queues, job_options
 from falachefe_runtime.worker.routing import Route, Routes
 
 #: Redis key prefix of the auth worker's rate limits.
@@ -49,8 +49,6 @@ async def _nothing() -> None:
 class Pool:
     routes: Routes
     close: Callable[[], Awaitable[None]] = _nothing
-    #: Queues whose depth this pool reports (the admin pool reports them all).
-    depth_queues: list[str] = field(default_factory=list)
 
 
 async def build_routes(
@@ -98,8 +96,7 @@ async def build_routes(
             EXPIRE_SESSIONS: Route(AdminTask, admin.expire_sessions),
             CLEAN_CACHE: Route(AdminTask, admin.clean_cache),
             AGGREGATE_METRICS: Route(AdminTask, admin.aggregate_metrics),
-        },
-        depth_queues=list(ALL_QUEUES),
+        }
     )
 
 

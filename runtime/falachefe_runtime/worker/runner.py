@@ -31,7 +31,7 @@ from bullmq.job import Job
 
 from falachefe_runtime.config import QueueSettings
 from falachefe_runtime.observability import metrics
-from falachefe_runtime.observability.logging import job_context
+from falachefe_runtime.observability.logging import log_context
 from falachefe_runtime.queues import with_socket_timeout
 from falachefe_runtime.worker.routing import JobInfo, JobResult, PermanentJobError, Routes, unknown_job
 
@@ -125,12 +125,14 @@ class QueueWorker:
         max_attempts = int(job.opts.get("attempts") or 1)
         info = JobInfo(id=str(job.id), name=str(job.name), queue=self.queue, attempt=attempt, max_attempts=max_attempts)
         started = time.monotonic()
+        if attempt == 1:
+            metrics.JOB_QUEUE_WAIT.labels(self.queue).observe(_queue_wait_s(job))
         self._in_flight += 1
         in_flight = metrics.JOBS_IN_FLIGHT.labels(self.queue)
         in_flight.inc()
         try:
             with (
-                job_context(job_id=info.id, queue=self.queue, job_name=info.name, attempt=attempt),
+                log_context(job_id=info.id, queue=self.queue, job_name=info.name, attempt=attempt),
                 metrics.JOB_DURATION.labels(self.queue).time(),
             ):
                 return await self._route(job, info, started)
@@ -171,4 +173,15 @@ class QueueWorker:
 
     def _on_stalled(self, job_id: str, *_: Any) -> None:
         metrics.JOBS_STALLED.labels(self.queue).inc()
-        log.warning("stalled job put back in the queue", extra={"queue": self.queue, "stalled_job_id": job_id})
+        log.warning("stalled job put back in the queue", extra={"queue": self.queue, "job_id": job_id})
+
+
+def _queue_wait_s(job: Job) -> float:
+    """From when ``job`` could run (added, plus its delay) to when a worker took it (``processedOn``).
+
+    Producers stamp ``timestamp`` with their own clock: a skewed clock could
+    make the difference negative, which counts as no wait.
+    """
+    taken_ms = int(job.processedOn or 0) or time.time() * 1000
+    runnable_ms = int(job.timestamp or 0) + int(job.delay or 0)
+    return max(taken_ms - runnable_ms, 0) / 1000

@@ -1,0 +1,103 @@
+"""The log schema both programs write: the same fields in JSON and in text, Kopf's records included."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+from kopf._cogs.configs.configuration import OperatorSettings
+from kopf._core.actions.loggers import LocalObjectLogger
+
+from falachefe_runtime.observability.logging import LogFormat, formatter, log_context
+
+RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+@pytest.fixture
+def capture() -> Iterator[dict[LogFormat, io.StringIO]]:
+    """The root logger written twice, as JSON and as text, like the programs' one handler."""
+    streams: dict[LogFormat, io.StringIO] = {"json": io.StringIO(), "text": io.StringIO()}
+    handlers = []
+    for fmt, stream in streams.items():
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter(fmt))
+        handlers.append(handler)
+        logging.getLogger().addHandler(handler)
+    previous = logging.getLogger().level
+    logging.getLogger().setLevel(logging.INFO)
+    yield streams
+    logging.getLogger().setLevel(previous)
+    for handler in handlers:
+        logging.getLogger().removeHandler(handler)
+
+
+def lines(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+def test_context_and_extras_are_fields_in_both_formats(capture: dict[LogFormat, io.StringIO]) -> None:
+    log = logging.getLogger("falachefe_runtime.worker.runner")
+    with log_context(namespace="shop", name="demo", pool="auth", queue="whatsapp-processing"):
+        with log_context(job_id="42"):
+            log.error("bullmq worker error", extra={"error": "ConnectionError('Connection refused')"})
+        log.info("worker started", extra={"concurrency": 5})
+    failed, started = (json.loads(line) for line in lines(capture["json"]))
+    assert RFC3339_UTC.match(failed["time"]), failed["time"]
+    assert failed == {
+        "time": failed["time"],
+        "level": "error",
+        "logger": "falachefe_runtime.worker.runner",
+        "message": "bullmq worker error",
+        "namespace": "shop",
+        "name": "demo",
+        "pool": "auth",
+        "queue": "whatsapp-processing",
+        "job_id": "42",
+        "error": "ConnectionError('Connection refused')",
+    }
+    assert "job_id" not in started, "the inner context ended with its block"
+    assert started["concurrency"] == 5
+
+    text = lines(capture["text"])[0]
+    assert text.startswith(failed["time"] + " ERROR    falachefe_runtime.worker.runner: bullmq worker error ")
+    # Nothing the JSON line has is lost in the text line.
+    fields = "namespace=shop name=demo pool=auth queue=whatsapp-processing job_id=42"
+    assert text.endswith(f"{fields} error=\"ConnectionError('Connection refused')\"")
+
+
+def test_an_exception_is_a_field_and_a_line_stays_one_json_object(capture: dict[LogFormat, io.StringIO]) -> None:
+    log = logging.getLogger("falachefe.operator")
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError:
+        log.exception("reconcile failed; retrying")
+    [line] = lines(capture["json"])
+    record = json.loads(line)
+    assert record["level"] == "error"
+    assert record["exception"].startswith("Traceback (most recent call last):")
+    assert record["exception"].endswith("ValueError: bad\nthing")
+
+
+async def test_kopf_object_records_carry_the_object_as_fields(capture: dict[LogFormat, io.StringIO]) -> None:
+    """Kopf's own per-object logger (a real one) attaches k8s_ref: it becomes namespace, name and kind."""
+    body = {
+        "apiVersion": "falachefe.io/v1alpha1",
+        "kind": "Falachefe",
+        "metadata": {"namespace": "shop", "name": "demo", "uid": "1234"},
+    }
+    logger = LocalObjectLogger(body=body, settings=OperatorSettings())  # type: ignore[arg-type]
+    logger.warning("Handler 'falachefe_changed' failed temporarily: retrying")
+    await asyncio.sleep(0)
+    [line] = lines(capture["json"])
+    record = json.loads(line)
+    assert record["logger"] == "kopf.objects"
+    assert record["level"] == "warning"
+    assert (record["namespace"], record["name"], record["kind"]) == ("shop", "demo", "Falachefe")
+    # Kopf's internals (its settings object, its posting flag, the raw reference) are not log fields.
+    assert not {"settings", "k8s_skip", "k8s_ref"} & set(record)
+    assert " namespace=shop name=demo kind=Falachefe" in lines(capture["text"])[0]
