@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -93,19 +94,46 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(config)
 
 
+#: The kubelet keeps at most this much of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     config = load_config()
     dsn = require(config.database.dsn, "database.dsn")
-    from falachefe_runtime.db import migrate  # noqa: PLC0415 - asyncpg only when migrating
+    from falachefe_runtime.db.migrate import SCHEMA_VERSION, migrate  # noqa: PLC0415 - asyncpg only when migrating
 
-    report = asyncio.run(migrate(dsn, application_name=f"{config.database.application_name}-migrate"))
+    try:
+        report = asyncio.run(migrate(dsn, application_name=f"{config.database.application_name}-migrate"))
+    except Exception as error:
+        failure = {"schema_version": SCHEMA_VERSION, "error": f"{type(error).__name__}: {error}"}
+        _last_words(args.termination_log, failure)
+        raise
     summary = {
+        "schema_version": SCHEMA_VERSION,
         "applied": report.applied,
         "created_indexes": report.created_indexes,
         "rebuilt_indexes": report.rebuilt_indexes,
     }
+    _last_words(args.termination_log, summary)
     out.write(json.dumps(summary) + "\n")
     return 0
+
+
+def _last_words(path: str | None, message: dict[str, object]) -> None:
+    """Write ``message`` (JSON) to ``path``, the container's termination message file, if there is one.
+
+    The kubelet keeps that file's content in the pod's status, which is how
+    the operator learns what a migration Job did, or why it failed, without
+    reading logs.
+    """
+    if not path:
+        return
+    text = json.dumps(message)
+    if len(text) > TERMINATION_MESSAGE_LIMIT:
+        text = json.dumps({**message, "error": str(message.get("error", ""))[: TERMINATION_MESSAGE_LIMIT // 2]})
+    with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as log_file:
+        log_file.write(text[:TERMINATION_MESSAGE_LIMIT])
 
 
 async def _queue_counts(config: RuntimeConfig, names: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -230,7 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = command("worker", "run a worker pool until SIGTERM")
     worker.add_argument("--pool", required=True, choices=[kind.value for kind in WorkerKind])
 
-    command("migrate", "apply the database migrations (safe to run twice, and concurrently)")
+    migrate = command("migrate", "apply the database migrations (safe to run twice, and concurrently)")
+    migrate.add_argument(
+        "--termination-log",
+        metavar="PATH",
+        help="also write the outcome as JSON there (in a pod: /dev/termination-log, read back by the operator)",
+    )
 
     queues = command("queues", "job counts per queue and state")
     queues.add_argument("--queue", action="append", help="only this queue (repeatable); default: all")

@@ -69,7 +69,12 @@ def test_migrate_enqueue_queues_and_failed(monkeypatch: pytest.MonkeyPatch, pg_d
     code, out = cli(["migrate"])
     assert code == 0 and json.loads(out)["applied"] == [1, 2, 3]
     code, out = cli(["migrate"])
-    assert code == 0 and json.loads(out) == {"applied": [], "created_indexes": [], "rebuilt_indexes": []}
+    assert code == 0 and json.loads(out) == {
+        "schema_version": 3,
+        "applied": [],
+        "created_indexes": [],
+        "rebuilt_indexes": [],
+    }
 
     company = "6f1c2d9e-2b7a-4c1e-9a57-0d4c8f3e2a11"
     code, out = cli(["enqueue-message", "--company", company, "--phone", "+5511987654321", "--text", "Oi!"])

@@ -39,6 +39,32 @@ class MigrationError(RuntimeError):
     """The schema cannot be brought up to date; the message says what to do."""
 
 
+#: The schema version this image's code is written against: its newest migration.
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+async def missing_migrations(db: Any, migrations: Sequence[Migration] = MIGRATIONS) -> list[Migration]:
+    """The migrations this image has that the database lacks (none: its schema is ready for this code).
+
+    A database ahead of the image (a newer image migrated it, this one is
+    older and still rolling out) is fine: migrations only add.
+    """
+    if await db.fetchval("SELECT to_regclass('schema_migrations') IS NULL", name="schema_migrations_exists"):
+        return list(migrations)
+    rows = await db.fetch("SELECT version FROM schema_migrations", name="schema_versions")
+    applied = {row["version"] for row in rows}
+    return [migration for migration in migrations if migration.version not in applied]
+
+
+def describe_missing(missing: Sequence[Migration]) -> str:
+    """Why a worker refuses to start on this schema, and what applies the missing migrations."""
+    names = ", ".join(f"{migration.version} ({migration.name})" for migration in missing)
+    return (
+        f"the database lacks migrations {names} that this image (schema version {SCHEMA_VERSION}) needs; "
+        "the operator's migration Job applies them (or run `falachefe-runtime migrate`)"
+    )
+
+
 @dataclass
 class MigrationReport:
     """What one ``migrate()`` call did (empty lists: the schema was already up to date)."""

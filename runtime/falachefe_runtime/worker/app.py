@@ -32,6 +32,7 @@ import redis.asyncio as redis
 from falachefe_runtime.cache import Cache
 from falachefe_runtime.config import RuntimeConfig, WorkerKind, env_name, unrecognised_variables
 from falachefe_runtime.db import Database, DatabaseStartError
+from falachefe_runtime.db.migrate import describe_missing, missing_migrations
 from falachefe_runtime.observability.health import HealthServer
 from falachefe_runtime.observability.logging import configure_logging, log_context
 from falachefe_runtime.queues import Queues
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 #: Exit codes of a worker that could not start: a setting it lacks, a server it cannot reach.
 EXIT_MISSING_SETTINGS = 2
 EXIT_UNREACHABLE = 1
+#: The database's schema lacks a migration this image needs: the migration has not run yet.
+EXIT_SCHEMA_BEHIND = 3
 
 
 class StartupError(Exception):
@@ -154,6 +157,10 @@ async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
         except DatabaseStartError as error:
             raise StartupError(str(error), [error.setting], EXIT_UNREACHABLE) from error
         resources.closers.append(db.close)
+        # Never serve on a schema older than this code: the rollout waits for the migration Job.
+        missing = await missing_migrations(db)
+        if missing:
+            raise StartupError(describe_missing(missing), ["database.dsn"], EXIT_SCHEMA_BEHIND)
         try:
             await redis_answers()
         except (redis.RedisError, OSError) as error:
