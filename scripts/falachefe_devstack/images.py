@@ -46,8 +46,10 @@ BASE_PACKAGES = ("python3", "ca-certificates", "tzdata", "netbase")
 UV_VERSION = "0.13.8"
 PROJECT_REPOSITORY = "localhost/falachefe"
 PAUSE_SOURCE = Path(__file__).with_name("node_files") / "pause.c"
-#: Project images kept in the store (the newest); older ones are removed after each build.
-KEEP_PROJECT_IMAGES = 2
+#: Project images kept in the store (the newest: several worktrees may share
+#: it); older ones are removed after each build. They share all but their
+#: source layer.
+KEEP_PROJECT_IMAGES = 6
 
 
 class BuildError(RuntimeError):
@@ -104,14 +106,16 @@ class Buildah:
 
     def tags(self, repository: str) -> list[tuple[str, str]]:
         """(tag, created) of every image of ``repository``, newest first."""
+        # ``buildah images <repository>`` wants a tag: list everything and pick the repository's.
         out = subprocess.run(
-            self.argv("images", "--noheading", "--format", "{{.Tag}} {{.CreatedAtRaw}}", repository),
+            self.argv("images", "--noheading", "--format", "{{.Name}}|{{.Tag}}|{{.CreatedAtRaw}}"),
             capture_output=True,
             text=True,
-            check=False,
+            check=True,
         ).stdout
-        rows = [line.split(" ", 1) for line in out.splitlines() if line.strip()]
-        return sorted(((tag, created) for tag, created in rows), key=lambda row: row[1], reverse=True)
+        rows = [[cell.strip() for cell in line.split("|")] for line in out.splitlines() if line.count("|") == 2]
+        found = [(tag, created) for name, tag, created in rows if name == repository]
+        return sorted(found, key=lambda row: row[1], reverse=True)
 
     def from_scratch(self, step: str, ref: str, files: dict[str, Path], config: Sequence[str]) -> str:
         """A single-layer image of ``files`` (path in image -> host file), committed as ``ref``."""
@@ -347,6 +351,46 @@ def _git_revision(repo: Path) -> str:
         [git, "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=False
     )
     return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+#: Images made from the project image by adding files (tests' "next version" of it).
+DERIVED_REPOSITORY = "localhost/falachefe-derived"
+
+
+def derived_image(base: str, files: dict[str, str], name: str) -> tuple[str, Path]:
+    """``base`` with ``files`` (path in the image: text) added, and its archive: another version of the image.
+
+    What a release with one more source file looks like (a new migration),
+    in seconds rather than a rebuild: one layer on top of ``base``. Tagged
+    by its content; only the two newest derived images are kept.
+    """
+    buildah = Buildah()
+    base_id = buildah.image_id(base)
+    if base_id is None:
+        raise BuildError(f"no image {base} in {buildah.root}")
+    key = _short_hash(base_id.encode(), *(f"{path}\0{text}".encode() for path, text in sorted(files.items())))
+    ref = f"{DERIVED_REPOSITORY}:{name}-{key}"
+    with _locked("derived"):
+        if buildah.image_id(ref) is None:
+            container = buildah.run(f"starting from {base}", "from", "--pull=never", "--quiet", base).strip()
+            try:
+                with tempfile.TemporaryDirectory() as scratch:
+                    for index, (path, text) in enumerate(sorted(files.items())):
+                        source = Path(scratch) / str(index)
+                        source.write_text(text)
+                        source.chmod(0o644)
+                        buildah.run(f"adding {path}", "copy", "--chown", "0:0", container, str(source), path)
+                buildah.run(f"committing {ref}", "commit", "--quiet", container, ref)
+            finally:
+                subprocess.run(buildah.argv("rm", container), capture_output=True, check=False)
+            for tag, _ in buildah.tags(DERIVED_REPOSITORY)[KEEP_PROJECT_IMAGES:]:
+                subprocess.run(buildah.argv("rmi", f"{DERIVED_REPOSITORY}:{tag}"), capture_output=True, check=False)
+        directory = buildah.root / "archives-derived"
+        archive = export_archive(buildah, ref, directory)
+        archive.touch()
+        for stale in sorted(directory.glob("*.tar"), key=lambda path: path.stat().st_mtime)[:-KEEP_PROJECT_IMAGES]:
+            stale.unlink(missing_ok=True)
+        return ref, archive
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ NODE_NAME = "falachefe-node"
 KUBE_PROXY_USER = "system:kube-proxy"
 SCHEDULER_USER = "system:kube-scheduler"
 SERVICE_CIDR = "10.96.0.0/16"
-CONTROLLERS = "garbagecollector,deployment,replicaset,namespace,serviceaccount,serviceaccount-token,disruption"
+CONTROLLERS = "garbagecollector,deployment,replicaset,namespace,serviceaccount,serviceaccount-token,disruption,job"
 #: Reads of Secrets, with the response, and nothing else.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -70,10 +70,10 @@ AUDIT_POLICY = {
         {"level": "None"},
     ],
 }
-#: With a node: not-ready taints lifted, Services' endpoints, Jobs, the kube-root-ca.crt ConfigMap, pod GC.
+#: With a node: not-ready taints lifted, Services' endpoints, the kube-root-ca.crt ConfigMap, pod GC.
 NODE_CONTROLLERS = (
     "nodelifecycle,taint-eviction-controller,endpoint,endpointslice,endpointslicemirroring,"
-    "job,ttl-after-finished,root-ca-cert-publisher,podgc"
+    "ttl-after-finished,root-ca-cert-publisher,podgc"
 )
 
 
