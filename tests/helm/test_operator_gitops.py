@@ -266,15 +266,16 @@ def test_default_install_serves_its_namespace_and_receives_only_the_redis_url(
 ) -> None:
     """The chart's defaults, as the chart's identity: what the API server sent it is read from its audit log.
 
-    The database and LLM Secrets are created with ``kubectl apply`` (their
+    The database, OTP and LLM Secrets are created with ``kubectl apply`` (their
     metadata then holds their values, in kubectl's last-applied annotation):
-    the operator must receive neither, only the Redis URL it scales on.
+    the operator must receive none of them, only the Redis URL it scales on.
     """
     operator = start_operator({"replicaCount": 1})
     marker = uuid.uuid4().hex
     dsn, api_key = f"postgresql://shop:dsn-{marker}@db/shop", f"sk-llm-{marker}"
     pipeline = Pipeline(kube, tmp_path)
-    for name, key, value in (("shop-db", "dsn", dsn), ("shop-llm", "apiKey", api_key)):
+    otp_key = f"otp-{marker}"
+    for name, key, value in (("shop-db", "dsn", dsn), ("shop-llm", "apiKey", api_key), ("shop-otp", "otpSecret", otp_key)):
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}}
         pipeline.apply({**secret, "stringData": {key: value}})
     k8s.CoreV1Api(kube_api).create_namespaced_secret(
@@ -307,9 +308,9 @@ def test_default_install_serves_its_namespace_and_receives_only_the_redis_url(
         by_secret.setdefault(event["objectRef"]["name"], set()).add(kind)
     assert by_secret["shop-redis"] == {"Secret"}
     # Of the others, whether they exist: a Table row without the object, never their data or metadata.
-    assert by_secret["shop-db"] == by_secret["shop-llm"] == {"Table"}
+    assert by_secret["shop-db"] == by_secret["shop-llm"] == by_secret["shop-otp"] == {"Table"}
     received = json.dumps(reads)
-    for value in (dsn, api_key):
+    for value in (dsn, api_key, otp_key):
         for form in (value, base64.b64encode(value.encode()).decode(), marker):
             assert form not in received
     assert_never_refused(operator)
