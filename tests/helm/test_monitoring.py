@@ -106,7 +106,10 @@ def test_pod_monitor_selects_the_workers_the_operator_builds(helm: Helm) -> None
         "falachefe": "shop",
         "pool": "auth",
     }
-    assert monitor["namespaceSelector"] == {"any": True}
+    # By default the operator serves its release namespace: so does the PodMonitor.
+    assert monitor["namespaceSelector"] == {"matchNames": ["ops"]}
+    everywhere = {**MONITORING, "watch": {"allNamespaces": True}}
+    assert one(helm.template(everywhere), "PodMonitor")["spec"]["namespaceSelector"] == {"any": True}
     namespaced = {**MONITORING, "watch": {"allNamespaces": False, "namespaces": ["team-a", "team-b"]}}
     assert one(helm.template(namespaced), "PodMonitor")["spec"]["namespaceSelector"] == {
         "matchNames": ["team-a", "team-b"]
