@@ -25,7 +25,8 @@ Two things are deliberately left out of every manifest:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ _PORTS = ObservabilitySettings()
 HEALTH_PORT = _PORTS.health_port
 METRICS_PORT = _PORTS.metrics_port
 CONTAINER_NAME = "worker"
+MIGRATION_CONTAINER_NAME = "migrate"
 #: Where the pool's secrets are mounted, one file per setting.
 SECRETS_DIR = "/var/run/secrets/falachefe"
 #: The image's user and group (the Dockerfile's USER): explicit, so no
@@ -86,6 +88,7 @@ OWNED_KINDS = (
     ("v1", "Service", "services"),
     ("apps/v1", "Deployment", "deployments"),
     ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    ("batch/v1", "Job", "jobs"),
 )
 _PLURALS = {kind: plural for _, kind, plural in OWNED_KINDS}
 
@@ -104,26 +107,35 @@ class Resource:
     namespace: str
     uid: str
     spec: FalachefeSpec
+    #: The image the workers run: ``spec.image`` once the database is migrated
+    #: for it (its migration Job succeeded), until then the one they run now.
+    #: ``None`` only before any worker ran: then no pool is applied yet.
+    worker_image: str | None = None
+
+    @property
+    def workers_due(self) -> bool:
+        """Whether the pools' objects are applied (else only what the migration needs)."""
+        return self.worker_image is not None
 
 
 def desired_objects(resource: Resource) -> list[dict[str, Any]]:
     """Every object ``resource`` should own, in apply order (config before its consumers)."""
     config = runtime_config_yaml(resource)
     objects = [config_map(resource, config), metrics_service(resource)]
-    config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
-    for kind, pool in resource.spec.pools.items():
-        objects.append(deployment(resource, kind, pool, config_hash))
-        objects.append(disruption_budget(resource, kind))
+    job = migration_job(resource)
+    if job is not None:
+        objects.append(job)
+    if resource.workers_due:
+        config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
+        for kind, pool in resource.spec.pools.items():
+            objects.append(deployment(resource, kind, pool, config_hash))
+            objects.append(disruption_budget(resource, kind))
     return objects
 
 
 def desired_keys(resource: Resource) -> list[tuple[str, str]]:
     """(kind, name) of every object ``resource`` should own."""
-    keys = [("ConfigMap", naming.config_map_name(resource.name)), ("Service", naming.service_name(resource.name))]
-    for kind, _ in resource.spec.pools.items():
-        keys.append(("Deployment", naming.deployment_name(resource.name, kind)))
-        keys.append(("PodDisruptionBudget", naming.disruption_budget_name(resource.name, kind)))
-    return keys
+    return [(manifest["kind"], manifest["metadata"]["name"]) for manifest in desired_objects(resource)]
 
 
 def runtime_config_yaml(resource: Resource) -> str:
@@ -226,19 +238,9 @@ def deployment(resource: Resource, kind: WorkerKind, pool: PoolSpec, config_hash
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": pool.termination_grace_period_seconds,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": WORKER_UID,
-            "runAsGroup": WORKER_UID,
-            "fsGroup": WORKER_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _POD_SECURITY,
         "containers": [_container(resource, kind, pool)],
-        "volumes": [
-            {"name": "config", "configMap": {"name": naming.config_map_name(resource.name)}},
-            {"name": "secrets", "projected": {"defaultMode": 0o440, "sources": _secret_sources(spec, kind)}},
-            {"name": "tmp", "emptyDir": {}},
-        ],
+        "volumes": _volumes(resource.name, _sources(pool_secrets(spec, kind))),
     }
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": secret.name} for secret in spec.image_pull_secrets]
@@ -282,6 +284,104 @@ def deployment(resource: Resource, kind: WorkerKind, pool: PoolSpec, config_hash
     }
 
 
+def migration_job(resource: Resource) -> dict[str, Any] | None:
+    """The Job that migrates the database for ``spec.image`` (``None`` when migrations are not ours to run).
+
+    Named after a digest of its pod template: a Job's template cannot
+    change, so a new image (or database Secret) is a new Job, and the one
+    for the current template is kept (with its pod, its logs and its
+    termination message) until the next one replaces it. The container
+    writes its outcome as JSON to its termination message, which the
+    operator reads from the pod's status; on failure the kubelet falls back
+    to the log's tail. Retried twice (a database restarting), cut after
+    ``activeDeadlineSeconds``; a failed Job stays for inspection.
+    """
+    spec = resource.spec
+    if not spec.migrations.enabled:
+        return None
+    settings = [("database.dsn", spec.database.secret_ref)]
+    secret_env = [{"name": env_name(item) + FILE_SUFFIX, "value": f"{SECRETS_DIR}/{item}"} for item, _ in settings]
+    container = {
+        "name": MIGRATION_CONTAINER_NAME,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["falachefe-runtime", "migrate", "--termination-log", "/dev/termination-log"],
+        "env": [
+            {"name": CONFIG_FILE_ENV, "value": f"{naming.CONFIG_DIR}/{naming.CONFIG_KEY}"},
+            *secret_env,
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": _CONTAINER_SECURITY,
+        "volumeMounts": _mounts(),
+    }
+    template: dict[str, Any] = {
+        "metadata": {"labels": naming.migration_labels(resource.name)},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": _POD_SECURITY,
+            "containers": [container],
+            "volumes": _volumes(resource.name, _sources(settings)),
+            **(
+                {"imagePullSecrets": [{"name": secret.name} for secret in spec.image_pull_secrets]}
+                if spec.image_pull_secrets
+                else {}
+            ),
+        },
+    }
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **_metadata(
+                resource,
+                naming.migration_job_name(resource.name, digest),
+                {**naming.instance_labels(resource.name), naming.COMPONENT_LABEL: "migration"},
+            ),
+            "annotations": {naming.IMAGE_ANNOTATION: spec.image},
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": spec.migrations.active_deadline_seconds,
+            "template": template,
+        },
+    }
+
+
+_POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": WORKER_UID,
+    "runAsGroup": WORKER_UID,
+    "fsGroup": WORKER_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+_CONTAINER_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def _volumes(name: str, secret_sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "configMap": {"name": naming.config_map_name(name)}},
+        {"name": "secrets", "projected": {"defaultMode": 0o440, "sources": secret_sources}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+
+
+def _mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "mountPath": naming.CONFIG_DIR, "readOnly": True},
+        {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the only writable place, an emptyDir
+    ]
+
+
 def _container(resource: Resource, kind: WorkerKind, pool: PoolSpec) -> dict[str, Any]:
     spec = resource.spec
     resources: dict[str, Any] = {}
@@ -291,7 +391,7 @@ def _container(resource: Resource, kind: WorkerKind, pool: PoolSpec) -> dict[str
         resources["limits"] = dict(pool.resources.limits)
     return {
         "name": CONTAINER_NAME,
-        "image": spec.image,
+        "image": resource.worker_image or spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["falachefe-runtime", "worker", "--pool", kind.value],
         "env": _env(spec, kind, pool),
@@ -304,17 +404,8 @@ def _container(resource: Resource, kind: WorkerKind, pool: PoolSpec) -> dict[str
         "livenessProbe": _probe("/healthz", period=10, failures=3),
         "readinessProbe": _probe("/readyz", period=5, failures=2),
         "resources": resources,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [
-            {"name": "config", "mountPath": naming.CONFIG_DIR, "readOnly": True},
-            {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the only writable place, an emptyDir
-        ],
+        "securityContext": _CONTAINER_SECURITY,
+        "volumeMounts": _mounts(),
     }
 
 
@@ -341,11 +432,8 @@ def pool_secrets(spec: FalachefeSpec, kind: WorkerKind) -> list[tuple[str, Secre
     return [(setting, ref) for setting, ref in secrets if ref is not None]
 
 
-def _secret_sources(spec: FalachefeSpec, kind: WorkerKind) -> list[dict[str, Any]]:
-    return [
-        {"secret": {"name": ref.name, "items": [{"key": ref.key, "path": setting}]}}
-        for setting, ref in pool_secrets(spec, kind)
-    ]
+def _sources(secrets: Sequence[tuple[str, SecretKeyRef]]) -> list[dict[str, Any]]:
+    return [{"secret": {"name": ref.name, "items": [{"key": ref.key, "path": setting}]}} for setting, ref in secrets]
 
 
 def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Mapping
@@ -39,14 +40,14 @@ from pydantic import ValidationError
 from falachefe_runtime.config import WorkerKind
 from falachefe_runtime.observability.logging import log_context
 
-from . import apply, autoscaling, metrics, naming
-from .builders import OWNED_KINDS, ObjectRef, Resource, desired_keys
+from . import apply, autoscaling, metrics, migration, naming
+from .builders import MIGRATION_CONTAINER_NAME, OWNED_KINDS, ObjectRef, Resource, desired_keys, migration_job
 from .conditions import rfc3339
 from .kubeapi import ApiError, KubeApi
 from .resource import API_VERSION, GROUP, KIND, status_path
 from .scaling.engine import PoolTarget, StepOutcome
 from .spec import FalachefeSpec
-from .status import Observation, PoolObservation, Problem, ScalingReport, summarize
+from .status import MigrationObservation, Observation, PoolObservation, Problem, ScalingReport, summarize
 
 log = logging.getLogger("falachefe.operator")
 
@@ -77,6 +78,8 @@ class Owned:
     pool: WorkerKind | None
     #: For Deployments: generation, replicas and status, enough for readiness.
     deployment: Mapping[str, Any] | None = None
+    #: For Jobs: their status (the migration's progress).
+    job: Mapping[str, Any] | None = None
 
     def older_than(self, other: Owned) -> bool:
         """Whether this is an earlier state of the object than ``other``.
@@ -97,6 +100,9 @@ def _slim_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {"generation": (body.get("metadata") or {}).get("generation", 0)},
         "spec": {"replicas": spec.get("replicas", 1), "paused": bool(spec.get("paused"))},
         "status": dict(body.get("status") or {}),
+        "images": sorted(
+            {str(c.get("image")) for c in ((spec.get("template") or {}).get("spec") or {}).get("containers") or []}
+        ),
     }
 
 
@@ -128,6 +134,7 @@ def _owned(body: Mapping[str, Any]) -> Owned:
         resource_version=str(metadata.get("resourceVersion", "")),
         pool=naming.pool_of(metadata.get("labels")),
         deployment=_slim_deployment(body) if kind == "Deployment" else None,
+        job={"status": dict(body.get("status") or {})} if kind == "Job" else None,
     )
 
 
@@ -179,6 +186,9 @@ class Controller:
         self._written_status: dict[str, Any] | None = None
         self._spec: tuple[int, FalachefeSpec] | None = None
         self._invalid = False
+        #: The image the last apply gave the workers, and what each finished migration Job reported.
+        self._applied_worker_image: str | None = None
+        self._outcomes: dict[str, migration.Outcome | None] = {}
 
     # -- fed by the watches ---------------------------------------------------------
 
@@ -214,7 +224,7 @@ class Controller:
             self._drift(seen.ref.kind)
         elif not self._applying and self._changed_by_others(seen):
             self._drift(seen.ref.kind)
-        elif previous is None or previous.deployment != seen.deployment:
+        elif previous is None or previous.deployment != seen.deployment or previous.job != seen.job:
             self._wake.set()
 
     def _changed_by_others(self, seen: Owned) -> bool:
@@ -307,12 +317,20 @@ class Controller:
             await self._write_status(body, self._observation(spec, generation, paused=True))
             return
         now = self._clock()
-        if generation != self._applied_generation or self._drifted or now >= self._next_apply:
-            await self._reconcile(body, spec, generation)
+        workers = self._worker_image(body, spec)
+        if (
+            generation != self._applied_generation
+            or self._drifted
+            or now >= self._next_apply
+            or workers != self._applied_worker_image
+        ):
+            await self._reconcile(body, spec, generation, workers)
         elif now >= self._next_secrets:
             await self._read_secrets(body, spec)
         await self._autoscale(body, spec)
-        await self._write_status(body, self._observation(spec, generation))
+        observation = self._observation(spec, generation)
+        observation = dataclasses.replace(observation, migration=await self._migration(body, spec))
+        await self._write_status(body, observation)
 
     def _parsed(self, generation: int, body: Mapping[str, Any]) -> FalachefeSpec:
         """The spec, parsed once per generation (a pass runs on every event about the resource's objects)."""
@@ -320,9 +338,73 @@ class Controller:
             self._spec = (generation, FalachefeSpec.model_validate(body.get("spec") or {}))
         return self._spec[1]
 
-    async def _reconcile(self, body: dict[str, Any], spec: FalachefeSpec, generation: int) -> None:
+    # -- migrations -----------------------------------------------------------------
+
+    def _migration_job(self, spec: FalachefeSpec) -> tuple[str, Owned | None] | None:
+        """The name of ``spec.image``'s migration Job and the Job as last seen (None: migrations are off)."""
+        manifest = migration_job(Resource(self.name, self.namespace, self._uid or "", spec))
+        if manifest is None:
+            return None
+        name = manifest["metadata"]["name"]
+        return name, self._owned.get(("Job", name))
+
+    def _recorded_migration(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        status = self._written_status if self._written_status is not None else body.get("status") or {}
+        return status.get("migration") or {}
+
+    def _worker_image(self, body: Mapping[str, Any], spec: FalachefeSpec) -> str | None:
+        job = self._migration_job(spec)
+        seen = job[1] if job is not None else None
+        return migration.worker_image(
+            spec_image=spec.image,
+            enabled=job is not None,
+            phase=migration.job_phase(seen.job or {}) if seen is not None else None,
+            migrated_image=self._recorded_migration(body).get("image"),
+            running=[
+                image
+                for owned in self._owned.values()
+                if owned.deployment is not None
+                for image in owned.deployment.get("images", ())
+            ],
+        )
+
+    async def _migration(self, body: Mapping[str, Any], spec: FalachefeSpec) -> MigrationObservation | None:
+        """The migration for ``spec.image`` as the status reports it; reads a finished Job's pods once."""
+        job = self._migration_job(spec)
+        if job is None:
+            return None
+        name, seen = job
+        recorded = self._recorded_migration(body)
+        phase = migration.job_phase(seen.job or {}) if seen is not None else "Running"
+        if phase != "Running" and name not in self._outcomes:
+            self._outcomes = {name: await self._read_outcome(name)}
+        reported = self._outcomes.get(name) if phase != "Running" else None
+        if phase == "Succeeded":
+            version = reported.schema_version if reported else recorded.get("schemaVersion")
+            return MigrationObservation(spec.image, version, name, phase)
+        failure = None
+        if phase == "Failed":
+            failure = (reported.error if reported else None) or migration.job_failure(
+                (seen.job if seen else None) or {}
+            )
+        return MigrationObservation(recorded.get("image"), recorded.get("schemaVersion"), name, phase, failure=failure)
+
+    async def _read_outcome(self, job: str) -> migration.Outcome | None:
+        selector = f"batch.kubernetes.io/job-name={job}"
+        try:
+            _, pods = await self._api.request(
+                "GET", f"/api/v1/namespaces/{self.namespace}/pods", params={"labelSelector": selector}
+            )
+        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("reading the migration Job's pods failed", extra={"job": job, "error": str(error)})
+            return None
+        return migration.outcome(pods.get("items") or [], MIGRATION_CONTAINER_NAME)
+
+    async def _reconcile(
+        self, body: dict[str, Any], spec: FalachefeSpec, generation: int, worker_image: str | None
+    ) -> None:
         drifted, self._drifted = self._drifted, set()
-        resource = Resource(self.name, self.namespace, str(body["metadata"]["uid"]), spec)
+        resource = Resource(self.name, self.namespace, str(body["metadata"]["uid"]), spec, worker_image)
         self._desired = set(desired_keys(resource))
         # Events that arrive while applying are this apply's own echoes (or older).
         self._applying = True
@@ -383,6 +465,7 @@ class Controller:
                     f"re-applied after a change by someone else to owned {', '.join(sorted(drifted))} objects",
                 )
             self._applied_generation = generation
+            self._applied_worker_image = worker_image
         for ref in result.pruned:
             self._event(body, "Normal", "Deleted", f"{ref.kind} {ref.name}: its pool was removed from the spec")
 

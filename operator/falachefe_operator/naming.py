@@ -23,6 +23,8 @@ POOL_LABEL = "falachefe.io/pool"
 
 APP_NAME = "falachefe"
 CONFIG_HASH_ANNOTATION = "falachefe.io/config-hash"
+#: On a migration Job: the image it migrates the database for.
+IMAGE_ANNOTATION = "falachefe.io/image"
 CONFIG_KEY = "config.yaml"
 CONFIG_DIR = "/etc/falachefe"
 
@@ -49,6 +51,22 @@ def config_map_name(name: str) -> str:
 
 def service_name(name: str) -> str:
     return f"{name}-metrics"
+
+
+def migration_job_name(name: str, digest: str) -> str:
+    """``<name>-migrate-<digest>``, the digest cut to keep within 63 characters (the Job's pod label)."""
+    prefix = f"{name}-migrate-"
+    return prefix + digest[: max(4, min(10, 63 - len(prefix)))]
+
+
+def migration_labels(name: str) -> dict[str, str]:
+    """A migration Job's pods: of the resource, but no worker (the metrics Service does not select them)."""
+    return {
+        NAME_LABEL: f"{APP_NAME}-migrate",
+        INSTANCE_LABEL: name,
+        PART_OF_LABEL: APP_NAME,
+        COMPONENT_LABEL: "migration",
+    }
 
 
 def instance_selector(name: str) -> dict[str, str]:

@@ -537,6 +537,22 @@ class PoolsSpec(_Spec):
         return [(kind, pool) for kind, pool in defined if pool is not None]
 
 
+class MigrationsSpec(_Spec):
+    """The database schema's migrations, run by the operator before workers roll to a new image."""
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Run `falachefe-runtime migrate` (the image's own migrations) as a Job for each new image, "
+            "and roll the workers to that image only once it succeeded. false: the database is migrated "
+            "some other way, and workers roll at once (they refuse to start on a schema they lack)."
+        ),
+    )
+    active_deadline_seconds: int = Field(
+        600, ge=30, le=86_400, description="How long one migration may run before its Job fails (index builds)."
+    )
+
+
 class LocalObjectReference(_Spec):
     """A Secret in the Falachefe's namespace, by name."""
 
@@ -573,6 +589,9 @@ class FalachefeSpec(_Spec):
     llm: LLMSpec | None = None
     auth: AuthSpec | None = None
     pools: PoolsSpec
+    migrations: MigrationsSpec = Field(
+        MigrationsSpec(), description="How the database schema is brought up to the image's."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="The workers' log level (they log one JSON object per line)."
     )

@@ -75,6 +75,15 @@ class PoolsStatus(_Status):
     admin: PoolStatus | None = None
 
 
+class MigrationStatus(_Status):
+    """The database schema, as the operator's migration Jobs left it."""
+
+    image: str | None = Field(None, max_length=1024, description="The last image the database was migrated for.")
+    schema_version: int | None = Field(None, description="The schema version that image's migrations reached.")
+    job: str | None = Field(None, max_length=253, description="The migration Job of spec.image (kept for its logs).")
+    phase: Literal["Running", "Succeeded", "Failed"] | None = Field(None, description="Where that Job is.")
+
+
 class FalachefeStatus(_Status):
     """What the operator last saw and did; written by the operator only."""
 
@@ -89,6 +98,9 @@ class FalachefeStatus(_Status):
     workers: str | None = Field(None, max_length=64, description="Ready/desired workers over all pools.")
     queue_depth: int | None = Field(None, description="Jobs waiting or running over all pools' queues.")
     pool_summary: str | None = Field(None, max_length=1024, description="Per pool: ready/desired and queue depth.")
+    migration: MigrationStatus | None = Field(
+        None, description="The schema the workers run on and the migration Job of the current image."
+    )
 
 
 # -- what was observed -----------------------------------------------------------
@@ -157,6 +169,23 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class MigrationObservation:
+    """The migration for ``spec.image`` and the schema the workers serve on."""
+
+    #: The image the database was last migrated for, and the version it reached.
+    migrated_image: str | None
+    schema_version: int | None
+    #: The Job for ``spec.image``: its name, "Running", "Succeeded" or "Failed", and why it failed.
+    job: str | None
+    phase: Literal["Running", "Succeeded", "Failed"] | None
+    failure: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.phase == "Running"
+
+
+@dataclass(frozen=True)
 class PoolObservation:
     autoscaling: bool
     deployment: Mapping[str, Any] | None = None
@@ -173,6 +202,8 @@ class Observation:
     problems: Sequence[Problem] = ()
     #: The generation whose objects were last applied without a problem.
     applied_generation: int | None = None
+    #: None: migrations are not the operator's to run.
+    migration: MigrationObservation | None = None
 
 
 # -- working it out --------------------------------------------------------------
@@ -202,8 +233,20 @@ def summarize(observation: Observation, previous: Mapping[str, Any], now: dateti
         workers=f"{ready}/{desired}" if observation.pools else None,
         queue_depth=sum(depths) if depths else None,
         pool_summary=", ".join(_pool_summary(kind, status) for kind, status in pool_statuses.items()) or None,
+        migration=_migration_status(observation.migration),
     )
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _migration_status(migration: MigrationObservation | None) -> MigrationStatus | None:
+    if migration is None:
+        return None
+    return MigrationStatus(
+        image=migration.migrated_image,
+        schema_version=migration.schema_version,
+        job=migration.job,
+        phase=migration.phase,
+    )
 
 
 def _pool_status(pool: PoolObservation, rollout: Rollout | None) -> PoolStatus:
@@ -258,6 +301,15 @@ def _progressing(observation: Observation, rollouts: Mapping[WorkerKind, Rollout
         return Condition(conditions.PROGRESSING, "False", "InvalidSpec", "the spec is invalid: nothing is rolled out")
     if observation.applied_generation != observation.generation:
         return Condition(conditions.PROGRESSING, "True", "Reconciling", f"applying generation {observation.generation}")
+    migration = observation.migration
+    if migration is not None and migration.pending:
+        return Condition(
+            conditions.PROGRESSING,
+            "True",
+            "Migrating",
+            f"migration Job {migration.job} is bringing the database schema up to the new image; "
+            "the workers roll to it once the Job succeeds",
+        )
     rolling = [kind.value for kind, rollout in rollouts.items() if not rollout.complete]
     missing = [kind.value for kind in observation.pools if kind not in rollouts]
     if rolling or missing:
@@ -274,6 +326,17 @@ def _degraded(observation: Observation, rollouts: Mapping[WorkerKind, Rollout]) 
             "True",
             observation.problems[0].reason,
             "; ".join(problem.message for problem in observation.problems),
+        )
+    migration = observation.migration
+    if migration is not None and migration.phase == "Failed":
+        serving = (
+            f"the workers keep serving {migration.migrated_image}" if migration.migrated_image else "no worker runs"
+        )
+        return Condition(
+            conditions.DEGRADED,
+            "True",
+            "MigrationFailed",
+            f"migration Job {migration.job} failed: {migration.failure or 'see its logs'}; {serving}",
         )
     stuck = [kind.value for kind, rollout in rollouts.items() if rollout.stuck]
     if stuck:

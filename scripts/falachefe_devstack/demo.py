@@ -11,8 +11,9 @@ Everything runs for real, on a real node, except the LLM:
   ServiceAccount and least-privilege RBAC), running in a pod from that image;
 - a ``Falachefe`` with an auth pool and a crew pool, whose workers run as
   pods from the same image and scale on queue depth and CPU;
-- the database schema (``falachefe-runtime migrate``) and a seeded company
-  with users and a crew;
+- the database schema, migrated by the operator's migration Job (the
+  image's ``falachefe-runtime migrate``) before any worker starts, and a
+  seeded company with users and a crew;
 - a burst of WhatsApp-style messages on the real ``whatsapp-processing``
   queue; the replies come back on ``whatsapp-outbound``, where the demo
   plays the WhatsApp sender.
@@ -35,13 +36,13 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bullmq import Job, Worker
 from kubernetes import client as k8s
@@ -58,7 +59,6 @@ from . import toolchain
 from .helm import Helm, operator_values
 from .kube import kubectl
 from .llm_standin import FakeOpenAI
-from .process import program_path
 from .seed import Tenant, process_message_job, seed_tenant_sync
 from .stack import LocalStack
 from .waiting import wait_for
@@ -199,8 +199,6 @@ class Demo:
         self.kubectl("create", "namespace", NAMESPACE)
         self.install_operator()
         dsn = self.stack.postgres.create_database("falachefe")
-        self.runtime_cli("migrate", env={"FALACHEFE_DATABASE__DSN": dsn})
-        self.tenant = self.seed(dsn)
         host = self.stack.pod_host
         llm_url, llm_key = self.options.llm_url, self.options.llm_key or "demo-key-not-secret"
         if llm_url is None:
@@ -222,6 +220,11 @@ class Demo:
                 NAMESPACE, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=name), string_data=data)
             )
         self.apply_resource(llm_url)
+        self.say("the operator migrates the empty database with a Job before it starts any worker")
+        migrated = wait_for(self.migrated, timeout=300, interval=1.0, what="the migration Job done")
+        assert migrated is not None
+        self.say(f"migration Job {migrated['job']}: schema version {migrated.get('schemaVersion')}")
+        self.tenant = self.seed(dsn)
         self.say("waiting for the worker pods to be Ready")
         wait_for(self.resource_ready, timeout=300, interval=1.0, what="Falachefe Ready")
         self.say("Falachefe is Ready")
@@ -389,6 +392,16 @@ class Demo:
     def peak(self, pool: str) -> int:
         return max((s.pools[pool].desired for s in self.samples), default=0)
 
+    def migrated(self) -> dict[str, Any] | None:
+        resource = k8s.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, PLURAL, RESOURCE
+        )
+        migration = resource.get("status", {}).get("migration") or {}
+        if migration.get("phase") == "Failed":
+            job = migration.get("job")
+            raise RuntimeError(f"the migration Job failed; see: kubectl logs -n {NAMESPACE} job/{job}")
+        return dict(migration) if migration.get("phase") == "Succeeded" else None
+
     def resource_ready(self) -> bool:
         resource = k8s.CustomObjectsApi(self.api).get_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, PLURAL, RESOURCE
@@ -497,14 +510,6 @@ class Demo:
         """What a platform engineer would look at: `kubectl get falachefe -o wide`."""
         self.say(f"$ kubectl get falachefe -n {NAMESPACE} -o wide")
         print(self.kubectl("get", "falachefe", "-n", NAMESPACE, "-o", "wide"), end="", flush=True)
-
-    def runtime_cli(self, *args: str, env: dict[str, str]) -> None:
-        subprocess.run(
-            [program_path("falachefe-runtime"), *args],
-            check=True,
-            capture_output=True,
-            env={**os.environ, **env},
-        )
 
     def tear_down(self) -> None:
         if self.llm is not None:

@@ -85,7 +85,8 @@ def checkov(directory: Path) -> list[dict[str, Any]]:
 
 
 def worker_manifests(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    resource = builders.Resource("shop", "team-a", "uid", FalachefeSpec.model_validate(spec))
+    parsed = FalachefeSpec.model_validate(spec)
+    resource = builders.Resource("shop", "team-a", "uid", parsed, worker_image=parsed.image)
     return builders.desired_objects(resource)
 
 

@@ -90,7 +90,7 @@ def test_pod_monitor_selects_the_workers_the_operator_builds(helm: Helm) -> None
             "pools": {"auth": {}},
         }
     )
-    resource = Resource("shop", "team-a", "uid", spec)
+    resource = Resource("shop", "team-a", "uid", spec, worker_image=spec.image)
     pod = builders.deployment(resource, WorkerKind.AUTH, spec.pools.auth, "hash")["spec"]["template"]  # type: ignore[arg-type]
     monitor = one(helm.template(MONITORING), "PodMonitor")["spec"]
     assert monitor["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
@@ -167,7 +167,14 @@ def scrape(port: int) -> str:
 
 @pytest.fixture
 def worker_metrics(pg_dsn: str, redis_url: str, tmp_path: Path) -> Iterator[str]:
-    """A real auth worker's /metrics, as it starts against real PostgreSQL and Redis."""
+    """A real auth worker's /metrics, on real PostgreSQL (migrated: workers refuse a bare one) and Redis."""
+    subprocess.run(
+        [program_path("falachefe-runtime"), "migrate"],
+        env={"FALACHEFE_DATABASE__DSN": pg_dsn, "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     metrics_port = free_port()
     env = {
         "FALACHEFE_DATABASE__DSN": pg_dsn,

@@ -49,6 +49,8 @@ def sample(namespace: str, image: str = "falachefe:0.1.0", **annotations: str) -
             # Nothing reads queue depth or CPU here: the replicas are whatever
             # the (simulated) autoscaler set, within min..max.
             "pools": {"auth": {"minReplicas": 1, "maxReplicas": 5, "autoscaling": {"enabled": False}}},
+            # No kubelet runs a migration Job here (tests/operator/test_migration_jobs.py plays one).
+            "migrations": {"enabled": False},
         },
     }
 

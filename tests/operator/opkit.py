@@ -40,7 +40,12 @@ def install_crd(kube: ControlPlane) -> None:
 
 
 def sample(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    """A small Falachefe: the auth and crew pools, secrets named after the resource (see ``create_secrets``)."""
+    """A small Falachefe: the auth and crew pools, secrets named after the resource (see ``create_secrets``).
+
+    Migrations are off unless asked for (``migrations={"enabled": True}``):
+    no kubelet runs the migration Job here, so a test that has them on plays
+    its part (``finish_migration``).
+    """
     body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Falachefe",
@@ -55,6 +60,7 @@ def sample(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
                 "auth": {"minReplicas": 1, "maxReplicas": 4, "autoscaling": {"targetCPUUtilizationPercentage": 0}},
                 "crew": {"minReplicas": 0, "maxReplicas": 3, "autoscaling": {"targetCPUUtilizationPercentage": 0}},
             },
+            "migrations": {"enabled": False},
         },
     }
     body["spec"].update(spec)
@@ -167,6 +173,54 @@ def mark_pods_ready(api: k8s.ApiClient, namespace: str, selector: dict[str, str]
         )
         marked += 1
     return marked
+
+
+def finish_migration(
+    api: k8s.ApiClient, namespace: str, name: str, *, exit_code: int = 0, message: str = "", timeout: float = 60
+) -> str:
+    """Play the kubelet for ``name``'s migration Job: its pending pod ran and ended with ``exit_code``.
+
+    The termination message is what the container wrote (``migrate
+    --termination-log``). Returns the Job's name.
+    """
+    core = k8s.CoreV1Api(api)
+    selector = f"{naming.NAME_LABEL}={naming.APP_NAME}-migrate,{naming.INSTANCE_LABEL}={name}"
+
+    def pending() -> Any:
+        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        return next((pod for pod in pods if not pod.status or pod.status.phase in (None, "Pending")), None)
+
+    pod = wait_for(pending, timeout=timeout, what=f"a pending migration pod of {name}")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    container = pod.spec.containers[0]
+    core.patch_namespaced_pod_status(
+        pod.metadata.name,
+        namespace,
+        {
+            "status": {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "containerStatuses": [
+                    {
+                        "name": container.name,
+                        "image": container.image,
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": exit_code,
+                                "reason": "Completed" if exit_code == 0 else "Error",
+                                "message": message,
+                                "startedAt": now,
+                                "finishedAt": now,
+                            }
+                        },
+                    }
+                ],
+            }
+        },
+    )
+    return str(pod.metadata.labels["batch.kubernetes.io/job-name"])
 
 
 # -- the operator's identity -------------------------------------------------------

@@ -26,7 +26,9 @@ def resource(**spec: Any) -> Resource:
         "pools": {"auth": {"minReplicas": 2}, "crew": {"minReplicas": 0, "terminationGracePeriodSeconds": 90}},
     }
     base.update(spec)
-    return Resource("shop", "team-a", UID, FalachefeSpec.model_validate(base))
+    parsed = FalachefeSpec.model_validate(base)
+    # The workers run the spec's image: its migration is done (see test_migration_manifests).
+    return Resource("shop", "team-a", UID, parsed, worker_image=parsed.image)
 
 
 def by_key(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -51,6 +53,7 @@ def test_one_configmap_one_service_and_a_deployment_and_pdb_per_pool() -> None:
         "PodDisruptionBudget/shop-auth",
         "Deployment/shop-crew",
         "PodDisruptionBudget/shop-crew",
+        "Job/" + builders.migration_job(resource())["metadata"]["name"],  # type: ignore[index]
     }
     assert set(objects) == {f"{kind}/{name}" for kind, name in builders.desired_keys(resource())}
     for obj in objects.values():
@@ -283,3 +286,40 @@ def test_secret_refs_name_the_spec_field() -> None:
         "spec.llm.apiKeySecretRef",
         "spec.auth.otpSecretRef",
     ]
+
+
+def test_migration_manifests() -> None:
+    """Before the first migration only its Job (and the config it reads); the Job is as locked down as a worker."""
+    fresh = Resource("shop", "team-a", UID, resource().spec)
+    objects = by_key(desired_objects(fresh))
+    [job_key] = [key for key in objects if key.startswith("Job/")]
+    assert set(objects) == {"ConfigMap/shop-config", "Service/shop-metrics", job_key}
+    job = objects[job_key]
+    assert job["metadata"]["annotations"][naming.IMAGE_ANNOTATION] == "falachefe:1.2"
+    assert len(job["metadata"]["name"]) <= 63
+    pod = job["spec"]["template"]["spec"]
+    (migrate,) = pod["containers"]
+    assert migrate["image"] == "falachefe:1.2"
+    assert migrate["command"][:2] == ["falachefe-runtime", "migrate"]
+    assert migrate["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert migrate["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["restartPolicy"] == "Never"
+    # Only the database's Secret: the migration needs nothing else.
+    (secrets,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+    assert [s["secret"]["name"] for s in secrets["projected"]["sources"]] == ["db"]
+    # The pod is no worker: the metrics Service does not select it.
+    assert not naming.instance_selector("shop").items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    # A new image is a new Job (its template cannot change); the workers keep theirs until told.
+    upgraded = Resource("shop", "team-a", UID, resource(image="falachefe:1.3").spec, worker_image="falachefe:1.2")
+    names = {o["metadata"]["name"] for o in desired_objects(upgraded) if o["kind"] == "Job"}
+    assert names and job["metadata"]["name"] not in names
+    assert {container(o)["image"] for o in desired_objects(upgraded) if o["kind"] == "Deployment"} == {"falachefe:1.2"}
+    # Migrations off: no Job.
+    off = resource(migrations={"enabled": False})
+    assert not [o for o in desired_objects(off) if o["kind"] == "Job"]
+
+
+def test_migration_job_names_fit_a_label_for_the_longest_resource_name() -> None:
+    longest = "a" * naming.MAX_NAME_LENGTH
+    name = naming.migration_job_name(longest, "0123456789abcdef")
+    assert len(name) <= 63 and name.startswith(f"{longest}-migrate-")
