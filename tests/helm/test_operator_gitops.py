@@ -277,7 +277,8 @@ def test_default_install_serves_its_namespace_and_receives_only_the_redis_url(
     dsn, api_key = f"postgresql://shop:dsn-{marker}@db/shop", f"sk-llm-{marker}"
     pipeline = Pipeline(kube, tmp_path)
     otp_key = f"otp-{marker}"
-    for name, key, value in (("shop-db", "dsn", dsn), ("shop-llm", "apiKey", api_key), ("shop-otp", "otpSecret", otp_key)):
+    planted = (("shop-db", "dsn", dsn), ("shop-llm", "apiKey", api_key), ("shop-otp", "otpSecret", otp_key))
+    for name, key, value in planted:
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}}
         pipeline.apply({**secret, "stringData": {key: value}})
     k8s.CoreV1Api(kube_api).create_namespaced_secret(
