@@ -1,4 +1,11 @@
-"""A throwaway Redis server on loopback (and a node's link), no persistence."""
+"""A throwaway Redis server on loopback (and a node's link), persisting as production must: AOF.
+
+The queues live in Redis: a restart without persistence loses every queued
+job. So the local stack runs Redis as production should, with the
+append-only file (``appendonly yes``, ``appendfsync everysec``: at most
+about a second of writes lost) and no RDB snapshots. ``persist=False``
+gives a server without any, for tests of what that costs.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     #: An address to listen on besides loopback: the host end of a local node's link.
     extra_address: str | None = None
+    #: AOF on (production's setting) or no persistence at all.
+    persist: bool = True
     process: ManagedProcess | None = None
 
     def url(self, db: int = 0, host: str = "127.0.0.1") -> str:
@@ -39,7 +48,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persist else "no",
+            "--appendfsync",
+            "everysec",
             "--databases",
             str(DATABASES),
             "--daemonize",

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 from worker_harness import (
@@ -24,6 +25,7 @@ from worker_harness import (
 )
 
 from falachefe_devstack.postgres import PostgresServer
+from falachefe_devstack.process import free_port
 from falachefe_runtime.auth.codes import code_mac
 from falachefe_runtime.auth.service import crew_job_id
 from falachefe_runtime.payloads import PROCESS_MESSAGE, REQUEST_LINK_CODE, SEND_MESSAGE, VERIFY_LINK_CODE
@@ -255,34 +257,74 @@ async def test_link_code_for_an_unregistered_phone_is_refused_without_sending_an
     assert await sql.fetchval("SELECT count(*) FROM phone_link_codes") == 0
 
 
-async def test_a_database_outage_fails_the_attempt_and_the_seeds_backoff_retries_it(
-    auth_pool: None, queues: Queues, sql: asyncpg.Connection, pg_server: PostgresServer, app_dsn: str
+async def test_a_database_outage_pauses_the_worker_and_hands_the_job_back_without_spending_an_attempt(
+    make_config, queues: Queues, sql: asyncpg.Connection, pg_server: PostgresServer, app_dsn: str
 ) -> None:
+    health_port = free_port()
     tenant = await add_tenant(sql)
-    # The outage must hit a running worker, not its start-up (which would
-    # fail fast and leave the restart to Kubernetes): one message through first.
-    warm_up = await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.up"))
-    assert (await finished_job(queues, WHATSAPP_QUEUE, warm_up)).returnvalue["outcome"] == "authorized"
-    retries_before = REGISTRY.get_sample_value("falachefe_job_retries_total", {"queue": WHATSAPP_QUEUE}) or 0.0
-    async with database_outage(pg_server, app_dsn):
-        job_id = await queues.enqueue(
-            WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.retry")
-        )
+    await sql.close()
+    returned_before = sample("falachefe_jobs_returned_total", queue=WHATSAPP_QUEUE)
+    outages_before = sample("falachefe_dependency_outages_total", dependency="database")
+    retries_before = sample("falachefe_job_retries_total", queue=WHATSAPP_QUEUE)
+    async with running_pool(make_config("auth", observability={"health_port": health_port})):
+        # The outage must hit a running worker, not its start-up (which would
+        # fail fast and leave the restart to Kubernetes): one message through first.
+        warm_up = await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.up"))
+        assert (await finished_job(queues, WHATSAPP_QUEUE, warm_up)).returnvalue["outcome"] == "authorized"
+        async with database_outage(pg_server, app_dsn):
+            job_id = await queues.enqueue(
+                WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.outage")
+            )
 
-        async def waiting_for_retry() -> bool:
+            async def handed_back() -> bool:
+                return sample("falachefe_jobs_returned_total", queue=WHATSAPP_QUEUE) > returned_before
+
+            await eventually(handed_back, "the job handed back to its queue")
             job = await queues.queue(WHATSAPP_QUEUE).getJob(job_id)
-            return job.attemptsMade == 1 and await job.getState() == "delayed"
+            assert job.attemptsMade == 0, "an outage spends no attempt"
+            assert await job.getState() in ("delayed", "waiting")
+            assert sample("falachefe_dependency_up", dependency="database") == 0
+            assert sample("falachefe_dependency_outages_total", dependency="database") == outages_before + 1
+            # Not ready, saying which dependency and how it failed; the worker takes nothing meanwhile.
+            down = await readiness(health_port, 503)
+            assert down is not None and down["outage"]["dependencies"] == {
+                "database": "ObjectNotInPrerequisiteStateError"
+            }
+            assert "postgres" not in json.dumps(down) and "127.0.0.1" not in json.dumps(down)
+            await asyncio.sleep(2)  # past the job's return delay: still not taken while paused
+            assert await job.getState() in ("delayed", "waiting")
 
-        await eventually(waiting_for_retry, "the first attempt to fail and wait for its backoff")
-
-    job = await finished_job(queues, WHATSAPP_QUEUE, job_id)
-    assert await job.getState() == "completed" and job.attemptsMade == 2
-    assert job.returnvalue["outcome"] == "authorized"
-    assert REGISTRY.get_sample_value("falachefe_job_retries_total", {"queue": WHATSAPP_QUEUE}) == retries_before + 1
+        job = await finished_job(queues, WHATSAPP_QUEUE, job_id)
+        assert await job.getState() == "completed" and job.attemptsMade == 1
+        assert job.returnvalue["outcome"] == "authorized"
+        assert sample("falachefe_dependency_up", dependency="database") == 1
+        assert sample("falachefe_job_retries_total", queue=WHATSAPP_QUEUE) == retries_before
+        back = await readiness(health_port, 200)
+        assert back is not None and back["outage"] is None
+        assert (await queues.counts(WHATSAPP_QUEUE))["failed"] == 0
     sql = await asyncpg.connect(app_dsn)
     try:
         assert (
-            await sql.fetchval("SELECT count(*) FROM whatsapp_auth_logs WHERE provider_message_id = 'wamid.retry'") == 1
+            await sql.fetchval("SELECT count(*) FROM whatsapp_auth_logs WHERE provider_message_id = 'wamid.outage'")
+            == 1
         )
     finally:
         await sql.close()
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def readiness(port: int, status: int) -> dict | None:
+    """The worker's /readyz answer once it has ``status`` (None if it never does)."""
+
+    async def probe() -> dict | None:
+        async with httpx.AsyncClient(timeout=5) as http:
+            try:
+                response = await http.get(f"http://127.0.0.1:{port}/readyz")
+            except httpx.TransportError:
+                return None
+        return response.json() if response.status_code == status else None
+
+    return await eventually(probe, f"/readyz {status}")

@@ -360,15 +360,19 @@ class Database:
         For ``/readyz``: no retry and no exception. A replica outage does not
         make the worker unready, since reads fall back to the primary.
         """
-        budget = timeout if timeout is not None else self.settings.connect_timeout_s
-        if self._primary.pool is None:
-            return False
         try:
-            async with asyncio.timeout(budget):
-                await self._primary.pool.fetchval("SELECT 1")
+            await self.probe(timeout)
         except Exception:
             return False
         return True
+
+    async def probe(self, timeout: float | None = None) -> None:
+        """Returns when the primary answers ``SELECT 1`` within ``timeout``; raises why not (no retry)."""
+        budget = timeout if timeout is not None else self.settings.connect_timeout_s
+        if self._primary.pool is None:
+            raise DatabaseNotStarted("the database pools are not open")
+        async with asyncio.timeout(budget):
+            await self._primary.pool.fetchval("SELECT 1")
 
     # -- single statements -----------------------------------------------------
 

@@ -5,8 +5,10 @@
   and the queue worker's loop is alive. A loop blocked for long enough does
   not answer at all, which the kubelet also reads as a failure.
 - ``/readyz`` (readiness) answers 200 only when every dependency answers
-  (PostgreSQL and Redis), each within a short timeout, and the process is
-  not shutting down. The body names the failing checks, never a DSN.
+  (PostgreSQL and Redis), each within a short timeout, the worker is not
+  paused by a dependency outage, and the process is not shutting down. The
+  body names the failing checks and, during an outage, the dependencies and
+  their error classes (``outage``), never a DSN or a server's message.
 - ``/metrics`` serves the default Prometheus registry, where the workers,
   the database pools and the cache register their metrics.
 
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -42,6 +45,7 @@ class HealthServer:
         *,
         readiness: Mapping[str, Check],
         alive: Callable[[], bool] = lambda: True,
+        outage: Callable[[], Mapping[str, Any] | None] = lambda: None,
         health_port: int = 8080,
         metrics_port: int = 9102,
         host: str = "0.0.0.0",  # noqa: S104 - probes and scrapes come from outside the pod
@@ -49,6 +53,7 @@ class HealthServer:
     ) -> None:
         self._readiness = dict(readiness)
         self._alive = alive
+        self._outage = outage
         self._host = host
         self._ports = {"health": health_port, "metrics": metrics_port}
         self._check_timeout_s = check_timeout_s
@@ -104,8 +109,9 @@ class HealthServer:
         names = list(self._readiness)
         outcomes = await asyncio.gather(*(self._check(name) for name in names))
         checks = dict(zip(names, outcomes, strict=True))
-        ready = all(checks.values()) and not self.shutting_down
-        body = {"ready": ready, "checks": checks, "shutting_down": self.shutting_down}
+        outage = self._outage()
+        ready = all(checks.values()) and outage is None and not self.shutting_down
+        body = {"ready": ready, "checks": checks, "shutting_down": self.shutting_down, "outage": outage}
         return web.json_response(body, status=200 if ready else 503)
 
     async def _check(self, name: str) -> bool:

@@ -23,7 +23,8 @@ BUILD_INFO = Gauge(
 BUILD_INFO.labels(**build_info()).set(1)
 
 #: Jobs taken off a queue and how they ended: completed, retried (failed with
-#: attempts left), failed (no attempts left, or a permanent failure).
+#: attempts left), failed (no attempts left, or a permanent failure),
+#: returned (handed back during a dependency outage, no attempt spent).
 JOBS_PROCESSED = Counter(
     "falachefe_jobs_processed_total",
     "Jobs processed by this worker, by queue and outcome.",
@@ -91,4 +92,32 @@ ADMIN_TASK_ITEMS = Counter(
     "falachefe_admin_task_items_total",
     "Rows or keys an admin task acted on, by task.",
     ["task"],
+)
+
+DEPENDENCY_UP = Gauge(
+    "falachefe_dependency_up",
+    "1 while this worker's dependency answers, 0 during an outage of it that the worker detected"
+    " (the worker takes no jobs meanwhile).",
+    ["dependency"],
+)
+
+DEPENDENCY_OUTAGES = Counter(
+    "falachefe_dependency_outages_total",
+    "Outages of a dependency that this worker detected (a job failed and the dependency did not answer).",
+    ["dependency"],
+)
+
+JOBS_RETURNED = Counter(
+    "falachefe_jobs_returned_total",
+    "Jobs handed back to their queue without spending an attempt, because a dependency was down.",
+    ["queue"],
+)
+
+#: The queue's Redis keeps its data across a restart through AOF, RDB snapshots,
+#: neither, or this worker may not ask (CONFIG refused): 1 for the mode seen, 0 for the others.
+REDIS_PERSISTENCE = Gauge(
+    "falachefe_redis_persistence",
+    "How the queue's Redis persists its data, as seen at this worker's start: 1 for the mode"
+    " (aof, rdb, none, unknown), 0 for the others.",
+    ["mode"],
 )

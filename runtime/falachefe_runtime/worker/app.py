@@ -10,6 +10,11 @@ remaining jobs are abandoned to another worker (their locks expire) and
 the exit code is 1. A worker loop that dies on its own also exits 1, so
 the kubelet restarts the container.
 
+While a dependency (PostgreSQL, Redis) is down the worker takes no jobs,
+hands back the ones that failed for it without spending an attempt, reports
+not ready, and resumes by itself once it answers (``outages``). At start it
+checks that the queue's Redis persists (``persistence``).
+
 A worker that cannot start says why in one log line naming the setting and
 its variable (``cannot start: cannot open database.dsn: ...``), not with a
 traceback: exit 2 for settings it lacks, 1 for a server it cannot reach
@@ -36,6 +41,8 @@ from falachefe_runtime.db.migrate import describe_missing, missing_migrations
 from falachefe_runtime.observability.health import HealthServer
 from falachefe_runtime.observability.logging import configure_logging, log_context
 from falachefe_runtime.queues import Queues
+from falachefe_runtime.worker.outages import DependencyGuard
+from falachefe_runtime.worker.persistence import check_redis_persistence
 from falachefe_runtime.worker.pools import build_routes
 from falachefe_runtime.worker.runner import QueueWorker
 
@@ -141,11 +148,15 @@ async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
     async def consuming() -> bool:
         return bool(consumer) and consumer[0].running
 
+    # What every job may need: an outage of one pauses the worker and spends no attempt.
+    guard = DependencyGuard({"database": db.probe, "redis": client.ping})
+
     # Up first, so probes get answers while the rest starts (CrewAI takes
     # seconds to import): alive from now on, ready once the worker consumes.
     health = HealthServer(
         readiness={"database": db.ping, "redis": redis_answers, "worker": consuming},
         alive=lambda: not consumer or consumer[0].running,
+        outage=guard.describe,
         health_port=config.observability.health_port,
         metrics_port=config.observability.metrics_port,
     )
@@ -161,12 +172,7 @@ async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
         missing = await missing_migrations(db)
         if missing:
             raise StartupError(describe_missing(missing), ["database.dsn"], EXIT_SCHEMA_BEHIND)
-        try:
-            await redis_answers()
-        except (redis.RedisError, OSError) as error:
-            # The queues, the cache and the rate limits all live there.
-            message = f"cannot reach redis.url: {_redis_trouble(error)}"
-            raise StartupError(message, ["redis.url"], EXIT_UNREACHABLE) from error
+        await _check_redis(client)
         cache = Cache.from_config(config)
         await cache.start()
         resources.closers.append(cache.close)
@@ -184,7 +190,9 @@ async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
             concurrency=config.worker.effective_concurrency,
             settings=config.queues,
             name=kind.value,
+            guard=guard,
         )
+        resources.closers.append(guard.close)
         await worker.start()
         consumer.append(worker)
         log.info(
@@ -214,6 +222,17 @@ async def _until_stopped(stop: asyncio.Event, worker: QueueWorker) -> int:
             log.error("the queue worker loop stopped unexpectedly; exiting so the container restarts")
             return 1
     return 0
+
+
+async def _check_redis(client: redis.Redis) -> None:
+    """Redis answers (the queues, the cache and the rate limits all live there), and whether it persists."""
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as error:
+        message = f"cannot reach redis.url: {_redis_trouble(error)}"
+        raise StartupError(message, ["redis.url"], EXIT_UNREACHABLE) from error
+    # Queued jobs live only there: say so when a restart of it would lose them.
+    await check_redis_persistence(client)
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -17,6 +17,12 @@ Why the options are what they are (bullmq 3.x, checked against its source):
   retried forever (a job that kills its worker would otherwise kill them all).
 - No ``limiter``: bullmq's Python limiter is unreliable; rate limits that
   matter (one-time codes) are enforced in Redis by the handlers.
+- A job that fails while a dependency is down goes back to its queue
+  without spending an attempt, and the worker pauses until the dependency
+  answers (``outages``). Pausing leaves in flight the fetches the worker had
+  already started; a job one of them takes is handed back too, rather than
+  kept unprocessed (its lock would expire during a long outage, and the
+  stalled check would count it against ``maxStalledCount``).
 """
 
 from __future__ import annotations
@@ -26,19 +32,22 @@ import logging
 import time
 from typing import Any
 
-from bullmq import UnrecoverableError, Worker
+from bullmq import DelayedError, UnrecoverableError, Worker
 from bullmq.job import Job
 
 from falachefe_runtime.config import QueueSettings
 from falachefe_runtime.observability import metrics
 from falachefe_runtime.observability.logging import log_context
 from falachefe_runtime.queues import with_socket_timeout
+from falachefe_runtime.worker.outages import DependencyGuard, Outage
 from falachefe_runtime.worker.routing import JobInfo, JobResult, PermanentJobError, Routes, unknown_job
 
 log = logging.getLogger(__name__)
 
 #: Seconds an idle worker blocks waiting for a job (bullmq's default).
 DRAIN_DELAY_S = 5
+#: A job handed back during an outage is due again after this long (any worker may take it then).
+RETURN_DELAY_MS = 1000
 
 
 class QueueWorker:
@@ -55,6 +64,7 @@ class QueueWorker:
         prefix: str = "bull",
         socket_timeout_s: float = 5.0,
         name: str | None = None,
+        guard: DependencyGuard | None = None,
     ) -> None:
         self.queue = queue
         self._routes = routes
@@ -67,6 +77,10 @@ class QueueWorker:
         self._worker: Worker | None = None
         self._run: asyncio.Task[None] | None = None
         self._in_flight = 0
+        self._guard = guard
+        #: Tokens of jobs handed back straight from a fetch while paused (see ``_hand_back_fetched``).
+        self._handed_back: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         settings = self._settings
@@ -86,6 +100,8 @@ class QueueWorker:
         worker.on("error", self._on_error)
         worker.on("stalled", self._on_stalled)
         self._worker = worker
+        if self._guard is not None:
+            self._guard.attach(self._pause, self._resume)
         self._run = asyncio.create_task(worker.run(), name=f"bullmq-worker:{self.queue}")
 
     @property
@@ -96,6 +112,10 @@ class QueueWorker:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def paused(self) -> bool:
+        return self._worker is not None and bool(self._worker.paused)
 
     async def stop(self, grace_s: float) -> bool:
         """Take no new jobs; wait up to ``grace_s`` for in-flight ones. True if they all finished.
@@ -121,11 +141,18 @@ class QueueWorker:
         return finished
 
     async def _process(self, job: Job, token: str) -> JobResult:
+        if token in self._handed_back:  # already given back from its fetch (see _hand_back_fetched)
+            self._handed_back.discard(token)
+            raise DelayedError
         attempt = int(job.attemptsMade) + 1
         max_attempts = int(job.opts.get("attempts") or 1)
         info = JobInfo(id=str(job.id), name=str(job.name), queue=self.queue, attempt=attempt, max_attempts=max_attempts)
         started = time.monotonic()
-        if attempt == 1:
+        outage = self._guard.outage if self._guard is not None else None
+        if outage is not None:  # taken just as the worker paused: not worth trying now
+            await self._hand_back(job, token, outage)
+            raise DelayedError
+        if attempt == 1 and int(job.attemptsStarted or 0) <= 1:  # its first run, not one handed back
             metrics.JOB_QUEUE_WAIT.labels(self.queue).observe(_queue_wait_s(job))
         self._in_flight += 1
         in_flight = metrics.JOBS_IN_FLIGHT.labels(self.queue)
@@ -135,12 +162,12 @@ class QueueWorker:
                 log_context(job_id=info.id, queue=self.queue, job_name=info.name, attempt=attempt),
                 metrics.JOB_DURATION.labels(self.queue).time(),
             ):
-                return await self._route(job, info, started)
+                return await self._route(job, token, info, started)
         finally:
             self._in_flight -= 1
             in_flight.dec()
 
-    async def _route(self, job: Job, info: JobInfo, started: float) -> JobResult:
+    async def _route(self, job: Job, token: str, info: JobInfo, started: float) -> JobResult:
         try:
             route = self._routes.get(info.name)
             if route is None:
@@ -155,6 +182,14 @@ class QueueWorker:
             raise UnrecoverableError(str(error)) from error
         except Exception as error:
             reason = type(error).__name__
+            outage = await self._guard.explain(error) if self._guard is not None else None
+            if outage is not None:
+                log.warning(
+                    "job failed during a dependency outage; back to the queue, no attempt spent",
+                    extra={"reason": reason, "dependencies": outage.failing},
+                )
+                await self._hand_back(job, token, outage)
+                raise DelayedError from error
             metrics.JOBS_FAILED.labels(self.queue, reason).inc()
             if info.attempt < info.max_attempts:
                 metrics.JOB_RETRIES.labels(self.queue).inc()
@@ -167,6 +202,57 @@ class QueueWorker:
         metrics.JOBS_PROCESSED.labels(self.queue, "completed").inc()
         log.info("job completed", extra={"duration_s": round(time.monotonic() - started, 4)})
         return result
+
+    async def _hand_back(self, job: Job, token: str, outage: Outage) -> None:
+        """Move ``job`` from active back to the queue (via ``delayed``) without counting an attempt.
+
+        If Redis does not take it (the queue's Redis is the one down), the
+        job stays active under a lock nobody renews: the stalled check puts
+        it back in ``wait`` once the lock expires.
+        """
+        try:
+            await job.moveToDelayed(int(time.time() * 1000) + RETURN_DELAY_MS, token)
+        except Exception as error:
+            log.error(
+                "could not hand a job back to its queue; it returns once its lock expires",
+                extra={"queue": self.queue, "job_id": str(job.id), "error": type(error).__name__},
+            )
+            return
+        outage.jobs_returned += 1
+        metrics.JOBS_RETURNED.labels(self.queue).inc()
+        metrics.JOBS_PROCESSED.labels(self.queue, "returned").inc()
+
+    async def _pause(self) -> None:
+        """Take no new job; the ones in flight go on (each hands itself back if it fails)."""
+        worker = self._worker
+        if worker is None:
+            return
+        await worker.pause(do_not_wait_active=True)
+        # Fetches already under way may still take a job; the paused loop
+        # would hold it unprocessed (its lock expiring) until it resumes.
+        for task in list(worker.processing):
+            task.add_done_callback(self._hand_back_fetched)
+
+    def _hand_back_fetched(self, task: asyncio.Future[Any]) -> None:
+        worker = self._worker
+        if worker is None or not worker.paused or worker.closing or task.cancelled() or task.exception():
+            return
+        job = task.result()
+        if not isinstance(job, Job) or task not in worker.processing:
+            return  # a job being processed, or a fetch that found nothing
+        outage = self._guard.outage if self._guard is not None else None
+        if outage is None:
+            return
+        worker.processing.discard(task)
+        # The main loop may have collected this fetch already; then _process skips the job.
+        self._handed_back.add(str(job.token))
+        hand_back = asyncio.create_task(self._hand_back(job, str(job.token), outage))
+        self._background.add(hand_back)
+        hand_back.add_done_callback(self._background.discard)
+
+    def _resume(self) -> None:
+        if self._worker is not None and not self._worker.closing:
+            self._worker.resume()
 
     def _on_error(self, error: BaseException, *_: Any) -> None:
         log.error("bullmq worker error", extra={"queue": self.queue, "error": repr(error)})
