@@ -17,6 +17,10 @@ Why the options are what they are (bullmq 3.x, checked against its source):
   retried forever (a job that kills its worker would otherwise kill them all).
 - No ``limiter``: bullmq's Python limiter is unreliable; rate limits that
   matter (one-time codes) are enforced in Redis by the handlers.
+- Jobs are taken through ``JobIntake``: one whose stored fields do not
+  decode fails at once, naming the field, instead of staying in ``active``;
+  every failed job is kept ``queues.failed_retention_days``, whatever its
+  producer asked.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ import logging
 import time
 from typing import Any
 
-from bullmq import UnrecoverableError, Worker
+from bullmq import UnrecoverableError
 from bullmq.job import Job
 
 from falachefe_runtime.config import QueueSettings
 from falachefe_runtime.observability import metrics
 from falachefe_runtime.observability.logging import log_context
 from falachefe_runtime.queues import with_socket_timeout
+from falachefe_runtime.worker.intake import JobIntake
 from falachefe_runtime.worker.routing import JobInfo, JobResult, PermanentJobError, Routes, unknown_job
 
 log = logging.getLogger(__name__)
@@ -64,7 +69,7 @@ class QueueWorker:
         self._url = with_socket_timeout(redis_url, max(socket_timeout_s, 2.0 * DRAIN_DELAY_S))
         self._prefix = prefix
         self._name = name
-        self._worker: Worker | None = None
+        self._worker: JobIntake | None = None
         self._run: asyncio.Task[None] | None = None
         self._in_flight = 0
 
@@ -82,7 +87,7 @@ class QueueWorker:
         }
         if self._name:
             opts["name"] = self._name
-        worker = Worker(self.queue, self._process, opts)
+        worker = JobIntake(self.queue, self._process, opts, keep_failed=settings.keep_failed)
         worker.on("error", self._on_error)
         worker.on("stalled", self._on_stalled)
         self._worker = worker
