@@ -213,12 +213,23 @@ class QueueSettings(_Section):
     A job whose worker died is taken over about ``lock_duration_s`` plus up
     to two ``stalled_interval_s`` later; live workers renew their locks every
     quarter of ``lock_duration_s``. A job that stalls more than
-    ``max_stalled_count`` times is failed instead of retried.
+    ``max_stalled_count`` times is failed instead of retried. Failed jobs
+    are kept ``failed_retention_days``.
     """
 
     lock_duration_s: Seconds = 30.0
     stalled_interval_s: Seconds = 30.0
     max_stalled_count: int = Field(1, ge=0)
+    #: How long a failed job stays in the failed set, for ``falachefe-runtime
+    #: failed`` to show and retry, before BullMQ deletes it. By age, not by
+    #: count: a burst of failures must not push out the ones before it. The
+    #: failed set's Redis memory grows with the failures of that many days.
+    failed_retention_days: float = Field(7.0, gt=0, le=365)
+
+    @property
+    def keep_failed(self) -> dict[str, int]:
+        """BullMQ's ``removeOnFail`` (its ``KeepJobs``: ``age`` in seconds) for this retention."""
+        return {"age": round(self.failed_retention_days * 86_400)}
 
 
 class AuthSettings(_Section):

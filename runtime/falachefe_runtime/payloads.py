@@ -5,7 +5,8 @@ The original app is TypeScript: its jobs are camelCase JSON
 ``job.data.messageData`` and ``job.data.crewData``). The models take those
 names as aliases and also accept snake_case. Unknown keys are ignored (a
 newer producer may send more); missing or malformed ones fail the job
-permanently, naming the field.
+permanently, naming the field. Free text must also be storable: PostgreSQL
+refuses NUL and text that is not valid UTF-8.
 """
 
 from __future__ import annotations
@@ -15,15 +16,34 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
+
+
+def storable(text: str) -> str:
+    """``text`` if PostgreSQL can store it as ``text``: no NUL, no lone surrogate (not encodable as UTF-8).
+
+    Refused here, the job fails at once naming the field; let through, it
+    would fail each attempt inside the database with an encoding error that
+    names none.
+    """
+    if "\x00" in text:
+        raise ValueError("contains NUL (U+0000), which PostgreSQL text cannot hold")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"contains an unpaired surrogate at character {error.start}, which is not valid UTF-8"
+        ) from None
+    return text
+
 
 #: A phone number in E.164 form: ``+`` then 8 to 15 digits, no leading zero.
 PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{7,14}$")]
 #: A one-time code as the user types it back: six digits.
 LinkCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]
-MessageText = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
-ProviderMessageId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+MessageText = Annotated[str, StringConstraints(min_length=1, max_length=4096), AfterValidator(storable)]
+ProviderMessageId = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(storable)]
 
 # Job names: the first two are the seed's.
 PROCESS_MESSAGE = "process-message"

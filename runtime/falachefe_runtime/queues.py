@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bullmq import Queue
 
-from falachefe_runtime.config import DEFAULT_QUEUES, WorkerKind
+from falachefe_runtime.config import DEFAULT_QUEUES, QueueSettings, WorkerKind
 
 WHATSAPP_QUEUE = DEFAULT_QUEUES[WorkerKind.AUTH]
 CREW_QUEUE = DEFAULT_QUEUES[WorkerKind.CREW]
@@ -28,14 +28,21 @@ OUTBOUND_QUEUE = "whatsapp-outbound"
 #: Every queue the runtime consumes or feeds: what ``falachefe-runtime queues`` lists.
 ALL_QUEUES = (*DEFAULT_QUEUES.values(), OUTBOUND_QUEUE)
 
-_RETRYING = {"attempts": 3, "removeOnComplete": 100, "removeOnFail": 50}
+#: Failed jobs are kept by age (BullMQ's ``KeepJobs``, which Node bullmq
+#: reads too), not by the seed's count of 50 or 25: a burst of failures
+#: would delete the ones before it before anyone could retry them. Our
+#: workers apply ``queues.failed_retention_days`` to every job they fail,
+#: whatever its producer asked; this default is for jobs that a Node worker
+#: fails.
+KEEP_FAILED = QueueSettings().keep_failed
+_RETRYING = {"attempts": 3, "removeOnComplete": 100, "removeOnFail": KEEP_FAILED}
 
-#: The seed's ``defaultJobOptions`` per queue.
+#: The seed's ``defaultJobOptions`` per queue, but for ``removeOnFail``.
 SEED_JOB_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         WHATSAPP_QUEUE: {**_RETRYING, "backoff": {"type": "exponential", "delay": 2000}},
         CREW_QUEUE: {**_RETRYING, "backoff": {"type": "exponential", "delay": 3000}},
-        ADMIN_QUEUE: {"attempts": 2, "removeOnComplete": 50, "removeOnFail": 25},
+        ADMIN_QUEUE: {"attempts": 2, "removeOnComplete": 50, "removeOnFail": KEEP_FAILED},
         OUTBOUND_QUEUE: {**_RETRYING, "backoff": {"type": "exponential", "delay": 2000}},
     }
 )

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """``messageData.phoneNumber: String should match pattern ...; ...``."""
+def describe_validation_error(error: ValidationError, root: str | None = None) -> str:
+    """``messageData.phoneNumber: String should match pattern ...; ...``; with a ``root``, ``data.messageData...``."""
     problems = []
     for item in error.errors(include_url=False, include_input=False, include_context=False):
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        where = ".".join(str(part) for part in ([root] if root else []) + list(item["loc"])) or "(top level)"
         problems.append(f"{where}: {item['msg']}")
     return "; ".join(problems)

@@ -50,15 +50,25 @@ class JobInfo:
 
 
 @dataclass(frozen=True)
+class UnreadableData:
+    """A job's ``data`` as read when its stored fields could not be decoded: what was wrong, field named."""
+
+    problem: str
+
+
+@dataclass(frozen=True)
 class Route(Generic[P]):
     payload: type[P]
     handle: Callable[[P, JobInfo], Awaitable[JobResult]]
 
     def parse(self, data: Any) -> P:
+        if isinstance(data, UnreadableData):
+            raise PermanentJobError("invalid_payload", data.problem)
         try:
             return self.payload.model_validate(data)
         except ValidationError as error:
-            raise PermanentJobError("invalid_payload", describe_validation_error(error)) from None
+            # Located from the job's ``data``, as bullmq and the producer name it.
+            raise PermanentJobError("invalid_payload", describe_validation_error(error, root="data")) from None
 
 
 Routes = Mapping[str, Route[Any]]

@@ -23,6 +23,10 @@ Why the options are what they are (bullmq 3.x, checked against its source):
   already started; a job one of them takes is handed back too, rather than
   kept unprocessed (its lock would expire during a long outage, and the
   stalled check would count it against ``maxStalledCount``).
+- Jobs are taken through ``JobIntake``: one whose stored fields do not
+  decode fails at once, naming the field, instead of staying in ``active``;
+  every failed job is kept ``queues.failed_retention_days``, whatever its
+  producer asked.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ import logging
 import time
 from typing import Any
 
-from bullmq import DelayedError, UnrecoverableError, Worker
+from bullmq import DelayedError, UnrecoverableError
 from bullmq.job import Job
 
 from falachefe_runtime.config import QueueSettings
 from falachefe_runtime.observability import metrics
 from falachefe_runtime.observability.logging import log_context
 from falachefe_runtime.queues import with_socket_timeout
+from falachefe_runtime.worker.intake import JobIntake
 from falachefe_runtime.worker.outages import DependencyGuard, Outage
 from falachefe_runtime.worker.routing import JobInfo, JobResult, PermanentJobError, Routes, unknown_job
 
@@ -74,7 +79,7 @@ class QueueWorker:
         self._url = with_socket_timeout(redis_url, max(socket_timeout_s, 2.0 * DRAIN_DELAY_S))
         self._prefix = prefix
         self._name = name
-        self._worker: Worker | None = None
+        self._worker: JobIntake | None = None
         self._run: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._guard = guard
@@ -96,7 +101,7 @@ class QueueWorker:
         }
         if self._name:
             opts["name"] = self._name
-        worker = Worker(self.queue, self._process, opts)
+        worker = JobIntake(self.queue, self._process, opts, keep_failed=settings.keep_failed)
         worker.on("error", self._on_error)
         worker.on("stalled", self._on_stalled)
         self._worker = worker
