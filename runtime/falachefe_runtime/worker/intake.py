@@ -7,8 +7,9 @@ worker error and drops the job on the floor: it stays in ``active`` until
 its lock expires, the stalled check puts it back, and the next worker trips
 on it again, holding a concurrency slot each time, for ever.
 
-``JobIntake`` reads those fields first. A field that does not decode, or a
-``data`` larger than a job may carry, is replaced by a harmless value and
+``JobIntake`` catches that: when bullmq's decoding raises (and before it,
+when ``data`` is larger than a job may carry) it finds which fields are at
+fault; each is replaced by a harmless value and
 the job's ``data`` becomes an ``UnreadableData`` naming the field; the
 router fails such a job at once and for good (``PermanentJobError``), so it
 lands in the failed set with the field named, on its first attempt.
@@ -44,9 +45,8 @@ def readable(raw: dict[str, Any], max_data_bytes: int = MAX_DATA_BYTES) -> tuple
     """
     fixed = dict(raw)
     problems: list[str] = []
-    data = raw.get("data")
-    if isinstance(data, str) and len(data.encode("utf-8", "surrogatepass")) > max_data_bytes:
-        size = len(data.encode("utf-8", "surrogatepass"))
+    size = _oversized(raw.get("data"), max_data_bytes)
+    if size is not None:
         problems.append(f"data: {size} bytes, more than the {max_data_bytes} a job may carry")
         fixed["data"] = _JSON_FIELDS["data"]
     for field, stand_in in _JSON_FIELDS.items():
@@ -62,6 +62,14 @@ def readable(raw: dict[str, Any], max_data_bytes: int = MAX_DATA_BYTES) -> tuple
             else:
                 fixed[field] = stand_in
     return fixed, "; ".join(problems) or None
+
+
+def _oversized(data: object, max_bytes: int) -> int | None:
+    """``data``'s size in bytes if it is over ``max_bytes``; counted only when its length leaves a doubt."""
+    if not isinstance(data, str) or len(data) * 4 <= max_bytes:  # UTF-8: at most 4 bytes a character
+        return None
+    size = len(data.encode("utf-8", "surrogatepass"))
+    return size if size > max_bytes else None
 
 
 def _json_problem(error: Exception) -> str:
@@ -86,10 +94,20 @@ class JobIntake(Worker):  # type: ignore[misc]  # bullmq is untyped
         delay_until: int = 0,
         token: str | None = None,
     ) -> Job | None:
+        # The common case decodes once, in bullmq; a job's fields are inspected
+        # only when its data is too long or bullmq could not decode them.
         problem = None
-        if job_data:
+        if job_data and _oversized(job_data.get("data"), MAX_DATA_BYTES) is not None:
             job_data, problem = readable(job_data)
-        job: Job | None = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+        try:
+            job: Job | None = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+        except (TypeError, ValueError):  # json.JSONDecodeError is a ValueError
+            if not job_data:
+                raise
+            job_data, problem = readable(job_data)
+            if problem is None:  # not a field's fault: bullmq's own error stands
+                raise
+            job = await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
         if job is not None:
             job.opts["removeOnFail"] = dict(self._keep_failed)
             if problem is not None:
