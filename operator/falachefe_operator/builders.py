@@ -300,16 +300,12 @@ def migration_job(resource: Resource) -> dict[str, Any] | None:
     if not spec.migrations.enabled:
         return None
     settings = [("database.dsn", spec.database.secret_ref)]
-    secret_env = [{"name": env_name(item) + FILE_SUFFIX, "value": f"{SECRETS_DIR}/{item}"} for item, _ in settings]
     container = {
         "name": MIGRATION_CONTAINER_NAME,
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["falachefe-runtime", "migrate", "--termination-log", "/dev/termination-log"],
-        "env": [
-            {"name": CONFIG_FILE_ENV, "value": f"{naming.CONFIG_DIR}/{naming.CONFIG_KEY}"},
-            *secret_env,
-        ],
+        "env": _settings_env(settings),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
         "securityContext": _CONTAINER_SECURITY,
@@ -436,12 +432,15 @@ def _sources(secrets: Sequence[tuple[str, SecretKeyRef]]) -> list[dict[str, Any]
     return [{"secret": {"name": ref.name, "items": [{"key": ref.key, "path": setting}]}} for setting, ref in secrets]
 
 
-def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str, Any]]:
+def _settings_env(secrets: Sequence[tuple[str, SecretKeyRef]]) -> list[dict[str, Any]]:
+    """Where the runtime finds its configuration file and each secret setting's file (mounted by ``_volumes``)."""
     env: list[dict[str, Any]] = [{"name": CONFIG_FILE_ENV, "value": f"{naming.CONFIG_DIR}/{naming.CONFIG_KEY}"}]
-    env += [
-        {"name": env_name(setting) + FILE_SUFFIX, "value": f"{SECRETS_DIR}/{setting}"}
-        for setting, _ in pool_secrets(spec, kind)
-    ]
+    env += [{"name": env_name(setting) + FILE_SUFFIX, "value": f"{SECRETS_DIR}/{setting}"} for setting, _ in secrets]
+    return env
+
+
+def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str, Any]]:
+    env = _settings_env(pool_secrets(spec, kind))
     env += [
         {"name": env_name("worker.kind"), "value": kind.value},
         {"name": env_name("worker.queue"), "value": pool.queue},
