@@ -21,6 +21,7 @@ from falachefe_runtime.config import WorkerKind
 
 from . import conditions
 from .conditions import Condition
+from .migration import Phase
 
 # -- the shape -----------------------------------------------------------------
 
@@ -81,7 +82,7 @@ class MigrationStatus(_Status):
     image: str | None = Field(None, max_length=1024, description="The last image the database was migrated for.")
     schema_version: int | None = Field(None, description="The schema version that image's migrations reached.")
     job: str | None = Field(None, max_length=253, description="The migration Job of spec.image (kept for its logs).")
-    phase: Literal["Running", "Succeeded", "Failed"] | None = Field(None, description="Where that Job is.")
+    phase: Phase | None = Field(None, description="Where that Job is.")
 
 
 class FalachefeStatus(_Status):
@@ -177,7 +178,7 @@ class MigrationObservation:
     schema_version: int | None
     #: The Job for ``spec.image``: its name, "Running", "Succeeded" or "Failed", and why it failed.
     job: str | None
-    phase: Literal["Running", "Succeeded", "Failed"] | None
+    phase: Phase | None
     failure: str | None = None
 
     @property
