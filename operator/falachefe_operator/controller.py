@@ -189,6 +189,7 @@ class Controller:
         #: The image the last apply gave the workers, and what each finished migration Job reported.
         self._applied_worker_image: str | None = None
         self._outcomes: dict[str, migration.Outcome | None] = {}
+        self._migration_job_name: tuple[FalachefeSpec, str | None] | None = None
 
     # -- fed by the watches ---------------------------------------------------------
 
@@ -341,11 +342,16 @@ class Controller:
     # -- migrations -----------------------------------------------------------------
 
     def _migration_job(self, spec: FalachefeSpec) -> tuple[str, Owned | None] | None:
-        """The name of ``spec.image``'s migration Job and the Job as last seen (None: migrations are off)."""
-        manifest = migration_job(Resource(self.name, self.namespace, self._uid or "", spec))
-        if manifest is None:
+        """The name of ``spec.image``'s migration Job and the Job as last seen (None: migrations are off).
+
+        The name is a digest of the Job's manifest: built once per parsed spec, not on every pass.
+        """
+        if self._migration_job_name is None or self._migration_job_name[0] is not spec:
+            manifest = migration_job(Resource(self.name, self.namespace, self._uid or "", spec))
+            self._migration_job_name = (spec, manifest["metadata"]["name"] if manifest is not None else None)
+        name = self._migration_job_name[1]
+        if name is None:
             return None
-        name = manifest["metadata"]["name"]
         return name, self._owned.get(("Job", name))
 
     def _recorded_migration(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
