@@ -299,14 +299,14 @@ def ensure_project_image(buildah: Buildah | None = None, repo: Path = REPO) -> s
                 progress=r"(\[\d+/\d+\] )?STEP \d+/\d+",
             )
         log(f"built {ref} in {time.monotonic() - started:.0f}s")
-        prune_project_images(buildah, keep=KEEP_PROJECT_IMAGES)
+        prune_images(buildah, PROJECT_REPOSITORY, keep=KEEP_PROJECT_IMAGES)
     return ref
 
 
-def prune_project_images(buildah: Buildah, keep: int) -> None:
-    """Remove all but the ``keep`` newest project images, then layers nothing uses any more."""
-    for tag, _ in buildah.tags(PROJECT_REPOSITORY)[keep:]:
-        subprocess.run(buildah.argv("rmi", f"{PROJECT_REPOSITORY}:{tag}"), capture_output=True, check=False)
+def prune_images(buildah: Buildah, repository: str, keep: int) -> None:
+    """Remove all but the ``keep`` newest images of ``repository``, then layers nothing uses any more."""
+    for tag, _ in buildah.tags(repository)[keep:]:
+        subprocess.run(buildah.argv("rmi", f"{repository}:{tag}"), capture_output=True, check=False)
     subprocess.run(buildah.argv("rmi", "--prune"), capture_output=True, check=False)
 
 
@@ -362,7 +362,7 @@ def derived_image(base: str, files: dict[str, str], name: str) -> tuple[str, Pat
 
     What a release with one more source file looks like (a new migration),
     in seconds rather than a rebuild: one layer on top of ``base``. Tagged
-    by its content; only the two newest derived images are kept.
+    by its content; the newest ``KEEP_PROJECT_IMAGES`` derived images are kept.
     """
     buildah = Buildah()
     base_id = buildah.image_id(base)
@@ -383,8 +383,7 @@ def derived_image(base: str, files: dict[str, str], name: str) -> tuple[str, Pat
                 buildah.run(f"committing {ref}", "commit", "--quiet", container, ref)
             finally:
                 subprocess.run(buildah.argv("rm", container), capture_output=True, check=False)
-            for tag, _ in buildah.tags(DERIVED_REPOSITORY)[KEEP_PROJECT_IMAGES:]:
-                subprocess.run(buildah.argv("rmi", f"{DERIVED_REPOSITORY}:{tag}"), capture_output=True, check=False)
+            prune_images(buildah, DERIVED_REPOSITORY, keep=KEEP_PROJECT_IMAGES)
         directory = buildah.root / "archives-derived"
         archive = export_archive(buildah, ref, directory)
         archive.touch()
