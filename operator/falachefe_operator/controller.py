@@ -383,7 +383,7 @@ class Controller:
         recorded = self._recorded_migration(body)
         phase = migration.job_phase(seen.job or {}) if seen is not None else "Running"
         if phase != "Running" and name not in self._outcomes:
-            self._outcomes = {name: await self._read_outcome(name)}
+            await self._read_outcome(name)
         reported = self._outcomes.get(name) if phase != "Running" else None
         if phase == "Succeeded":
             version = reported.schema_version if reported else recorded.get("schemaVersion")
@@ -395,7 +395,8 @@ class Controller:
             )
         return MigrationObservation(recorded.get("image"), recorded.get("schemaVersion"), name, phase, failure=failure)
 
-    async def _read_outcome(self, job: str) -> migration.Outcome | None:
+    async def _read_outcome(self, job: str) -> None:
+        """Keep what the finished Job's pods reported; a failed read is tried again on the next pass."""
         selector = f"batch.kubernetes.io/job-name={job}"
         try:
             _, pods = await self._api.request(
@@ -403,8 +404,8 @@ class Controller:
             )
         except (ApiError, aiohttp.ClientError, TimeoutError) as error:
             log.warning("reading the migration Job's pods failed", extra={"job": job, "error": str(error)})
-            return None
-        return migration.outcome(pods.get("items") or [], MIGRATION_CONTAINER_NAME)
+            return
+        self._outcomes = {job: migration.outcome(pods.get("items") or [], MIGRATION_CONTAINER_NAME)}
 
     async def _reconcile(
         self, body: dict[str, Any], spec: FalachefeSpec, generation: int, worker_image: str | None
