@@ -18,6 +18,22 @@ from falachefe_operator.resource import GROUP, PLURAL, VERSION
 from falachefe_runtime.payloads import PROCESS_MESSAGE, OutboundMessage
 from falachefe_runtime.queues import OUTBOUND_QUEUE, WHATSAPP_QUEUE, Queues
 
+#: Small pools without autoscaling: enough to see every behaviour on two cores.
+SMALL_POOLS: dict[str, dict[str, Any]] = {
+    "auth": {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "resources": {"requests": {"cpu": "100m", "memory": "192Mi"}},
+        "autoscaling": {"enabled": False},
+    },
+    "crew": {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}},
+        "autoscaling": {"enabled": False},
+    },
+}
+
 
 @dataclass
 class App:

@@ -18,50 +18,43 @@ from typing import Any
 import asyncpg
 import pytest
 from kubernetes import client as k8s
-from nodekit import App, replies, send_messages
+from nodekit import SMALL_POOLS, App, replies, send_messages
 
 from falachefe_devstack.images import derived_image
 from falachefe_devstack.stack import LocalStack
 from falachefe_devstack.waiting import async_wait_for, wait_for
 from falachefe_operator import naming
+from falachefe_operator.resource import GROUP, PLURAL, VERSION
 from falachefe_runtime.config import WorkerKind
+from falachefe_runtime.db.migrate import SCHEMA_VERSION
+from falachefe_runtime.db.migrations import MIGRATIONS
 
 pytestmark = pytest.mark.slow
 
 MIGRATIONS_DIR = "/opt/falachefe/lib/python3.11/site-packages/falachefe_runtime/db/migrations"
-V4 = '''"""Users' names are not blank (the next release's migration, in the lifecycle tests)."""
+#: The next release's migration: the version after this image's newest.
+NEXT_VERSION = SCHEMA_VERSION + 1
+NEXT_MIGRATION = f'''"""Users' names are not blank (the next release's migration, in the lifecycle tests)."""
 
 from .base import Migration
 
 MIGRATION = Migration(
-    version=4,
+    version={NEXT_VERSION},
     name="users_name_not_blank",
     statements=(
         "ALTER TABLE users ADD CONSTRAINT users_name_not_blank CHECK (name IS NULL OR btrim(name) <> '')",
     ),
 )
 '''
-POOLS = {
-    "auth": {
-        "minReplicas": 1,
-        "maxReplicas": 2,
-        "resources": {"requests": {"cpu": "100m", "memory": "192Mi"}},
-        "autoscaling": {"enabled": False},
-    },
-    "crew": {
-        "minReplicas": 1,
-        "maxReplicas": 2,
-        "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}},
-        "autoscaling": {"enabled": False},
-    },
-}
 
 
 @pytest.fixture(scope="module")
 def next_image(cluster: LocalStack) -> str:
     """The image under test with one more migration, imported into the node."""
     assert cluster.image is not None and cluster.node is not None
-    ref, archive = derived_image(cluster.image, {f"{MIGRATIONS_DIR}/v0004_users_name_not_blank.py": V4}, "next")
+    ref, archive = derived_image(
+        cluster.image, {f"{MIGRATIONS_DIR}/v{NEXT_VERSION:04d}_users_name_not_blank.py": NEXT_MIGRATION}, "next"
+    )
     cluster.node.import_image(archive)
     return ref
 
@@ -95,12 +88,18 @@ def job(app: App, name: str) -> k8s.V1Job:
     return k8s.BatchV1Api(app.api).read_namespaced_job(name, app.namespace)
 
 
-async def constraint_exists(dsn: str) -> bool:
+@contextlib.asynccontextmanager
+async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(dsn)
     try:
-        return bool(await connection.fetchval("SELECT 1 FROM pg_constraint WHERE conname = 'users_name_not_blank'"))
+        yield connection
     finally:
         await connection.close()
+
+
+async def constraint_exists(dsn: str) -> bool:
+    async with connected(dsn) as connection:
+        return bool(await connection.fetchval("SELECT 1 FROM pg_constraint WHERE conname = 'users_name_not_blank'"))
 
 
 @contextlib.asynccontextmanager
@@ -139,10 +138,12 @@ async def test_a_new_database_is_migrated_by_a_job_before_any_worker_starts(app:
         core.create_namespaced_secret(
             app.namespace, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="fresh-db"), string_data={"dsn": pod_dsn})
         )
-        app.apply(app.falachefe("fresh", database={"secretRef": {"name": "fresh-db"}}, pools={"auth": POOLS["auth"]}))
+        app.apply(
+            app.falachefe("fresh", database={"secretRef": {"name": "fresh-db"}}, pools={"auth": SMALL_POOLS["auth"]})
+        )
         await asyncio.to_thread(app.wait_ready, "fresh")
         status = migration(app, "fresh")
-        assert status["phase"] == "Succeeded" and status["schemaVersion"] == 3
+        assert status["phase"] == "Succeeded" and status["schemaVersion"] == SCHEMA_VERSION
         assert status["image"] == app.stack.image
         done = job(app, status["job"])
         assert done.status.succeeded == 1
@@ -152,27 +153,22 @@ async def test_a_new_database_is_migrated_by_a_job_before_any_worker_starts(app:
         )
         completed: datetime = done.status.completion_time
         assert deployment.metadata.creation_timestamp >= completed.replace(microsecond=0)
-        connection = await asyncpg.connect(fresh)
-        try:
+        async with connected(fresh) as connection:
             versions = [row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")]
-        finally:
-            await connection.close()
-        assert sorted(versions) == [1, 2, 3]
+        assert sorted(versions) == [migration.version for migration in MIGRATIONS]
     finally:
-        k8s.CustomObjectsApi(app.api).delete_namespaced_custom_object(
-            "falachefe.io", "v1alpha1", app.namespace, "falachefes", "fresh"
-        )
+        k8s.CustomObjectsApi(app.api).delete_namespaced_custom_object(GROUP, VERSION, app.namespace, PLURAL, "fresh")
 
 
 async def test_an_upgrade_with_a_new_migration_under_traffic_answers_every_message_once(
     app: App, next_image: str
 ) -> None:
-    app.apply(app.falachefe(pools=POOLS))
+    app.apply(app.falachefe(pools=SMALL_POOLS))
     await asyncio.to_thread(app.wait_ready)
     assert migration(app)["image"] == app.stack.image
 
     async with traffic(app) as sent:
-        app.apply(app.falachefe(image=next_image, pools=POOLS))
+        app.apply(app.falachefe(image=next_image, pools=SMALL_POOLS))
         # While the Job runs, the old image serves.
         await asyncio.to_thread(
             wait_for,
@@ -197,23 +193,20 @@ async def test_an_upgrade_with_a_new_migration_under_traffic_answers_every_messa
     answers = await replies(app.queues)  # fails on a message answered twice
     assert all(answers[message].text for message in sent)
     assert await constraint_exists(app.dsn)
-    assert migration(app)["schemaVersion"] == 4
+    assert migration(app)["schemaVersion"] == NEXT_VERSION
 
 
 async def test_a_failed_migration_keeps_the_old_workers_serving_and_says_why(app: App, next_image: str) -> None:
-    app.apply(app.falachefe(pools=POOLS))
+    app.apply(app.falachefe(pools=SMALL_POOLS))
     await asyncio.to_thread(app.wait_ready)
-    # A number the new constraint refuses: the next release's migration will fail on it.
-    connection = await asyncpg.connect(app.dsn)
-    try:
+    # A blank name, which the new constraint refuses: the next release's migration will fail on it.
+    async with connected(app.dsn) as connection:
         await connection.execute(
             "INSERT INTO users (company_id, phone_number, name) VALUES ($1, '+5511987650001', '   ')",
             app.tenant.company_id,
         )
-    finally:
-        await connection.close()
 
-    app.apply(app.falachefe(image=next_image, pools=POOLS))
+    app.apply(app.falachefe(image=next_image, pools=SMALL_POOLS))
     degraded = await asyncio.to_thread(
         wait_for,
         lambda: condition(app, "Degraded") if condition(app, "Degraded").get("reason") == "MigrationFailed" else None,
@@ -235,11 +228,8 @@ async def test_a_failed_migration_keeps_the_old_workers_serving_and_says_why(app
     await all_answered(app, sent, timeout=180)
 
     # Fix the data, delete the failed Job: the operator runs it again and the workers roll.
-    connection = await asyncpg.connect(app.dsn)
-    try:
+    async with connected(app.dsn) as connection:
         await connection.execute("DELETE FROM users WHERE phone_number = '+5511987650001'")
-    finally:
-        await connection.close()
     k8s.BatchV1Api(app.api).delete_namespaced_job(failed["job"], app.namespace, propagation_policy="Background")
     await asyncio.to_thread(
         wait_for,
@@ -250,7 +240,7 @@ async def test_a_failed_migration_keeps_the_old_workers_serving_and_says_why(app
     )
     assert migration(app) | {"job": None} == {
         "image": next_image,
-        "schemaVersion": 4,
+        "schemaVersion": NEXT_VERSION,
         "job": None,
         "phase": "Succeeded",
     }

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import pytest
 from kubernetes import client as k8s
-from nodekit import App, replies, send_messages
+from nodekit import SMALL_POOLS, App, replies, send_messages
 
 from falachefe_devstack.kube import kubectl
 from falachefe_devstack.waiting import async_wait_for, wait_for
@@ -23,22 +23,6 @@ from falachefe_operator import naming
 from falachefe_runtime.config import WorkerKind
 
 pytestmark = pytest.mark.slow
-
-#: Small pools, short windows: enough to see every behaviour on two cores.
-POOLS = {
-    "auth": {
-        "minReplicas": 1,
-        "maxReplicas": 2,
-        "resources": {"requests": {"cpu": "100m", "memory": "192Mi"}},
-        "autoscaling": {"enabled": False},
-    },
-    "crew": {
-        "minReplicas": 1,
-        "maxReplicas": 2,
-        "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}},
-        "autoscaling": {"enabled": False},
-    },
-}
 
 
 def pool_selector(kind: WorkerKind, name: str = "app") -> str:
@@ -52,7 +36,7 @@ def exec_in(app: App, pod: str, *command: str) -> tuple[int, str]:
 
 
 async def test_workers_answer_messages_from_real_pods(app: App) -> None:
-    app.apply(app.falachefe(pools=POOLS))
+    app.apply(app.falachefe(pools=SMALL_POOLS))
     resource = await asyncio.to_thread(app.wait_ready)
     for kind in (WorkerKind.AUTH, WorkerKind.CREW):
         pods = app.pods(pool_selector(kind))
@@ -75,7 +59,7 @@ async def test_workers_answer_messages_from_real_pods(app: App) -> None:
 
 
 async def test_containers_run_as_non_root_with_a_read_only_root(app: App) -> None:
-    app.apply(app.falachefe(pools={"auth": POOLS["auth"]}))
+    app.apply(app.falachefe(pools={"auth": SMALL_POOLS["auth"]}))
     await asyncio.to_thread(app.wait_ready)
     pod = app.pods(pool_selector(WorkerKind.AUTH))[0].metadata.name
     code, out = await asyncio.to_thread(exec_in, app, pod, "id", "-u")
@@ -90,7 +74,7 @@ async def test_containers_run_as_non_root_with_a_read_only_root(app: App) -> Non
 
 
 async def test_a_crashed_worker_is_restarted_by_the_kubelet(app: App) -> None:
-    app.apply(app.falachefe(pools={"auth": POOLS["auth"]}))
+    app.apply(app.falachefe(pools={"auth": SMALL_POOLS["auth"]}))
     await asyncio.to_thread(app.wait_ready)
     assert app.stack.node is not None
     pod = app.pods(pool_selector(WorkerKind.AUTH))[0]
@@ -115,7 +99,7 @@ async def test_a_crashed_worker_is_restarted_by_the_kubelet(app: App) -> None:
 
 async def test_scale_down_lets_in_flight_crew_jobs_finish(app: App) -> None:
     """Two crew pods with slow LLM answers in flight, then one pod goes: its jobs still finish, once each."""
-    pools = {**POOLS, "crew": {**POOLS["crew"], "minReplicas": 2, "maxReplicas": 2}}
+    pools = {**SMALL_POOLS, "crew": {**SMALL_POOLS["crew"], "minReplicas": 2, "maxReplicas": 2}}
     app.apply(app.falachefe(pools=pools))
     await asyncio.to_thread(app.wait_ready)
     crew_ips = {pod.status.pod_ip for pod in app.pods(pool_selector(WorkerKind.CREW))}
@@ -150,10 +134,10 @@ async def test_scale_down_lets_in_flight_crew_jobs_finish(app: App) -> None:
 
 async def test_time_from_scale_up_to_ready_per_pool(app: App) -> None:
     """Each pool goes 1 -> 3; every new pod's creation -> container start -> Ready, as the API recorded it."""
-    app.apply(app.falachefe(pools=POOLS))
+    app.apply(app.falachefe(pools=SMALL_POOLS))
     await asyncio.to_thread(app.wait_ready)
     before = {pod.metadata.name for pod in app.pods("")}
-    bigger = {name: {**pool, "minReplicas": 3, "maxReplicas": 3} for name, pool in POOLS.items()}
+    bigger = {name: {**pool, "minReplicas": 3, "maxReplicas": 3} for name, pool in SMALL_POOLS.items()}
     app.apply(app.falachefe(pools=bigger))
 
     def new_pods_ready() -> list[k8s.V1Pod] | None:
