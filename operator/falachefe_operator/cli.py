@@ -29,11 +29,13 @@ from kubernetes import client as k8s
 
 from falachefe_runtime.observability.logging import configure_logging
 
-from . import handlers, metrics
+from . import handlers, metrics, naming
 from .controller import Fleet
 from .health import Endpoints
 from .kubeapi import KubeApi, in_cluster_namespace, load_configuration
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
+from .podindex import PodIndex
+from .scaling.cpu import PodMetricsCache
 from .scaling.engine import Autoscaler
 
 log = logging.getLogger("falachefe.operator")
@@ -143,14 +145,28 @@ async def run(args: argparse.Namespace) -> int:
     state = Acting(identity)
     endpoints = Endpoints(liveness_port=args.liveness_port, metrics_port=args.metrics_port, describe=state.describe)
     await endpoints.start()
-    scaler = Autoscaler(api)
+    # Worker pods from a watch, pod metrics once per interval for the whole
+    # scope: the autoscaler sends no request per pool per poll for CPU.
+    pods = PodIndex()
+    scaler = Autoscaler(
+        api,
+        pods=pods,
+        pod_metrics=PodMetricsCache(api, all_namespaces=not args.namespace, selector=naming.MANAGED_SELECTOR),
+    )
     fleet = Fleet(api, scaler, resync_seconds=args.resync_seconds)
     exit_code = 0
     try:
         if elector is not None and not await elector.acquire(stop):
             return 0
         exit_code = await _operate(
-            args, fleet=fleet, state=state, configuration=configuration, identity=identity, stop=stop, elector=elector
+            args,
+            fleet=fleet,
+            pods=pods,
+            state=state,
+            configuration=configuration,
+            identity=identity,
+            stop=stop,
+            elector=elector,
         )
     finally:
         await fleet.stop()
@@ -188,6 +204,7 @@ async def _operate(
     args: argparse.Namespace,
     *,
     fleet: Fleet,
+    pods: PodIndex,
     state: Acting,
     configuration: k8s.Configuration,
     identity: str,
@@ -221,7 +238,7 @@ async def _operate(
     state.set(True)
     try:
         await kopf.operator(
-            registry=handlers.build_registry(fleet, configuration, kopf_stop),
+            registry=handlers.build_registry(fleet, configuration, kopf_stop, pods),
             settings=handlers.operator_settings(identity=identity, clusterwide=not args.namespace),
             clusterwide=not args.namespace,
             namespaces=args.namespace,

@@ -63,7 +63,7 @@ COALESCE_SECONDS = 0.02
 class Scaler(Protocol):
     """The autoscaler engine as the controller uses it (``scaling.engine.Autoscaler``)."""
 
-    async def step(self, target: PoolTarget) -> StepOutcome: ...
+    async def step(self, target: PoolTarget, deployment: Mapping[str, Any] | None = None) -> StepOutcome: ...
 
     def forget(self, target: PoolTarget) -> None: ...
 
@@ -514,7 +514,11 @@ class Controller:
             )
             for kind, pool in due
         }
-        outcomes = await asyncio.gather(*(self._scaler.step(target) for target in targets.values()))
+        # Replicas as the Deployment watch shows them: no GET per poll.
+        watched = {owned.pool: owned.deployment for owned in self._owned.values() if owned.deployment is not None}
+        outcomes = await asyncio.gather(
+            *(self._scaler.step(target, watched.get(kind)) for kind, target in targets.items())
+        )
         stamp = rfc3339(datetime.now(UTC))
         for (kind, pool), outcome in zip(due, outcomes, strict=True):
             self._targets[kind] = targets[kind]

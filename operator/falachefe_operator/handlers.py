@@ -19,11 +19,18 @@ from kubernetes import client as k8s
 from . import naming
 from .builders import OWNED_KINDS
 from .controller import Fleet
+from .podindex import PodIndex
 from .resource import GROUP, PLURAL, VERSION
 
 
-def build_registry(fleet: Fleet, configuration: k8s.Configuration, stop_flag: asyncio.Event) -> kopf.OperatorRegistry:
-    """The handlers; ``stop_flag`` is the one given to ``kopf.operator`` (set on cleanup, see below)."""
+def build_registry(
+    fleet: Fleet, configuration: k8s.Configuration, stop_flag: asyncio.Event, pods: PodIndex | None = None
+) -> kopf.OperatorRegistry:
+    """The handlers; ``stop_flag`` is the one given to ``kopf.operator`` (set on cleanup, see below).
+
+    ``pods``: the index the autoscaler reads worker pods from; given, the
+    operator watches its pods (by the managed-by label) to keep it.
+    """
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -42,6 +49,13 @@ def build_registry(fleet: Fleet, configuration: k8s.Configuration, stop_flag: as
         kopf.on.event(group=group, version=version, plural=plural, registry=registry, id=f"owned-{plural}")(
             owned_changed
         )
+
+    if pods is not None:
+        index = pods
+
+        @kopf.on.event("", "v1", "pods", registry=registry, id="worker-pods")
+        async def pod_changed(event: kopf.RawEvent, **_: Any) -> None:
+            index.observe(_event_type(event), cast(dict[str, Any], event["object"]))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_controllers(**_: Any) -> None:
@@ -86,6 +100,7 @@ def operator_settings(*, identity: str, clusterwide: bool, watch_timeout: int = 
     for api_version, _, plural in OWNED_KINDS:
         group, _, version = api_version.rpartition("/")
         settings.watching.label_selectors[(group, version, plural)] = naming.MANAGED_SELECTOR
+    settings.watching.label_selectors[("", "v1", "pods")] = naming.MANAGED_SELECTOR
     # Kopf keeps no state here (on.event handlers only); if it ever did, it
     # would go to annotations, never to the status this operator owns.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

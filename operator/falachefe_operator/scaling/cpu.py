@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -32,6 +34,7 @@ import aiohttp
 from kubernetes.utils import parse_quantity
 
 from ..kubeapi import ApiError, KubeApi
+from ..podindex import PodIndex, parse_selector
 from .observation import CpuSample, MetricUnavailable
 
 METRICS_GROUP = "metrics.k8s.io"
@@ -44,26 +47,128 @@ DEFAULT_METRIC_WINDOW = timedelta(seconds=15)
 
 
 class CpuReader:
-    def __init__(self, api: KubeApi, *, timeout_seconds: float = 10.0) -> None:
+    """Reads a pool's CPU utilisation; optionally from shared sources instead of two requests per poll.
+
+    ``pods``: the operator's pod index (its pod watch); without it, or while
+    it holds none of the pool's pods, they are listed. ``metrics``: a
+    ``PodMetricsCache`` shared by every pool; without it, each read asks
+    metrics.k8s.io for the pool's pods alone.
+    """
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        timeout_seconds: float = 10.0,
+        pods: PodIndex | None = None,
+        metrics: PodMetricsCache | None = None,
+    ) -> None:
         self._api = api
         self._timeout = timeout_seconds
+        self._pods = pods
+        self._metrics = metrics
 
     async def read(self, namespace: str, selector: str) -> CpuSample | MetricUnavailable:
         """The pods' utilisation, or why it cannot be known (never raises for API trouble)."""
-        params = {"labelSelector": selector}
         try:
             async with asyncio.timeout(self._timeout):
-                (_, pods), (_, usage) = await asyncio.gather(
-                    self._api.request("GET", f"/api/v1/namespaces/{namespace}/pods", params=params),
-                    self._api.request(
-                        "GET", f"/apis/{METRICS_GROUP}/{METRICS_VERSION}/namespaces/{namespace}/pods", params=params
-                    ),
+                pods, usage = await asyncio.gather(
+                    self._read_pods(namespace, selector), self._read_usage(namespace, selector)
                 )
         except ApiError as error:
             return MetricUnavailable("cpu", _api_error(error, namespace))
         except (aiohttp.ClientError, TimeoutError) as error:
             return MetricUnavailable("cpu", f"API server unreachable: {type(error).__name__}")
-        return utilization(pods.get("items") or [], usage.get("items") or [])
+        return utilization(pods, usage)
+
+    async def _read_pods(self, namespace: str, selector: str) -> list[Mapping[str, Any]]:
+        if self._pods is not None:
+            indexed = self._pods.select(namespace, parse_selector(selector))
+            if indexed:
+                return list(indexed)
+        _, listed = await self._api.request(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector}
+        )
+        return list(listed.get("items") or [])
+
+    async def _read_usage(self, namespace: str, selector: str) -> list[Mapping[str, Any]]:
+        if self._metrics is not None:
+            return await self._metrics.read(namespace)
+        _, usage = await self._api.request(
+            "GET",
+            f"/apis/{METRICS_GROUP}/{METRICS_VERSION}/namespaces/{namespace}/pods",
+            params={"labelSelector": selector},
+        )
+        return list(usage.get("items") or [])
+
+
+@dataclass
+class _Reading:
+    at: float
+    items: dict[str, list[Mapping[str, Any]]] | None = None  # by namespace
+    error: BaseException | None = None
+
+
+class PodMetricsCache:
+    """metrics.k8s.io read once per scope per ``max_age_seconds``, shared by every pool in the scope.
+
+    The scope is the whole cluster when the operator watches every
+    namespace (one request for all its pods), else each namespace. A
+    failed read is shared too, for the same time: a metrics server that is
+    down is asked once per interval, not once per pool. metrics-server
+    refreshes its samples every 15 s by default, so a few seconds of
+    sharing lose nothing.
+    """
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        all_namespaces: bool,
+        max_age_seconds: float = 5.0,
+        selector: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._all = all_namespaces
+        self._max_age = max_age_seconds
+        self._selector = selector
+        self._clock = clock
+        self._readings: dict[str, _Reading] = {}
+        self._inflight: dict[str, asyncio.Task[_Reading]] = {}
+
+    async def read(self, namespace: str) -> list[Mapping[str, Any]]:
+        """The PodMetrics of ``namespace``'s pods (raises the read's error, as a direct read would)."""
+        scope = "" if self._all else namespace
+        reading = self._readings.get(scope)
+        if reading is None or self._clock() - reading.at >= self._max_age:
+            task = self._inflight.get(scope)
+            if task is None:
+                task = asyncio.create_task(self._fetch(scope))
+                self._inflight[scope] = task
+                task.add_done_callback(lambda _: self._inflight.pop(scope, None))
+            reading = await asyncio.shield(task)
+            self._readings[scope] = reading
+        if reading.error is not None:
+            raise reading.error
+        return (reading.items or {}).get(namespace, [])
+
+    async def _fetch(self, scope: str) -> _Reading:
+        path = f"/apis/{METRICS_GROUP}/{METRICS_VERSION}" + (f"/namespaces/{scope}" if scope else "") + "/pods"
+        params = {"labelSelector": self._selector} if self._selector else None
+        try:
+            _, body = await self._api.request("GET", path, params=params)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            return _Reading(self._clock(), error=error)
+        items: dict[str, list[Mapping[str, Any]]] = {}
+        for item in body.get("items") or []:
+            items.setdefault(str((item.get("metadata") or {}).get("namespace", scope)), []).append(item)
+        return _Reading(self._clock(), items=items)
+
+    def forget(self, namespace: str) -> None:
+        """Drop a namespace's reading (nothing in it is scaled any more)."""
+        if not self._all:
+            self._readings.pop(namespace, None)
 
 
 def utilization(

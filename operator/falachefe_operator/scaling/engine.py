@@ -7,10 +7,13 @@ stabilization windows and rate limits need it) between calls.
 
 A step:
 
-1. GETs the Deployment: ``spec.replicas`` is the current size (what its
-   scale subresource reports), ``status.readyReplicas`` the ready one;
+1. takes the Deployment as the operator's watch last showed it (a GET only
+   when the watch has not shown it yet): ``spec.replicas`` is the current
+   size (what its scale subresource reports), ``status.readyReplicas`` the
+   ready one;
 2. reads the queue counts (Redis) and, if the policy targets CPU, the pods'
-   utilisation (metrics.k8s.io), concurrently;
+   utilisation (the pod watch's index and metrics.k8s.io, read once per
+   namespace or cluster per interval and shared), concurrently;
 3. decides (``decision.decide``, pure);
 4. when the decision differs from the current size, writes ``spec.replicas``
    through the Deployment's *scale subresource* as a compare-and-swap (a
@@ -30,14 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from ..kubeapi import ApiError, KubeApi
-from .cpu import CpuReader
+from ..podindex import PodIndex
+from .cpu import CpuReader, PodMetricsCache
 from .decision import Decision, decide
 from .history import History
 from .metrics import ScalingMetrics, default_metrics
@@ -110,10 +114,12 @@ class Autoscaler:
         metrics: ScalingMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         timeout_seconds: float = 10.0,
+        pods: PodIndex | None = None,
+        pod_metrics: PodMetricsCache | None = None,
     ) -> None:
         self._api = api
         self._queues = QueueReader(timeout_seconds=min(timeout_seconds, 3.0))
-        self._cpu = CpuReader(api, timeout_seconds=timeout_seconds)
+        self._cpu = CpuReader(api, timeout_seconds=timeout_seconds, pods=pods, metrics=pod_metrics)
         self._metrics = metrics if metrics is not None else default_metrics()
         self._clock = clock
         self._timeout = timeout_seconds
@@ -122,12 +128,18 @@ class Autoscaler:
         self._outages: dict[tuple[str, str, str], dict[str, float]] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
-    async def step(self, target: PoolTarget) -> StepOutcome:
-        """Read, decide and (maybe) scale ``target`` once. Never raises for I/O trouble."""
+    async def step(self, target: PoolTarget, deployment: Mapping[str, Any] | None = None) -> StepOutcome:
+        """Read, decide and (maybe) scale ``target`` once. Never raises for I/O trouble.
+
+        ``deployment``: the pool's Deployment as the caller's watch shows it
+        (``spec.replicas``, ``status.readyReplicas``); None to have it read.
+        A stale one costs nothing but a poll: the scale is a compare-and-swap
+        on the replicas it was decided from.
+        """
         lock = self._locks.setdefault(target.labels, asyncio.Lock())
         async with lock:
             with self._metrics.step_seconds.labels(*target.labels).time():
-                return await self._step(target)
+                return await self._step(target, deployment)
 
     def forget(self, target: PoolTarget) -> None:
         """Drop a pool's history and series (its resource or pool was deleted)."""
@@ -139,10 +151,10 @@ class Autoscaler:
     async def aclose(self) -> None:
         await self._queues.aclose()
 
-    async def _step(self, target: PoolTarget) -> StepOutcome:
+    async def _step(self, target: PoolTarget, watched: Mapping[str, Any] | None) -> StepOutcome:
         where = f"Deployment {target.namespace}/{target.deployment}"
         try:
-            deployment = await self._read_deployment(target)
+            deployment = watched if watched is not None else await self._read_deployment(target)
         except _API_TROUBLE as error:
             self._metrics.step_errors.labels(*target.labels).inc()
             message = f"{where} unreadable: {_describe(error)}"
