@@ -47,7 +47,16 @@ from .kubeapi import ApiError, KubeApi
 from .resource import API_VERSION, GROUP, KIND, status_path
 from .scaling.engine import PoolTarget, StepOutcome
 from .spec import FalachefeSpec
-from .status import MigrationObservation, Observation, PoolObservation, Problem, ScalingReport, summarize
+from .status import (
+    LIVE_STATUS_SECONDS,
+    MigrationObservation,
+    Observation,
+    PoolObservation,
+    Problem,
+    ScalingReport,
+    summarize,
+    without_live_figures,
+)
 
 log = logging.getLogger("falachefe.operator")
 
@@ -184,6 +193,7 @@ class Controller:
         self._targets: dict[WorkerKind, PoolTarget] = {}
         self._next_poll: dict[WorkerKind, float] = {}
         self._written_status: dict[str, Any] | None = None
+        self._written_at = 0.0
         self._spec: tuple[int, FalachefeSpec] | None = None
         self._invalid = False
         #: The image the last apply gave the workers, and what each finished migration Job reported.
@@ -557,6 +567,12 @@ class Controller:
         status = summarize(observation, previous, now=datetime.now(UTC))
         if status == previous:
             return
+        if (
+            self._written_status is not None
+            and self._clock() - self._written_at < LIVE_STATUS_SECONDS
+            and without_live_figures(status) == without_live_figures(previous)
+        ):
+            return  # only live figures moved: they wait for a meaningful change or the interval
         manifest = {
             "apiVersion": API_VERSION,
             "kind": KIND,

@@ -239,6 +239,30 @@ def summarize(observation: Observation, previous: Mapping[str, Any], now: dateti
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+#: Status fields that change on every poll: written with the next meaningful change, or at most this often.
+LIVE_STATUS_SECONDS = 60.0
+
+
+def without_live_figures(status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status`` less what every poll changes: queue depths, CPU, and ScalingActive's wording.
+
+    Two statuses equal under this differ only in live figures, which the
+    controller writes at most every ``LIVE_STATUS_SECONDS`` (they are in the
+    operator's metrics as they change). Replicas, decisions, conditions'
+    status and reason, and every other condition's message are meaningful.
+    """
+    kept = {key: value for key, value in status.items() if key not in {"queueDepth", "poolSummary", "pools"}}
+    kept["pools"] = {
+        name: {key: value for key, value in pool.items() if key not in {"queueDepth", "cpuUtilization"}}
+        for name, pool in (status.get("pools") or {}).items()
+    }
+    kept["conditions"] = [
+        {**condition, "message": ""} if condition.get("type") == conditions.SCALING_ACTIVE else condition
+        for condition in status.get("conditions") or []
+    ]
+    return kept
+
+
 def _migration_status(migration: MigrationObservation | None) -> MigrationStatus | None:
     if migration is None:
         return None
