@@ -587,6 +587,7 @@ class Controller:
             return
         metrics.STATUS_WRITES.inc()
         self._written_status = status
+        self._written_at = self._clock()
 
     def _announce(self, problems: list[Problem], body: dict[str, Any]) -> None:
         """One Warning Event per new set of problems, not one per retry."""
