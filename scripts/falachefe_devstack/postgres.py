@@ -126,7 +126,10 @@ class PostgresServer:
         self.process.popen.wait(timeout)
 
     def resume(self, timeout: float = 60.0) -> None:
-        """Start a halted server again on the same data directory and port."""
+        """Start a halted server again on the same data directory and port.
+
+        From a thread that outlives the server: it dies with the thread that started it.
+        """
         assert self.process is not None, "resume() after start() and halt()"
         bindir = find_bindir()
         self.process.start()
