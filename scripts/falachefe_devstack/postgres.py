@@ -7,6 +7,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -116,6 +117,25 @@ class PostgresServer:
             lambda: port_open(self.port) and self._accepts(bindir), timeout, "accepting connections"
         )
         return self
+
+    def halt(self, timeout: float = 20.0) -> None:
+        """Stop the server as an outage would (fast shutdown: sessions cut), keeping its data for ``resume``."""
+        if self.process is None or self.process.popen is None or self.process.popen.poll() is not None:
+            return
+        self.process.popen.send_signal(signal.SIGINT)  # "fast": a smart SIGTERM would wait for pooled sessions
+        self.process.popen.wait(timeout)
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start a halted server again on the same data directory and port.
+
+        From a thread that outlives the server: it dies with the thread that started it.
+        """
+        assert self.process is not None, "resume() after start() and halt()"
+        bindir = find_bindir()
+        self.process.start()
+        self.process.wait_until(
+            lambda: port_open(self.port) and self._accepts(bindir), timeout, "accepting connections again"
+        )
 
     def create_database(self, name: str) -> str:
         """Create an empty database (``name`` is ours, never user input); returns its DSN."""
