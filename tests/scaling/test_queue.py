@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import redis.asyncio as aioredis
 from bullmq import Queue, Worker
 
 from falachefe_devstack.process import free_port
@@ -150,3 +151,25 @@ async def _due(reader: QueueReader, ref: QueueRef) -> QueueCounts | None:
 async def _active(reader: QueueReader, ref: QueueRef, expected: int) -> QueueCounts | None:
     current = await counts(reader, ref)
     return current if current.active == expected else None
+
+
+async def test_pools_read_together_share_one_round_trip_and_few_connections(redis_url: str) -> None:
+    """Fifty queues of one Redis read at once: one MULTI/EXEC, each queue its own counts."""
+    refs = [QueueRef(f"batched-{index}", redis_url) for index in range(50)]
+    admin = aioredis.Redis.from_url(redis_url)
+    reader = QueueReader()
+    try:
+        for index, ref in enumerate(refs):
+            if index:
+                await admin.rpush(f"bull:{ref.name}:wait", *range(index))
+        before = (await admin.info("commandstats")).get("cmdstat_exec", {}).get("calls", 0)
+        clients_before = (await admin.info("clients"))["connected_clients"]
+        results = await asyncio.gather(*(reader.read(ref) for ref in refs))
+        after = (await admin.info("commandstats")).get("cmdstat_exec", {}).get("calls", 0)
+        clients_after = (await admin.info("clients"))["connected_clients"]
+        assert [r.waiting if isinstance(r, QueueCounts) else r for r in results] == list(range(50))
+        assert after - before == 1
+        assert clients_after - clients_before == 1
+    finally:
+        await reader.aclose()
+        await admin.aclose()

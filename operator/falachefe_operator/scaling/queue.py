@@ -16,7 +16,8 @@ bullmq 6), for queue ``q`` under prefix ``bull``:
 - ``bull:q:id`` (string): INCR'd for every job added without a custom id.
 
 All of it in one MULTI/EXEC round trip, so the counts are one consistent
-snapshot. "Now" is this process's clock, as the producers' and the workers'
+snapshot (shared with the other queues of that Redis read at the same
+time). "Now" is this process's clock, as the producers' and the workers'
 clocks are theirs: bullmq has no shared clock either.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -52,51 +54,98 @@ class QueueRef:
         return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
 
 
+#: Reads of one Redis asked for within this long go in one round trip.
+BATCH_WINDOW_SECONDS = 0.005
+#: Connections the reader keeps to one Redis, however many pools read it.
+MAX_CONNECTIONS_PER_REDIS = 4
+_COMMANDS_PER_QUEUE = 8
+
+
+@dataclass
+class _Pending:
+    queue: QueueRef
+    now_ms: int
+    result: asyncio.Future[QueueCounts | MetricUnavailable]
+
+
 class QueueReader:
-    """Reads queue counts; keeps one Redis client per URL, reused across polls."""
+    """Reads queue counts; one bounded client per Redis URL, reused across polls.
+
+    Reads of the same Redis that arrive within ``BATCH_WINDOW_SECONDS`` of
+    each other (pools polled together: an operator restart, resources made
+    at once, polls that fell due in the same pass) share one MULTI/EXEC
+    round trip, each queue's counts a consistent part of it.
+    """
 
     def __init__(self, *, timeout_seconds: float = 3.0) -> None:
         self._timeout = timeout_seconds
         self._clients: dict[str, aioredis.Redis] = {}
+        self._batches: dict[str, list[_Pending]] = {}
+        self._flushing: set[asyncio.Task[None]] = set()
 
     async def read(self, queue: QueueRef, now_ms: int | None = None) -> QueueCounts | MetricUnavailable:
         """The queue's counts, or why they could not be read (never raises for Redis trouble)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        key = f"{queue.prefix}:{queue.name}"
-        due_bound = (now_ms + 1) * DELAYED_SEQUENCE_FACTOR - 1
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(queue.redis_url)
+        if batch is None:
+            batch = self._batches[queue.redis_url] = []
+            loop.call_later(BATCH_WINDOW_SECONDS, self._flush_soon, queue.redis_url)
+        pending = _Pending(queue, now_ms, loop.create_future())
+        batch.append(pending)
+        return await asyncio.shield(pending.result)
+
+    def _flush_soon(self, url: str) -> None:
+        batch = self._batches.pop(url, [])
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._flush(url, batch))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self, url: str, batch: list[_Pending]) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                pipeline = self._client(queue.redis_url).pipeline(transaction=True)
-                pipeline.llen(f"{key}:wait")
-                pipeline.llen(f"{key}:paused")
-                pipeline.zcard(f"{key}:prioritized")
-                pipeline.zcount(f"{key}:delayed", 0, due_bound)
-                pipeline.zcard(f"{key}:delayed")
-                pipeline.llen(f"{key}:active")
-                pipeline.hget(f"{key}:meta", "paused")
-                pipeline.get(f"{key}:id")
-                wait, legacy_paused, prioritized, due, delayed, active, paused, added = await pipeline.execute()
+                pipeline = self._client(url).pipeline(transaction=True)
+                for pending in batch:
+                    _queue_commands(pipeline, pending.queue, pending.now_ms)
+                replies = await pipeline.execute()
         except (aioredis.RedisError, OSError, TimeoutError) as error:
-            return MetricUnavailable(
-                "queue", f"redis {queue.redis_address} queue {key}: {_describe(error)}", _cause(error, self._timeout)
-            )
+            for pending in batch:
+                key = f"{pending.queue.prefix}:{pending.queue.name}"
+                _settle(
+                    pending,
+                    MetricUnavailable(
+                        "queue",
+                        f"redis {pending.queue.redis_address} queue {key}: {_describe(error)}",
+                        _cause(error, self._timeout),
+                    ),
+                )
+            return
         except ValueError as error:  # a malformed URL: redis-py says which part
-            return MetricUnavailable("queue", f"redis URL for queue {key}: {error}", "the Redis URL is malformed")
-        return QueueCounts(
-            waiting=int(wait) + int(legacy_paused),
-            prioritized=int(prioritized),
-            delayed_due=int(due),
-            delayed_pending=int(delayed) - int(due),
-            active=int(active),
-            added_total=int(added) if added is not None else 0,
-            paused=paused is not None and paused != b"0",
-        )
+            for pending in batch:
+                key = f"{pending.queue.prefix}:{pending.queue.name}"
+                _settle(
+                    pending,
+                    MetricUnavailable("queue", f"redis URL for queue {key}: {error}", "the Redis URL is malformed"),
+                )
+            return
+        except BaseException as error:  # cancelled, or a bug: nobody waits forever
+            for pending in batch:
+                if not pending.result.done():
+                    pending.result.set_exception(error)
+            raise
+        for index, pending in enumerate(batch):
+            part = replies[index * _COMMANDS_PER_QUEUE : (index + 1) * _COMMANDS_PER_QUEUE]
+            _settle(pending, _counts(part))
 
     def _client(self, url: str) -> aioredis.Redis:
         client = self._clients.get(url)
         if client is None:
-            client = aioredis.Redis.from_url(
+            pool = aioredis.BlockingConnectionPool.from_url(
                 url,
+                # Batched reads need few; more readers than this wait their turn.
+                max_connections=MAX_CONNECTIONS_PER_REDIS,
+                timeout=self._timeout,
                 socket_connect_timeout=self._timeout,
                 socket_timeout=self._timeout,
                 # One retry covers a pooled connection that Redis closed
@@ -104,13 +153,46 @@ class QueueReader:
                 retry=Retry(NoBackoff(), 1),
                 health_check_interval=30,
             )
+            client = aioredis.Redis.from_pool(pool)
             self._clients[url] = client
         return client
 
     async def aclose(self) -> None:
+        await asyncio.gather(*self._flushing, return_exceptions=True)
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.aclose()
+
+
+def _queue_commands(pipeline: Any, queue: QueueRef, now_ms: int) -> None:
+    key = f"{queue.prefix}:{queue.name}"
+    due_bound = (now_ms + 1) * DELAYED_SEQUENCE_FACTOR - 1
+    pipeline.llen(f"{key}:wait")
+    pipeline.llen(f"{key}:paused")
+    pipeline.zcard(f"{key}:prioritized")
+    pipeline.zcount(f"{key}:delayed", 0, due_bound)
+    pipeline.zcard(f"{key}:delayed")
+    pipeline.llen(f"{key}:active")
+    pipeline.hget(f"{key}:meta", "paused")
+    pipeline.get(f"{key}:id")
+
+
+def _counts(replies: list[Any]) -> QueueCounts:
+    wait, legacy_paused, prioritized, due, delayed, active, paused, added = replies
+    return QueueCounts(
+        waiting=int(wait) + int(legacy_paused),
+        prioritized=int(prioritized),
+        delayed_due=int(due),
+        delayed_pending=int(delayed) - int(due),
+        active=int(active),
+        added_total=int(added) if added is not None else 0,
+        paused=paused is not None and paused != b"0",
+    )
+
+
+def _settle(pending: _Pending, result: QueueCounts | MetricUnavailable) -> None:
+    if not pending.result.done():
+        pending.result.set_result(result)
 
 
 def _cause(error: BaseException, timeout: float) -> str:
