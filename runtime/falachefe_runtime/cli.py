@@ -46,6 +46,7 @@ from falachefe_runtime.failed_jobs import BATCH, FailedJob, FailedSet, RetryRepo
 from falachefe_runtime.observability.logging import configure_logging
 from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, ProcessMessage
 from falachefe_runtime.queues import ALL_QUEUES, COUNT_STATES, WHATSAPP_QUEUE, Queues
+from falachefe_runtime.redact import redact_text
 from falachefe_runtime.validation import describe_validation_error
 
 #: Exit codes: 2 is a usage or configuration error, as argparse uses it.
@@ -111,7 +112,7 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     try:
         report = asyncio.run(migrate(dsn, application_name=f"{config.database.application_name}-migrate"))
     except Exception as error:
-        failure = {"schema_version": SCHEMA_VERSION, "error": f"{type(error).__name__}: {error}"}
+        failure = {"schema_version": SCHEMA_VERSION, "error": redact_text(f"{type(error).__name__}: {error}", dsn)}
         _last_words(args.termination_log, failure)
         raise
     summary = {

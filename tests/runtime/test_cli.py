@@ -240,3 +240,14 @@ async def test_retrying_thousands_of_failed_jobs_reports_progress(
     ]
     with capsys.disabled():
         print(f"\nretried {count} failed jobs in {elapsed:.2f} s ({count / elapsed:.0f} jobs/s)")
+
+
+def test_a_redis_url_whose_password_breaks_parsers_is_refused_naming_the_field_not_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FALACHEFE_REDIS__URL", "redis://:Zq/Wv#Xj@127.0.0.1:6379/0")
+    code, _ = cli(["queues"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "FALACHEFE_REDIS__URL (redis.url): Value error, its user or password holds '/', '?' or '#'" in error
+    assert not [piece for piece in ("Zq", "Wv", "Xj") if piece in error]

@@ -101,3 +101,13 @@ async def test_kopf_object_records_carry_the_object_as_fields(capture: dict[LogF
     # Kopf's internals (its settings object, its posting flag, the raw reference) are not log fields.
     assert not {"settings", "k8s_skip", "k8s_ref"} & set(record)
     assert " namespace=shop name=demo kind=Falachefe" in lines(capture["text"])[0]
+
+
+def test_a_connection_string_in_a_message_or_a_field_loses_its_password(capture: dict[LogFormat, io.StringIO]) -> None:
+    log = logging.getLogger("falachefe_runtime.worker.app")
+    url = "redis://app:Zq/Wv#Xj?Pk@redis.shop:6379/0"
+    log.error("cannot reach %s", url, extra={"dsn": "host=db user=app password='Yb Kx'", "error": f"refused: {url}"})
+    for fmt in ("json", "text"):
+        line = capture[fmt].getvalue()
+        assert "redis://app:***@redis.shop:6379/0" in line and "password=***" in line
+        assert not [piece for piece in ("Zq", "Wv", "Xj", "Pk", "Yb", "Kx") if piece in line], line

@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from falachefe_runtime.redact import address, redact_text, url_problem
 
 from .observation import MetricUnavailable, QueueCounts
 
@@ -48,8 +49,7 @@ class QueueRef:
     @property
     def redis_address(self) -> str:
         """host:port/db of the URL, for messages (no user, no password)."""
-        parts = urlsplit(self.redis_url)
-        return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+        return address(self.redis_url)
 
 
 class QueueReader:
@@ -78,10 +78,13 @@ class QueueReader:
                 wait, legacy_paused, prioritized, due, delayed, active, paused, added = await pipeline.execute()
         except (aioredis.RedisError, OSError, TimeoutError) as error:
             return MetricUnavailable(
-                "queue", f"redis {queue.redis_address} queue {key}: {_describe(error)}", _cause(error, self._timeout)
+                "queue",
+                redact_text(f"redis {queue.redis_address} queue {key}: {_describe(error)}", queue.redis_url),
+                _cause(error, self._timeout),
             )
         except ValueError as error:  # a malformed URL: redis-py says which part
-            return MetricUnavailable("queue", f"redis URL for queue {key}: {error}", "the Redis URL is malformed")
+            reason = redact_text(str(error), queue.redis_url)
+            return MetricUnavailable("queue", f"redis URL for queue {key}: {reason}", "the Redis URL is malformed")
         return QueueCounts(
             waiting=int(wait) + int(legacy_paused),
             prioritized=int(prioritized),
@@ -95,6 +98,8 @@ class QueueReader:
     def _client(self, url: str) -> aioredis.Redis:
         client = self._clients.get(url)
         if client is None:
+            if problem := url_problem(url):
+                raise ValueError(problem)  # redis-py would take pieces of the password for a host or a port
             client = aioredis.Redis.from_url(
                 url,
                 socket_connect_timeout=self._timeout,
