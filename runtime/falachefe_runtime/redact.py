@@ -10,8 +10,9 @@ Passwords are often pasted unescaped, with ``/``, ``#``, ``?``, ``@``,
 first ``/``, ``?`` or ``#`` and takes the rest of the password for a host,
 port or path, which is how part of a password ends up in a message. Here
 the user information runs from ``scheme://`` to the *last* ``@`` before
-the next blank, so a password stays whole whatever it holds; a ``@`` later
-in the URL (a query value) makes more of it redacted, never less. Such a
+the next blank (or a query's ``password=``), so a password stays whole
+whatever it holds; a ``@`` later in the URL (another query value) makes
+more of it redacted, never less. Such a
 URL is refused before any client parses it (``url_problem``), so no
 library ever sees its pieces as a host or a port.
 
@@ -41,13 +42,16 @@ _PASSWORD_PAIR = re.compile(
 )
 _BLANK = re.compile(r"\s")
 _NOT_A_USER = re.compile(r"[@/?#=&]")
+_QUERY_PASSWORD = re.compile(r"[?&](?:ssl)?pass(?:word|wd)\s*=", re.IGNORECASE)
 
 
 def _split(url: str) -> tuple[str, str | None, str]:
     """``(scheme://, user information or None, the rest)``; the user information ends at the last ``@``."""
     head_end = url.index("://") + 3
     head, after = url[:head_end], url[head_end:]
-    at = after.rfind("@")
+    # A query's password may hold a '@' too: the user information ends before the query's password.
+    query_password = _QUERY_PASSWORD.search(after)
+    at = after.rfind("@", 0, query_password.start() if query_password else len(after))
     if at < 0:
         return head, None, after
     return head, after[:at], after[at + 1 :]
@@ -60,9 +64,9 @@ def _masked_userinfo(head: str, userinfo: str) -> str:
     a "user" holding ``@``, ``/``, ``?``, ``#``, ``=`` or ``&`` means the
     last ``@`` was further on (a query value): all of it is masked.
     """
-    user, colon, _ = userinfo.partition(":")
-    if _NOT_A_USER.search(user):
-        return MASK
+    user, colon, password = userinfo.partition(":")
+    if _NOT_A_USER.search(user) or (colon and not password):
+        return MASK  # an empty password after the ':' may well mean the ':' was part of the password
     if colon:
         return user + ":" + MASK
     return userinfo if head.lower().startswith("postgres") else MASK
