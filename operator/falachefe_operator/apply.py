@@ -26,6 +26,8 @@ from typing import Any
 
 import aiohttp
 
+from falachefe_runtime.redact import url_problem
+
 from . import builders, naming
 from .builders import ObjectRef, Resource
 from .kubeapi import ApiError, Applied, KubeApi
@@ -94,7 +96,13 @@ async def check_secrets(api: KubeApi, namespace: str, spec: FalachefeSpec) -> Se
                 )
             )
     redis_secret = secrets[redis_ref.name]
-    return SecretsCheck(problems, redis_secret.redis_url if isinstance(redis_secret, _Found) else None)
+    redis_url = redis_secret.redis_url if isinstance(redis_secret, _Found) else None
+    if redis_url is not None and (problem := url_problem(redis_url)):
+        # Neither the autoscaler nor the workers could use it: say so now, naming the key and not the value.
+        where = f"Secret {namespace}/{redis_ref.name} key {redis_ref.key!r} (spec.redis.secretRef)"
+        problems.append(Problem("SecretInvalid", f"{where}: the Redis URL {problem}"))
+        redis_url = None
+    return SecretsCheck(problems, redis_url)
 
 
 @dataclass(frozen=True)

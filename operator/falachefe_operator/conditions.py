@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from falachefe_runtime.redact import redact_text
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 READY = "Ready"
@@ -58,7 +60,7 @@ def merge(
                 "type": condition.type,
                 "status": condition.status,
                 "reason": condition.reason,
-                "message": condition.message,
+                "message": redact_text(condition.message),
                 "observedGeneration": generation,
                 "lastTransitionTime": old["lastTransitionTime"] if old is not None and unchanged else rfc3339(now),
             }

@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from falachefe_runtime.config import WorkerKind
 from falachefe_runtime.observability.logging import log_context
+from falachefe_runtime.redact import redact_text
 
 from . import apply, autoscaling, metrics, migration, naming
 from .builders import MIGRATION_CONTAINER_NAME, OWNED_KINDS, ObjectRef, Resource, desired_keys, migration_job
@@ -604,6 +605,7 @@ class Controller:
         The resource's namespace and name come from the task's log context
         (``name`` could not be an ``extra``: LogRecord keeps it for the logger).
         """
+        message = redact_text(message)  # Events are readable by whoever may list them: no password in them
         fields: dict[str, Any] = {"event": type_, "reason": reason}
         if pool is not None:
             fields["pool"] = pool.value

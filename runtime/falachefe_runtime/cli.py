@@ -8,7 +8,8 @@ with the value (it may be a secret). Every ``--help`` lists the variables.
     falachefe-runtime worker --pool auth|crew|admin
     falachefe-runtime migrate
     falachefe-runtime queues [--json]
-    falachefe-runtime failed --queue whatsapp-processing [--limit 20]
+    falachefe-runtime failed --queue whatsapp-processing [--limit 20] [--name N] [--reason TEXT] [--older-than 2h]
+    falachefe-runtime retry --queue whatsapp-processing --id ID [--id ID] | --reason TEXT ... | --all
     falachefe-runtime enqueue-message --company UUID --phone +5511... --text "..."
 """
 
@@ -22,8 +23,9 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -40,13 +42,17 @@ from falachefe_runtime.config import (
     is_secret,
     setting_fields,
 )
+from falachefe_runtime.failed_jobs import BATCH, FailedJob, FailedSet, RetryReport, Selection, retry_selected
 from falachefe_runtime.observability.logging import configure_logging
 from falachefe_runtime.payloads import PROCESS_MESSAGE, InboundMessage, ProcessMessage
 from falachefe_runtime.queues import ALL_QUEUES, COUNT_STATES, WHATSAPP_QUEUE, Queues
+from falachefe_runtime.redact import redact_text
 from falachefe_runtime.validation import describe_validation_error
 
 #: Exit codes: 2 is a usage or configuration error, as argparse uses it.
 EXIT_CONFIG = 2
+#: ``retry`` left some selected jobs where they were (malformed, or not failed): the output says which.
+EXIT_NOT_ALL_RETRIED = 1
 
 
 class ConfigError(Exception):
@@ -106,7 +112,7 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     try:
         report = asyncio.run(migrate(dsn, application_name=f"{config.database.application_name}-migrate"))
     except Exception as error:
-        failure = {"schema_version": SCHEMA_VERSION, "error": f"{type(error).__name__}: {error}"}
+        failure = {"schema_version": SCHEMA_VERSION, "error": redact_text(f"{type(error).__name__}: {error}", dsn)}
         _last_words(args.termination_log, failure)
         raise
     summary = {
@@ -157,28 +163,93 @@ def cmd_queues(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-async def _failed(config: RuntimeConfig, queue: str, limit: int) -> list[dict[str, Any]]:
+def _job_summary(job: FailedJob) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "id": job.id,
+        "name": job.name,
+        "failedReason": job.failed_reason,
+        "attemptsMade": job.attempts_made,
+        "finishedOn": datetime.fromtimestamp(job.finished_on / 1000, UTC).isoformat() if job.finished_on else None,
+    }
+    if job.malformed:
+        summary["malformed"] = dict(job.malformed)
+    return summary
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    older_than = args.older_than
+    return Selection(
+        ids=args.id or (),
+        name=args.name,
+        reason_contains=args.reason,
+        finished_before_ms=None if older_than is None else int((time.time() - older_than) * 1000),
+    )
+
+
+async def _failed(config: RuntimeConfig, queue: str, limit: int, selection: Selection) -> list[dict[str, Any]]:
     queues = _queues(config)
     try:
-        jobs = await queues.failed_jobs(queue, limit)
+        failed = queues.failed(queue)
+        if selection == Selection():
+            return [_job_summary(job) for job in await failed.newest(limit)]
+        shown: list[dict[str, Any]] = []
+        jobs = failed.batches() if not selection.ids else _by_id(failed, selection.ids)
+        async for batch in jobs:
+            shown.extend(_job_summary(job) for job in batch if selection.matches(job))
+            if len(shown) >= limit:
+                break
+        return shown[:limit]
     finally:
         await queues.close()
-    return [
-        {
-            "id": job.id,
-            "name": job.name,
-            "failedReason": job.failed_reason,
-            "attemptsMade": job.attempts_made,
-            "finishedOn": datetime.fromtimestamp(job.finished_on / 1000, UTC).isoformat() if job.finished_on else None,
-        }
-        for job in jobs
-    ]
+
+
+async def _by_id(failed: FailedSet, ids: Sequence[str]) -> AsyncIterator[list[FailedJob]]:
+    yield [job for job in await failed.read(list(dict.fromkeys(ids))) if job is not None]
 
 
 def cmd_failed(args: argparse.Namespace, out: TextIO) -> int:
     config = load_config()
-    out.write(json.dumps(asyncio.run(_failed(config, args.queue, args.limit)), indent=2) + "\n")
+    out.write(json.dumps(asyncio.run(_failed(config, args.queue, args.limit, _selection(args))), indent=2) + "\n")
     return 0
+
+
+async def _retry(config: RuntimeConfig, queue: str, selection: Selection, progress: TextIO) -> RetryReport:
+    def report_progress(examined: int, total: int, report: RetryReport) -> None:
+        if total > BATCH:
+            progress.write(f"retry {queue}: {examined}/{total} examined, {len(report.retried)} retried\n")
+            progress.flush()
+
+    queues = _queues(config)
+    try:
+        return await retry_selected(queues.failed(queue), selection, report_progress)
+    finally:
+        await queues.close()
+
+
+def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
+    selection = _selection(args)
+    if args.all == (selection != Selection()):
+        raise ConfigError("say which failed jobs to retry: --id, --name, --reason, --older-than, or --all")
+    config = load_config()
+    report = asyncio.run(_retry(config, args.queue, selection, sys.stderr))
+    result = {
+        "queue": args.queue,
+        "retried": len(report.retried),
+        "ids": report.retried,
+        "refused": report.refused,
+        "notFailed": report.not_failed,
+    }
+    out.write(json.dumps(result, indent=2) + "\n")
+    return 0 if not (report.refused or report.not_failed) else EXIT_NOT_ALL_RETRIED
+
+
+def duration(text: str) -> float:
+    """``90s``, ``15m``, ``2h``, ``7d`` in seconds (argparse's type for --older-than)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number and a unit (s, m, h or d), such as 2h; got {text!r}")
+    return int(number) * units[unit]
 
 
 async def _enqueue_message(
@@ -239,6 +310,16 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
+def _selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Filters of the failed set; given together, a job must match them all."""
+    parser.add_argument("--id", action="append", help="this job (repeatable)")
+    parser.add_argument("--name", help="jobs of this name (process-message, ...)")
+    parser.add_argument("--reason", help="jobs whose failedReason contains this text")
+    parser.add_argument(
+        "--older-than", type=duration, metavar="AGE", help="jobs that failed more than AGE ago (2h, 7d)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     epilog = settings_help()
 
@@ -269,9 +350,19 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_argument("--queue", action="append", help="only this queue (repeatable); default: all")
     queues.add_argument("--json", action="store_true", help="machine-readable output")
 
-    failed = command("failed", "the latest failed jobs of a queue, with their reasons")
+    failed = command("failed", "the latest failed jobs of a queue, with their reasons (malformed ones too)")
     failed.add_argument("--queue", required=True)
     failed.add_argument("--limit", type=int, default=20)
+    _selection_arguments(failed)
+
+    retry = command(
+        "retry",
+        "retry failed jobs of a queue with their attempts afresh: some by id, those a filter picks, or --all "
+        f"(exit {EXIT_NOT_ALL_RETRIED} when some were malformed or not failed)",
+    )
+    retry.add_argument("--queue", required=True)
+    retry.add_argument("--all", action="store_true", help="every failed job of the queue")
+    _selection_arguments(retry)
 
     enqueue = command("enqueue-message", "put an inbound WhatsApp message on whatsapp-processing")
     enqueue.add_argument("--company", required=True, help="company id (UUID)")
@@ -292,6 +383,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             "migrate": cmd_migrate,
             "queues": cmd_queues,
             "failed": cmd_failed,
+            "retry": cmd_retry,
             "enqueue-message": cmd_enqueue_message,
         }
         return handlers[args.command](args, out)

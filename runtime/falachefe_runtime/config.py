@@ -43,6 +43,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from falachefe_runtime.redact import url_problem
+
 CONFIG_FILE_ENV = "FALACHEFE_CONFIG_FILE"
 ENV_PREFIX = "FALACHEFE_"
 #: Suffix of the variable naming a file that holds a secret setting's value.
@@ -145,9 +147,11 @@ class RedisSettings(_Section):
 
 
 def _checked_scheme(value: SecretStr | None, schemes: tuple[str, ...]) -> SecretStr | None:
-    """Refuse a URL of another scheme, naming the expected ones and nothing of the value (it holds a password)."""
+    """Refuse a URL of another scheme, or one that parsers would misread, naming nothing of the value."""
     if value is not None and urlsplit(value.get_secret_value()).scheme not in schemes:
         raise ValueError("must start with " + " or ".join(f"{name}://" for name in schemes))
+    if value is not None and (problem := url_problem(value.get_secret_value())):
+        raise ValueError(problem)
     return value
 
 

@@ -10,7 +10,6 @@ job hash), so the worker side needs no copy of them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -18,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from bullmq import Queue
 
 from falachefe_runtime.config import DEFAULT_QUEUES, QueueSettings, WorkerKind
+from falachefe_runtime.failed_jobs import FailedJob, FailedSet
 
 WHATSAPP_QUEUE = DEFAULT_QUEUES[WorkerKind.AUTH]
 CREW_QUEUE = DEFAULT_QUEUES[WorkerKind.CREW]
@@ -91,18 +91,6 @@ def with_socket_timeout(url: str, seconds: float) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-@dataclass(frozen=True)
-class FailedJob:
-    """A job in the failed set, as ``falachefe-runtime failed`` shows it."""
-
-    id: str
-    name: str
-    failed_reason: str
-    attempts_made: int
-    finished_on: int
-    data: Any
-
-
 class Queues:
     """Producer side of the queues: one bullmq ``Queue`` per name, created on first use."""
 
@@ -139,20 +127,13 @@ class Queues:
         """Jobs waiting, prioritized, delayed or running: the queue depth."""
         return sum((await self.counts(queue, BACKLOG_STATES)).values())
 
+    def failed(self, queue: str) -> FailedSet:
+        """``queue``'s failed set, to list and retry (read without trusting the jobs' JSON)."""
+        return FailedSet(self.queue(queue))
+
     async def failed_jobs(self, queue: str, limit: int = 20) -> list[FailedJob]:
         """The most recently failed jobs, newest first, with the reason each failed."""
-        jobs = await self.queue(queue).getJobs(["failed"], 0, max(limit, 1) - 1, False)
-        return [
-            FailedJob(
-                id=str(job.id),
-                name=str(job.name),
-                failed_reason=str(job.failedReason or ""),
-                attempts_made=int(job.attemptsMade),
-                finished_on=int(job.finishedOn or 0),
-                data=job.data,
-            )
-            for job in jobs
-        ]
+        return await self.failed(queue).newest(limit)
 
     async def close(self) -> None:
         for queue in self._queues.values():

@@ -282,6 +282,28 @@ def test_a_missing_secret_is_a_condition_that_clears_when_the_secret_appears(
     wait_condition(kube_api, op_namespace, "lost", "ScalingActive", "True")
 
 
+def test_a_redis_url_whose_password_breaks_parsers_degrades_naming_the_key_and_showing_no_piece_of_it(
+    operator: Operator, kube: ControlPlane, kube_api: k8s.ApiClient, op_namespace: str, redis_url: str
+) -> None:
+    address = redis_url.removeprefix("redis://")
+    create_secrets(kube_api, op_namespace, "pasted", f"redis://:Zq/Wv#Xj?Pk@{address}")
+    apply(kube, sample("pasted", op_namespace))
+    degraded = wait_condition(kube_api, op_namespace, "pasted", "Degraded", "True", "SecretInvalid")
+    assert (
+        f"Secret {op_namespace}/pasted-redis key 'url' (spec.redis.secretRef): the Redis URL its user or password"
+        " holds '/', '?' or '#' unescaped" in condition(degraded, "Degraded")["message"]
+    )
+    event = wait_event(kube_api, op_namespace, "pasted", "SecretInvalid", "percent-encode", type_="Warning")
+    shown = str(get(kube_api, op_namespace, "pasted")) + str(
+        [e.message for e in events(kube_api, op_namespace, "pasted")]
+    )
+    assert event.message and not [piece for piece in ("Zq", "Wv", "Xj", "Pk") if piece in shown], shown
+
+    # Percent-encoded, the same password is fine.
+    put_secret(k8s.CoreV1Api(kube_api), op_namespace, "pasted-redis", {"url": f"redis://:Zq%2FWv%23Xj%3FPk@{address}"})
+    wait_condition(kube_api, op_namespace, "pasted", "Degraded", "False", "AsExpected")
+
+
 def test_an_unreachable_redis_holds_the_size_and_recovers(
     operator: Operator, kube: ControlPlane, kube_api: k8s.ApiClient, op_namespace: str, redis_url: str
 ) -> None:

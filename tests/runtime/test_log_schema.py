@@ -8,12 +8,17 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 from kopf._cogs.configs.configuration import OperatorSettings
 from kopf._core.actions.loggers import LocalObjectLogger
+from worker_harness import WorkerProcess, add_tenant, finished_job, inbound, node_bullmq
 
 from falachefe_runtime.observability.logging import LogFormat, formatter, log_context
+from falachefe_runtime.queues import WHATSAPP_QUEUE, Queues
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -101,3 +106,47 @@ async def test_kopf_object_records_carry_the_object_as_fields(capture: dict[LogF
     # Kopf's internals (its settings object, its posting flag, the raw reference) are not log fields.
     assert not {"settings", "k8s_skip", "k8s_ref"} & set(record)
     assert " namespace=shop name=demo kind=Falachefe" in lines(capture["text"])[0]
+
+
+def test_a_connection_string_in_a_message_or_a_field_loses_its_password(capture: dict[LogFormat, io.StringIO]) -> None:
+    log = logging.getLogger("falachefe_runtime.worker.app")
+    url = "redis://app:Zq/Wv#Xj?Pk@redis.shop:6379/0"
+    log.error("cannot reach %s", url, extra={"dsn": "host=db user=app password='Yb Kx'", "error": f"refused: {url}"})
+    for fmt in ("json", "text"):
+        line = capture[fmt].getvalue()
+        assert "redis://app:***@redis.shop:6379/0" in line and "password=***" in line
+        assert not [piece for piece in ("Zq", "Wv", "Xj", "Pk", "Yb", "Kx") if piece in line], line
+
+
+@pytest.mark.slow
+async def test_a_worker_process_writes_the_same_fields_in_text_as_in_json(
+    sql: asyncpg.Connection, values: dict[str, Any], redis_url: str, queues: Queues, tmp_path: Path
+) -> None:
+    """The real program, not only the formatter: a failed job's line keeps its job id, reason and detail."""
+    tenant = await add_tenant(sql)
+    seen: dict[str, dict[str, str]] = {}
+    for fmt in ("json", "text"):
+        data = inbound(tenant)
+        data["messageData"]["companyId"] = 12345
+        [job_id] = node_bullmq(
+            "add", {"redis": redis_url, "jobs": [{"queue": WHATSAPP_QUEUE, "name": "process-message", "data": data}]}
+        )["ids"]
+        worker = WorkerProcess(
+            "auth", {**values, "observability": {**values["observability"], "log_format": fmt}}, tmp_path / f"{fmt}.log"
+        )
+        try:
+            await finished_job(queues, WHATSAPP_QUEUE, job_id, timeout=60)
+        finally:
+            worker.stop()
+        log = worker.log_path.read_text(errors="replace")
+        [line] = [line for line in log.splitlines() if "job failed permanently" in line]
+        if fmt == "json":
+            record = json.loads(line)
+            seen[fmt] = {key: str(record[key]) for key in ("job_id", "queue", "pool", "reason", "detail", "attempt")}
+        else:
+            assert line.split()[1:4] == ["WARNING", "falachefe_runtime.worker.runner:", "job"]
+            seen[fmt] = {key: value.strip('"') for key, value in re.findall(r' (\w+)=("[^"]*"|\S+)', line)}
+        assert seen[fmt].pop("job_id") == job_id
+    text_fields = seen["text"]
+    assert {key: text_fields.get(key) for key in seen["json"]} == seen["json"]
+    assert seen["text"]["reason"] == "invalid_payload" and "companyId" in seen["text"]["detail"]

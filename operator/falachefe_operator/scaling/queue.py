@@ -27,11 +27,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from falachefe_runtime.redact import address, redact_text, url_problem
 
 from .observation import MetricUnavailable, QueueCounts
 
@@ -50,8 +51,7 @@ class QueueRef:
     @property
     def redis_address(self) -> str:
         """host:port/db of the URL, for messages (no user, no password)."""
-        parts = urlsplit(self.redis_url)
-        return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+        return address(self.redis_url)
 
 
 #: Reads of one Redis asked for within this long go in one round trip.
@@ -116,17 +116,18 @@ class QueueReader:
                     pending,
                     MetricUnavailable(
                         "queue",
-                        f"redis {pending.queue.redis_address} queue {key}: {_describe(error)}",
+                        redact_text(f"redis {pending.queue.redis_address} queue {key}: {_describe(error)}", url),
                         _cause(error, self._timeout),
                     ),
                 )
             return
         except ValueError as error:  # a malformed URL: redis-py says which part
+            reason = redact_text(str(error), url)
             for pending in batch:
                 key = f"{pending.queue.prefix}:{pending.queue.name}"
                 _settle(
                     pending,
-                    MetricUnavailable("queue", f"redis URL for queue {key}: {error}", "the Redis URL is malformed"),
+                    MetricUnavailable("queue", f"redis URL for queue {key}: {reason}", "the Redis URL is malformed"),
                 )
             return
         except BaseException as error:  # cancelled, or a bug: nobody waits forever
@@ -141,6 +142,8 @@ class QueueReader:
     def _client(self, url: str) -> aioredis.Redis:
         client = self._clients.get(url)
         if client is None:
+            if problem := url_problem(url):
+                raise ValueError(problem)  # redis-py would take pieces of the password for a host or a port
             pool = aioredis.BlockingConnectionPool.from_url(
                 url,
                 # Batched reads need few; more readers than this wait their turn.

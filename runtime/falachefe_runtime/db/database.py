@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 
 from ..config import DatabaseSettings, PoolSettings
+from ..redact import redact_text
 from . import retry
 from .bulk import check_copy_target
 from .fingerprint import is_plain_read
@@ -76,7 +77,7 @@ def _why(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "no answer within database.connect_timeout_s"
     if isinstance(error, asyncpg.PostgresError | OSError):
-        return f"{type(error).__name__}: {error}"
+        return redact_text(f"{type(error).__name__}: {error}")
     return f"the DSN is not usable ({type(error).__name__})"
 
 

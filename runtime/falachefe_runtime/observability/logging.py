@@ -22,7 +22,8 @@ fit the same schema as ours.
 Personal data never goes out whole: ``mask_phone`` keeps a phone number's
 country code and last digits, enough to correlate with a support ticket,
 not enough to identify someone. Secrets and one-time codes are never passed
-to a logger at all.
+to a logger at all, and any URL or DSN a library's message quotes has its
+password masked (``falachefe_runtime.redact``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Literal
+
+from falachefe_runtime.redact import redact_text
 
 LogFormat = Literal["json", "text"]
 
@@ -96,7 +99,8 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
         fields["exception"] = logging.Formatter().formatException(record.exc_info)
     elif record.stack_info:
         fields["exception"] = record.stack_info
-    return fields
+    # A library's message or traceback may quote a connection string: its password never reaches a line.
+    return {key: redact_text(value) if isinstance(value, str) else value for key, value in fields.items()}
 
 
 class JsonFormatter(logging.Formatter):

@@ -41,6 +41,7 @@ from falachefe_runtime.db.migrate import describe_missing, missing_migrations
 from falachefe_runtime.observability.health import HealthServer
 from falachefe_runtime.observability.logging import configure_logging, log_context
 from falachefe_runtime.queues import Queues
+from falachefe_runtime.redact import redact_text
 from falachefe_runtime.worker.outages import DependencyGuard
 from falachefe_runtime.worker.persistence import check_redis_persistence
 from falachefe_runtime.worker.pools import build_routes
@@ -229,7 +230,7 @@ async def _check_redis(client: redis.Redis) -> None:
     try:
         await client.ping()
     except (redis.RedisError, OSError) as error:
-        message = f"cannot reach redis.url: {_redis_trouble(error)}"
+        message = f"cannot reach redis.url: {redact_text(_redis_trouble(error))}"
         raise StartupError(message, ["redis.url"], EXIT_UNREACHABLE) from error
     # Queued jobs live only there: say so when a restart of it would lose them.
     await check_redis_persistence(client)
