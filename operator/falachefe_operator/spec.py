@@ -338,7 +338,10 @@ class AutoscalingSpec(_Spec):
         _POLICY_DEFAULTS["forecast_horizon_seconds"],
         ge=0,
         le=3600,
-        description="How far ahead a growing queue is projected: about the time a new worker takes to start.",
+        description=(
+            "How far ahead a growing queue is projected to size a scale-up (about the time a new worker takes"
+            " to start); 0 projects nothing."
+        ),
     )
     rate_window_seconds: float = Field(
         _POLICY_DEFAULTS["rate_window_seconds"],

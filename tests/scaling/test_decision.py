@@ -24,6 +24,7 @@ from falachefe_operator.scaling.policy import (
     ScalingRule,
     ScalingRules,
     SelectPolicy,
+    Term,
 )
 
 
@@ -43,13 +44,15 @@ def observe(current: int, q: QueueCounts | None, *, cpu: CpuSample | None = None
 
 
 QUEUE_POLICY = ScalingPolicy(max_replicas=20, target_queue_depth_per_replica=20)
+#: The HPA's rate limits as the HPA applies them: no jump to the backlog's size.
+RULES_POLICY = replace(QUEUE_POLICY, terms=QUEUE_POLICY.terms - {Term.BACKLOG_JUMP})
 
 
 # -- examples: the HPA's arithmetic ------------------------------------------------
 
 
 def test_queue_proposal_capped_by_the_default_scale_up_rule() -> None:
-    decision = decide(QUEUE_POLICY, observe(3, queue(300, active=15, due=25)), History(), now=1000.0)
+    decision = decide(RULES_POLICY, observe(3, queue(300, active=15, due=25)), History(), now=1000.0)
     # ceil(340 / 20) = 17; the HPA's defaults allow max(3 + 4, 3 * 2) = 7 per 15 s.
     assert decision.recommendation == 17
     assert decision.desired_replicas == 7
@@ -59,15 +62,28 @@ def test_queue_proposal_capped_by_the_default_scale_up_rule() -> None:
 
 
 def test_rate_limit_counts_what_was_added_in_the_period() -> None:
-    first = decide(QUEUE_POLICY, observe(3, queue(340)), History(), now=1000.0)
+    first = decide(RULES_POLICY, observe(3, queue(340)), History(), now=1000.0)
     history = first.history.scaled(1000.0, 3, first.desired_replicas)
     # 10 s later the +4 of the period already used the Pods rule; 100% of the
     # period's start (3) allows 6: the larger, 7, is where the pool already is.
-    second = decide(QUEUE_POLICY, observe(7, queue(340)), history, now=1010.0)
+    second = decide(RULES_POLICY, observe(7, queue(340)), history, now=1010.0)
     assert second.desired_replicas == 7
     # Once the period has passed, the pool may grow again: max(7 + 4, 14) = 14.
-    third = decide(QUEUE_POLICY, observe(7, queue(340)), second.history, now=1016.0)
+    third = decide(RULES_POLICY, observe(7, queue(340)), second.history, now=1016.0)
     assert third.desired_replicas == 14
+
+
+def test_a_backlog_that_alone_asks_for_a_size_gets_it_in_one_poll() -> None:
+    decision = decide(QUEUE_POLICY, observe(1, queue(300, active=5)), History(), now=0.0)
+    # ceil(305 / 20) = 16, past the default +4 / +100% per 15 s.
+    assert decision.desired_replicas == 16
+    assert "the backlog alone needs 16: past scaleUp" in decision.reason
+    # The forecast and the arrivals size no jump of their own: only what is queued now.
+    capped = decide(QUEUE_POLICY, observe(1, queue(40, active=5)), History(), now=0.0)
+    assert capped.desired_replicas == 3
+    # Rules a team wrote itself are kept.
+    slow = replace(QUEUE_POLICY, scale_up=ScalingRules(0, (ScalingRule(RuleType.PODS, 1, 60),)))
+    assert decide(slow, observe(1, queue(300, active=5)), History(), now=0.0).desired_replicas == 2
 
 
 def test_percent_rule_rounds_up_so_a_single_replica_can_grow() -> None:
@@ -238,7 +254,7 @@ def test_a_pool_seen_for_the_first_time_does_not_shrink_on_its_first_reading() -
     assert decide(policy, observe(8, queue(0)), first.history, now=59.0).desired_replicas == 8
     assert decide(policy, observe(8, queue(0)), first.history, now=61.0).desired_replicas == 1
     # And it may grow on its first reading.
-    assert decide(policy, observe(2, queue(200)), History(), now=0.0).desired_replicas == 6
+    assert decide(policy, observe(2, queue(200)), History(), now=0.0).desired_replicas == 10
 
 
 def test_in_flight_jobs_keep_their_replicas() -> None:
@@ -295,7 +311,9 @@ def test_growing_queue_is_met_where_it_will_be() -> None:
 
 
 def test_a_trend_is_projected_no_further_than_its_history() -> None:
-    policy = replace(QUEUE_POLICY, min_replicas=0, max_replicas=100, target_queue_depth_per_replica=3)
+    policy = replace(
+        QUEUE_POLICY, min_replicas=0, max_replicas=100, target_queue_depth_per_replica=3, forecast_horizon_seconds=30
+    )
     # One job on an idle pool, seen 2 s after an empty poll: 0.5 jobs/s for
     # 2 s says one job more at most, not 15 in 30 s. One replica wakes.
     idle = decide(policy, observe(0, queue()), History(), now=0.0)
