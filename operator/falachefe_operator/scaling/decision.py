@@ -28,6 +28,15 @@ Beyond the HPA:
   start a scale-up on their own (see ``_combine``): a growing queue is met
   before it is deep, a pool that keeps up is not shrunk until it falls
   behind, and noise inside the tolerance band never moves the pool;
+- the queue's target may be a wait (``targetQueueWaitSeconds``): the depth
+  per replica is then derived from the measured service time
+  (``depth_per_replica``), which follows jobs that got longer within half
+  the rate window (``_service_time``);
+- a scale-up that the present backlog alone asks for goes there in one
+  poll, past the HPA's default scaleUp rate limits (rules a team wrote
+  itself are kept);
+- each of these terms can be switched off (``ScalingPolicy.terms``), which
+  the simulation benchmark does to see which pay (bench/README.md);
 - a queue paused in bullmq is not drained whatever the size: the pool holds;
 - never below the replicas the in-flight jobs occupy (active / concurrency);
 - a metric that could not be read never lets the pool shrink: it holds,
