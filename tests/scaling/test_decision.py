@@ -19,6 +19,8 @@ from falachefe_operator.scaling.decision import Decision, decide
 from falachefe_operator.scaling.history import History
 from falachefe_operator.scaling.observation import CpuSample, MetricUnavailable, Observation, QueueCounts
 from falachefe_operator.scaling.policy import (
+    ALL_TERMS,
+    DEFAULT_SCALE_UP,
     RuleType,
     ScalingPolicy,
     ScalingRule,
@@ -374,7 +376,9 @@ def policies(draw: st.DrawFn) -> ScalingPolicy:
         target_queue_depth_per_replica=queue_target,
         target_cpu_utilization_percentage=cpu_target,
         tolerance=draw(st.sampled_from([0.0, 0.05, 0.1, 0.2])),
-        scale_up=draw(behaviors),
+        # The HPA's defaults now and then: the only rules a backlog may pass in one poll.
+        scale_up=draw(st.just(DEFAULT_SCALE_UP) | behaviors),
+        terms=frozenset(draw(st.sets(st.sampled_from(sorted(ALL_TERMS))))),
         scale_down=draw(behaviors),
         forecast_horizon_seconds=draw(st.sampled_from([0.0, 15.0, 30.0])),
         rate_window_seconds=draw(st.sampled_from([10.0, 60.0])),
@@ -505,7 +509,8 @@ def test_invariants_hold_at_every_poll(
             assert desired >= min(current, scale_down_limit(policy, log, now, current)), decision.reason
             # In-flight jobs keep their replicas.
             assert counts is not None
-            assert desired >= min(current, math.ceil(counts.active / concurrency)), decision.reason
+            if Term.INFLIGHT_FLOOR in policy.terms:
+                assert desired >= min(current, math.ceil(counts.active / concurrency)), decision.reason
         if in_bounds and desired > current:
             window = policy.scale_up.stabilization_window_seconds
             limit = scale_up_limit(policy, log, now, current)
@@ -513,7 +518,19 @@ def test_invariants_hold_at_every_poll(
                 assert desired <= max(1, limit)
             else:
                 assert all(desired <= r for at, r in log.recommendations if at > now - window), decision.reason
-                assert desired <= limit, decision.reason
+                jumps = (
+                    Term.BACKLOG_JUMP in policy.terms
+                    and policy.scale_up == DEFAULT_SCALE_UP
+                    and policy.target_queue_depth_per_replica is not None
+                    and counts is not None
+                )
+                if jumps:
+                    # Past the rules, but no further than the present backlog alone asks for.
+                    assert counts is not None and policy.target_queue_depth_per_replica is not None
+                    need = math.ceil(counts.backlog / policy.target_queue_depth_per_replica - 1e-9)
+                    assert desired <= max(limit, need, current), decision.reason
+                else:
+                    assert desired <= limit, decision.reason
         # The first runnable job wakes an idle pool at once.
         if current == 0 and counts is not None and not counts.paused and counts.pending > 0:
             assert desired >= 1
