@@ -28,6 +28,7 @@ def scaling_policy(pool: PoolSpec) -> ScalingPolicy:
         min_replicas=pool.min_replicas,
         max_replicas=pool.max_replicas,
         target_queue_depth_per_replica=autoscaling.target_queue_depth_per_replica,
+        target_queue_wait_seconds=autoscaling.target_queue_wait_seconds,
         # 0 in the spec: scale on the queue alone.
         target_cpu_utilization_percentage=cpu_target or None,
         tolerance=autoscaling.tolerance,

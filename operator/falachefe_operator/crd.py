@@ -143,8 +143,11 @@ def _structural(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, 
 
 
 def _minimal_default(node: dict[str, Any]) -> dict[str, Any]:
-    """``{}`` when the API server's nested defaulting rebuilds the full default from it."""
-    default: dict[str, Any] = node["default"]
+    """``{}`` when the API server's nested defaulting rebuilds the full default from it.
+
+    A field left unset (None, an optional field) is no part of a default: the schema types it, not null.
+    """
+    default: dict[str, Any] = {name: value for name, value in node["default"].items() if value is not None}
     rebuilt = {name: child["default"] for name, child in node["properties"].items() if "default" in child}
     expanded = {name: _expand(node["properties"][name], value) for name, value in rebuilt.items()}
     return {} if expanded == default else default

@@ -321,6 +321,15 @@ class AutoscalingSpec(_Spec):
     target_queue_depth_per_replica: int = Field(
         10, ge=1, le=1_000_000, description="Jobs waiting or running per replica the pool aims for."
     )
+    target_queue_wait_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds a job should wait in the queue at most; when set it replaces targetQueueDepthPerReplica,"
+            " the depth per replica derived from the measured service time."
+        ),
+    )
     target_cpu_utilization_percentage: int = Field(
         70,
         alias="targetCPUUtilizationPercentage",
@@ -338,7 +347,10 @@ class AutoscalingSpec(_Spec):
         _POLICY_DEFAULTS["forecast_horizon_seconds"],
         ge=0,
         le=3600,
-        description="How far ahead a growing queue is projected: about the time a new worker takes to start.",
+        description=(
+            "How far ahead a growing queue is projected to size a scale-up (about the time a new worker takes"
+            " to start); 0 projects nothing."
+        ),
     )
     rate_window_seconds: float = Field(
         _POLICY_DEFAULTS["rate_window_seconds"],

@@ -139,3 +139,19 @@ def test_a_valid_spec_round_trips_through_its_wire_form() -> None:
     spec = FalachefeSpec.model_validate(minimal(auth={}, crew={"minReplicas": 0}))
     wire = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     assert FalachefeSpec.model_validate(wire) == spec
+
+
+def test_a_queue_wait_target_reaches_the_policy_and_the_depth_default_stays() -> None:
+    spec = FalachefeSpec.model_validate(minimal(auth={"autoscaling": {"targetQueueWaitSeconds": 12.5}}))
+    assert spec.pools.auth is not None
+    policy = scaling_policy(spec.pools.auth)
+    assert policy.target_queue_wait_seconds == 12.5
+    assert policy.target_queue_depth_per_replica == 10
+    default = FalachefeSpec.model_validate(minimal()).pools.auth
+    assert default is not None
+    assert scaling_policy(default).target_queue_wait_seconds is None
+
+
+def test_a_negative_queue_wait_target_names_the_field() -> None:
+    with pytest.raises(ValidationError, match="targetQueueWaitSeconds"):
+        FalachefeSpec.model_validate(minimal(auth={"autoscaling": {"targetQueueWaitSeconds": -1}}))

@@ -19,11 +19,14 @@ from falachefe_operator.scaling.decision import Decision, decide
 from falachefe_operator.scaling.history import History
 from falachefe_operator.scaling.observation import CpuSample, MetricUnavailable, Observation, QueueCounts
 from falachefe_operator.scaling.policy import (
+    ALL_TERMS,
+    DEFAULT_SCALE_UP,
     RuleType,
     ScalingPolicy,
     ScalingRule,
     ScalingRules,
     SelectPolicy,
+    Term,
 )
 
 
@@ -43,13 +46,15 @@ def observe(current: int, q: QueueCounts | None, *, cpu: CpuSample | None = None
 
 
 QUEUE_POLICY = ScalingPolicy(max_replicas=20, target_queue_depth_per_replica=20)
+#: The HPA's rate limits as the HPA applies them: no jump to the backlog's size.
+RULES_POLICY = replace(QUEUE_POLICY, terms=QUEUE_POLICY.terms - {Term.BACKLOG_JUMP})
 
 
 # -- examples: the HPA's arithmetic ------------------------------------------------
 
 
 def test_queue_proposal_capped_by_the_default_scale_up_rule() -> None:
-    decision = decide(QUEUE_POLICY, observe(3, queue(300, active=15, due=25)), History(), now=1000.0)
+    decision = decide(RULES_POLICY, observe(3, queue(300, active=15, due=25)), History(), now=1000.0)
     # ceil(340 / 20) = 17; the HPA's defaults allow max(3 + 4, 3 * 2) = 7 per 15 s.
     assert decision.recommendation == 17
     assert decision.desired_replicas == 7
@@ -59,15 +64,28 @@ def test_queue_proposal_capped_by_the_default_scale_up_rule() -> None:
 
 
 def test_rate_limit_counts_what_was_added_in_the_period() -> None:
-    first = decide(QUEUE_POLICY, observe(3, queue(340)), History(), now=1000.0)
+    first = decide(RULES_POLICY, observe(3, queue(340)), History(), now=1000.0)
     history = first.history.scaled(1000.0, 3, first.desired_replicas)
     # 10 s later the +4 of the period already used the Pods rule; 100% of the
     # period's start (3) allows 6: the larger, 7, is where the pool already is.
-    second = decide(QUEUE_POLICY, observe(7, queue(340)), history, now=1010.0)
+    second = decide(RULES_POLICY, observe(7, queue(340)), history, now=1010.0)
     assert second.desired_replicas == 7
     # Once the period has passed, the pool may grow again: max(7 + 4, 14) = 14.
-    third = decide(QUEUE_POLICY, observe(7, queue(340)), second.history, now=1016.0)
+    third = decide(RULES_POLICY, observe(7, queue(340)), second.history, now=1016.0)
     assert third.desired_replicas == 14
+
+
+def test_a_backlog_that_alone_asks_for_a_size_gets_it_in_one_poll() -> None:
+    decision = decide(QUEUE_POLICY, observe(1, queue(300, active=5)), History(), now=0.0)
+    # ceil(305 / 20) = 16, past the default +4 / +100% per 15 s.
+    assert decision.desired_replicas == 16
+    assert "the backlog alone needs 16: past scaleUp" in decision.reason
+    # The forecast and the arrivals size no jump of their own: only what is queued now.
+    capped = decide(QUEUE_POLICY, observe(1, queue(40, active=5)), History(), now=0.0)
+    assert capped.desired_replicas == 3
+    # Rules a team wrote itself are kept.
+    slow = replace(QUEUE_POLICY, scale_up=ScalingRules(0, (ScalingRule(RuleType.PODS, 1, 60),)))
+    assert decide(slow, observe(1, queue(300, active=5)), History(), now=0.0).desired_replicas == 2
 
 
 def test_percent_rule_rounds_up_so_a_single_replica_can_grow() -> None:
@@ -238,7 +256,7 @@ def test_a_pool_seen_for_the_first_time_does_not_shrink_on_its_first_reading() -
     assert decide(policy, observe(8, queue(0)), first.history, now=59.0).desired_replicas == 8
     assert decide(policy, observe(8, queue(0)), first.history, now=61.0).desired_replicas == 1
     # And it may grow on its first reading.
-    assert decide(policy, observe(2, queue(200)), History(), now=0.0).desired_replicas == 6
+    assert decide(policy, observe(2, queue(200)), History(), now=0.0).desired_replicas == 10
 
 
 def test_in_flight_jobs_keep_their_replicas() -> None:
@@ -295,7 +313,9 @@ def test_growing_queue_is_met_where_it_will_be() -> None:
 
 
 def test_a_trend_is_projected_no_further_than_its_history() -> None:
-    policy = replace(QUEUE_POLICY, min_replicas=0, max_replicas=100, target_queue_depth_per_replica=3)
+    policy = replace(
+        QUEUE_POLICY, min_replicas=0, max_replicas=100, target_queue_depth_per_replica=3, forecast_horizon_seconds=30
+    )
     # One job on an idle pool, seen 2 s after an empty poll: 0.5 jobs/s for
     # 2 s says one job more at most, not 15 in 30 s. One replica wakes.
     idle = decide(policy, observe(0, queue()), History(), now=0.0)
@@ -356,7 +376,9 @@ def policies(draw: st.DrawFn) -> ScalingPolicy:
         target_queue_depth_per_replica=queue_target,
         target_cpu_utilization_percentage=cpu_target,
         tolerance=draw(st.sampled_from([0.0, 0.05, 0.1, 0.2])),
-        scale_up=draw(behaviors),
+        # The HPA's defaults now and then: the only rules a backlog may pass in one poll.
+        scale_up=draw(st.just(DEFAULT_SCALE_UP) | behaviors),
+        terms=frozenset(draw(st.sets(st.sampled_from(sorted(ALL_TERMS))))),
         scale_down=draw(behaviors),
         forecast_horizon_seconds=draw(st.sampled_from([0.0, 15.0, 30.0])),
         rate_window_seconds=draw(st.sampled_from([10.0, 60.0])),
@@ -487,7 +509,8 @@ def test_invariants_hold_at_every_poll(
             assert desired >= min(current, scale_down_limit(policy, log, now, current)), decision.reason
             # In-flight jobs keep their replicas.
             assert counts is not None
-            assert desired >= min(current, math.ceil(counts.active / concurrency)), decision.reason
+            if Term.INFLIGHT_FLOOR in policy.terms:
+                assert desired >= min(current, math.ceil(counts.active / concurrency)), decision.reason
         if in_bounds and desired > current:
             window = policy.scale_up.stabilization_window_seconds
             limit = scale_up_limit(policy, log, now, current)
@@ -495,7 +518,19 @@ def test_invariants_hold_at_every_poll(
                 assert desired <= max(1, limit)
             else:
                 assert all(desired <= r for at, r in log.recommendations if at > now - window), decision.reason
-                assert desired <= limit, decision.reason
+                jumps = (
+                    Term.BACKLOG_JUMP in policy.terms
+                    and policy.scale_up == DEFAULT_SCALE_UP
+                    and policy.target_queue_depth_per_replica is not None
+                    and counts is not None
+                )
+                if jumps:
+                    # Past the rules, but no further than the present backlog alone asks for.
+                    assert counts is not None and policy.target_queue_depth_per_replica is not None
+                    need = math.ceil(counts.backlog / policy.target_queue_depth_per_replica - 1e-9)
+                    assert desired <= max(limit, need, current), decision.reason
+                else:
+                    assert desired <= limit, decision.reason
         # The first runnable job wakes an idle pool at once.
         if current == 0 and counts is not None and not counts.paused and counts.pending > 0:
             assert desired >= 1

@@ -40,7 +40,14 @@ def test_defaults_are_the_hpas() -> None:
     [
         (lambda: ScalingPolicy(min_replicas=5, max_replicas=2, target_queue_depth_per_replica=1), "maxReplicas (2)"),
         (lambda: ScalingPolicy(min_replicas=-1, max_replicas=2, target_queue_depth_per_replica=1), "minReplicas"),
-        (lambda: ScalingPolicy(max_replicas=3), "set targetQueueDepthPerReplica or targetCPUUtilizationPercentage"),
+        (
+            lambda: ScalingPolicy(max_replicas=3),
+            "set targetQueueWaitSeconds, targetQueueDepthPerReplica or targetCPUUtilizationPercentage",
+        ),
+        (
+            lambda: ScalingPolicy(max_replicas=3, target_queue_wait_seconds=-1),
+            "targetQueueWaitSeconds must be >= 0, got -1",
+        ),
         (lambda: ScalingPolicy(max_replicas=3, target_queue_depth_per_replica=0), "targetQueueDepthPerReplica must"),
         (
             lambda: ScalingPolicy(max_replicas=3, target_cpu_utilization_percentage=-5),

@@ -28,6 +28,15 @@ Beyond the HPA:
   start a scale-up on their own (see ``_combine``): a growing queue is met
   before it is deep, a pool that keeps up is not shrunk until it falls
   behind, and noise inside the tolerance band never moves the pool;
+- the queue's target may be a wait (``targetQueueWaitSeconds``): the depth
+  per replica is then derived from the measured service time
+  (``depth_per_replica``), which follows jobs that got longer within half
+  the rate window (``_service_time``);
+- a scale-up that the present backlog alone asks for goes there in one
+  poll, past the HPA's default scaleUp rate limits (rules a team wrote
+  itself are kept);
+- each of these terms can be switched off (``ScalingPolicy.terms``), which
+  the simulation benchmark does to see which pay (bench/README.md);
 - a queue paused in bullmq is not drained whatever the size: the pool holds;
 - never below the replicas the in-flight jobs occupy (active / concurrency);
 - a metric that could not be read never lets the pool shrink: it holds,
@@ -51,7 +60,7 @@ from dataclasses import dataclass
 
 from .history import History
 from .observation import CpuSample, Observation, QueueCounts
-from .policy import RuleType, ScalingPolicy, ScalingRules, SelectPolicy
+from .policy import DEFAULT_SCALE_UP, RuleType, ScalingPolicy, ScalingRules, SelectPolicy, Term
 from .rates import QueueRates, QueueSample, estimate_rates
 
 #: Float slack for ceil(): 340 / 20 is 17, not 17.000000000000004 -> 18.
@@ -100,17 +109,18 @@ def decide(policy: ScalingPolicy, observation: Observation, history: History, no
         history = history.recording(now, policy.history_seconds, recommendation=current, held=True)
     queue = observation.queue
     sample = QueueSample.from_counts(now, queue) if queue is not None else None
-    rates = None
-    if sample is not None:
-        window_start = now - policy.rate_window_seconds
-        rates = estimate_rates([*(s for s in history.queue_samples if s.at > window_start), sample])
+    rates, service_time = _measure(policy, history, sample, now)
 
     proposals: list[Proposal] = []
     # A queue paused in bullmq is not drained whatever the pool's size: its
     # counts say nothing about the replicas needed, so they are not used.
     queue_paused = queue is not None and queue.paused
-    if queue is not None and not queue_paused and policy.target_queue_depth_per_replica is not None:
-        proposals += _queue_proposals(policy, policy.target_queue_depth_per_replica, queue, rates, observation)
+    targets_queue = policy.target_queue_depth_per_replica is not None or policy.target_queue_wait_seconds is not None
+    if queue is not None and not queue_paused and targets_queue:
+        target = depth_per_replica(policy, observation.concurrency, service_time)
+        proposals += _queue_proposals(
+            policy, target, queue=queue, rates=rates, service_time=service_time, observation=observation
+        )
     if observation.cpu is not None and policy.target_cpu_utilization_percentage is not None:
         cpu_proposal = _cpu_proposal(policy, policy.target_cpu_utilization_percentage, observation.cpu, current)
         if cpu_proposal is not None:
@@ -135,7 +145,10 @@ def decide(policy: ScalingPolicy, observation: Observation, history: History, no
         and (rates is None or rates.arrival_rate == 0)
     )
     waking = current == 0 and queue is not None and not queue_paused and queue.pending > 0
-    floor = math.ceil(queue.active / observation.concurrency) if queue is not None else None
+    floor = None
+    if queue is not None and Term.INFLIGHT_FLOOR in policy.terms:
+        floor = math.ceil(queue.active / observation.concurrency)
+    backlog_need = None if held else _backlog_need(policy, proposals)
 
     notes: list[str] = [p.detail for p in proposals]
     if held:
@@ -160,6 +173,7 @@ def decide(policy: ScalingPolicy, observation: Observation, history: History, no
         now=now,
         waking=waking,
         floor=floor,
+        backlog_need=backlog_need,
         notes=notes,
     )
     notes.append(f"desired {desired} (current {current})")
@@ -183,6 +197,71 @@ def decide(policy: ScalingPolicy, observation: Observation, history: History, no
 RATE_METRICS = frozenset({"queue-forecast", "queue-arrivals"})
 
 
+def _measure(
+    policy: ScalingPolicy, history: History, sample: QueueSample | None, now: float
+) -> tuple[QueueRates | None, float | None]:
+    """The queue's rates over the rate window, and the service time the decision believes."""
+    if sample is None:
+        return None, None
+    window = [*(s for s in history.queue_samples if s.at > now - policy.rate_window_seconds), sample]
+    rates = estimate_rates(window)
+    return rates, _service_time(policy, rates, window, now)
+
+
+def _backlog_need(policy: ScalingPolicy, proposals: list[Proposal]) -> int | None:
+    """What the present backlog alone asks for, which a scale-up may reach in one poll.
+
+    Rules a team wrote itself are theirs to keep; the HPA's defaults were nobody's choice.
+    """
+    if Term.BACKLOG_JUMP not in policy.terms or policy.scale_up != DEFAULT_SCALE_UP:
+        return None
+    return max((p.replicas for p in proposals if p.metric == "queue"), default=None)
+
+
+def _service_time(
+    policy: ScalingPolicy, rates: QueueRates | None, window: list[QueueSample], now: float
+) -> float | None:
+    """The mean service time over the rate window, or over its later half when that is longer.
+
+    Jobs that grew ten times longer finish ten times less often, but a
+    whole window's average takes the window to see it; its later half sees
+    it in half the time (a half with jobs in flight and none finished says
+    they take at least the half's span). Shorter jobs are believed only at the window's
+    pace, so a lull in completions costs a few replicas for a while, not a flap.
+    """
+    if rates is None:
+        return None
+    measured = rates.service_time_seconds
+    if Term.SERVICE_TIME_RISE not in policy.terms:
+        return measured
+    recent = estimate_rates([s for s in window if s.at > now - policy.rate_window_seconds / 2])
+    if measured is None or recent is None or recent.mean_active <= 0:
+        return measured
+    recent_time = recent.service_time_seconds
+    if recent_time is None:
+        # Jobs in flight all through the later half and none finished: they take at least that long.
+        recent_time = recent.window_seconds
+    return max(measured, recent_time)
+
+
+def depth_per_replica(policy: ScalingPolicy, concurrency: int, service_time: float | None) -> float:
+    """Jobs waiting or running per replica that the queue proposals size for.
+
+    With ``target_queue_wait_seconds`` W: a replica finishes ``concurrency``
+    jobs every service time S, so W seconds of waiting are W x concurrency /
+    S jobs queued behind its ``concurrency`` in flight:
+    concurrency x (1 + W / S). Until a service time has been measured
+    (nothing completed in the rate window) it sizes for no waiting at all.
+    """
+    wait = policy.target_queue_wait_seconds
+    if wait is None:
+        assert policy.target_queue_depth_per_replica is not None
+        return policy.target_queue_depth_per_replica
+    if service_time is None:
+        return float(concurrency)
+    return concurrency * (1 + wait / service_time)
+
+
 def _combine(proposals: list[Proposal], current: int) -> int:
     """The largest proposal wins, with the rate-based ones kept on a leash.
 
@@ -202,12 +281,14 @@ def _combine(proposals: list[Proposal], current: int) -> int:
 def _queue_proposals(
     policy: ScalingPolicy,
     target: float,
+    *,
     queue: QueueCounts,
     rates: QueueRates | None,
+    service_time: float | None,
     observation: Observation,
 ) -> list[Proposal]:
     current = observation.current_replicas
-    per_replica = _number(target)
+    per_replica = _number(round(target, 2))
     proposals = [
         _with_tolerance(
             "queue",
@@ -234,8 +315,7 @@ def _queue_proposals(
                 f"queue growing {growth:.1f}/s: {forecast:.0f} jobs in {horizon:.0f}s / {per_replica} per replica",
             )
         )
-    service_time = rates.service_time_seconds
-    if service_time is not None and rates.arrival_rate > 0:
+    if service_time is not None and rates.arrival_rate > 0 and Term.ARRIVALS in policy.terms:
         # Little's law: arrivals x service time jobs are in flight at steady
         # state; a replica holds at most its concurrency of them, and no more
         # than the target depth.
@@ -293,6 +373,7 @@ def _normalize(
     now: float,
     waking: bool,
     floor: int | None,
+    backlog_need: int | None,
     notes: list[str],
 ) -> int:
     if current > policy.max_replicas:
@@ -314,6 +395,9 @@ def _normalize(
         limit = max(limit, current)  # events still in the period: no more up, but never down
         if waking:
             limit = max(limit, 1)
+        if backlog_need is not None and min(backlog_need, stabilized) > limit:
+            notes.append(f"the backlog alone needs {backlog_need}: past scaleUp {rule} in one step")
+            limit = min(backlog_need, stabilized)
         if stabilized > limit and limit < policy.max_replicas:
             notes.append(f"capped by scaleUp {rule} to {limit}")
             return limit

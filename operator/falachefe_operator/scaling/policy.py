@@ -27,6 +27,32 @@ class PolicyError(ValueError):
     """A pool's autoscaling spec cannot be used; the message names the field."""
 
 
+class Term(enum.StrEnum):
+    """A part of the decision beyond the HPA, each switchable for the benchmark's ablations.
+
+    - ``arrivals``: arrival rate x measured service time / concurrency
+      (Little's law), the replicas needed to keep up: sizes a scale-up and
+      holds back a scale-down (never starts a scale-up: the simulation
+      benchmark found that letting it start one bought no SLO-violation
+      second on any trace and cost pod-seconds on most: bench/README.md);
+    - ``backlog-jump``: a scale-up the present backlog alone asks for goes
+      to that size in one poll, past the HPA's default scaleUp rate limits
+      (scaleUp rules a team wrote itself are kept);
+    - ``inflight-floor``: never below the replicas in-flight jobs occupy;
+    - ``service-time-rise``: the measured service time is the larger of the
+      rate window's and its later half's, so jobs that got longer are seen
+      in half the window.
+    """
+
+    ARRIVALS = "arrivals"
+    BACKLOG_JUMP = "backlog-jump"
+    INFLIGHT_FLOOR = "inflight-floor"
+    SERVICE_TIME_RISE = "service-time-rise"
+
+
+ALL_TERMS = frozenset(Term)
+
+
 class RuleType(enum.StrEnum):
     """How a rate-limit rule counts: absolute pods or a percentage of the pool."""
 
@@ -98,20 +124,33 @@ class ScalingPolicy:
     """Everything the decision needs to know about what the platform team wants.
 
     ``forecast_horizon_seconds`` and ``rate_window_seconds`` go beyond the HPA:
-    the first is how far ahead a growing queue is projected (about the time a
-    new pod takes to start taking jobs), the second how much history the
-    arrival and completion rates are averaged over.
+    the first is how far ahead a growing queue is projected to size a
+    scale-up (0, the default, projects nothing: in the simulation benchmark a
+    projection bought no SLO-violation second on any trace once a backlog
+    may be met in one poll, and cost pod-seconds: bench/README.md), the second
+    how much history the arrival and completion rates are averaged over.
+
+    ``target_queue_wait_seconds`` states the queue target as the time a job
+    should wait at most, which is what platform teams agree on; the depth per
+    replica is derived from it and the measured service time (see
+    ``decision.depth_per_replica``). When it is set it replaces
+    ``target_queue_depth_per_replica``.
+
+    ``terms`` are the decision's parts beyond the HPA (``Term``), all on by
+    default; the simulation benchmark switches them off one at a time.
     """
 
     max_replicas: int
     min_replicas: int = 1
     target_queue_depth_per_replica: float | None = None
     target_cpu_utilization_percentage: float | None = None
+    target_queue_wait_seconds: float | None = None
     tolerance: float = 0.1
     scale_up: ScalingRules = field(default=DEFAULT_SCALE_UP)
     scale_down: ScalingRules = field(default=DEFAULT_SCALE_DOWN)
-    forecast_horizon_seconds: float = 30.0
+    forecast_horizon_seconds: float = 0.0
     rate_window_seconds: float = 60.0
+    terms: frozenset[Term] = ALL_TERMS
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
@@ -120,8 +159,16 @@ class ScalingPolicy:
             raise PolicyError(
                 f"maxReplicas ({self.max_replicas}) must be >= minReplicas ({self.min_replicas}) and >= 1"
             )
-        if self.target_queue_depth_per_replica is None and self.target_cpu_utilization_percentage is None:
-            raise PolicyError("set targetQueueDepthPerReplica or targetCPUUtilizationPercentage (or both)")
+        if (
+            self.target_queue_depth_per_replica is None
+            and self.target_queue_wait_seconds is None
+            and self.target_cpu_utilization_percentage is None
+        ):
+            raise PolicyError(
+                "set targetQueueWaitSeconds, targetQueueDepthPerReplica or targetCPUUtilizationPercentage"
+            )
+        if self.target_queue_wait_seconds is not None and not self.target_queue_wait_seconds >= 0:
+            raise PolicyError(f"targetQueueWaitSeconds must be >= 0, got {self.target_queue_wait_seconds}")
         if self.target_queue_depth_per_replica is not None and not self.target_queue_depth_per_replica > 0:
             raise PolicyError(f"targetQueueDepthPerReplica must be > 0, got {self.target_queue_depth_per_replica}")
         if self.target_cpu_utilization_percentage is not None and not self.target_cpu_utilization_percentage > 0:
