@@ -50,7 +50,7 @@ def test_default_render(helm: Helm) -> None:
     manifests = helm.template(release="rel", namespace="ops")
     kinds = sorted(m["kind"] for m in manifests)
     assert kinds == sorted(
-        ["ServiceAccount", "Deployment", "Service"]
+        ["CustomResourceDefinition", "ServiceAccount", "Deployment", "Service"]
         + ["ClusterRole"] * 3  # the operator's cluster-scoped one (reading CRDs) and the view/edit aggregates
         + ["ClusterRoleBinding"]
         + ["Role", "RoleBinding"] * 2  # the operator's rules in the release namespace, and leader election
