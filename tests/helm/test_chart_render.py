@@ -183,6 +183,9 @@ def test_single_replica_without_leader_election_runs_standalone(helm: Helm) -> N
     assert "--standalone" in args
     assert not [arg for arg in args if arg.startswith("--leader-election")]
     assert not any(m["metadata"]["name"].endswith("-leader-election") for m in manifests)
+    # No Lease: an upgrade stops the old operator before the new one starts, never both acting at once.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in one(helm.template(), "Deployment")["spec"]
 
 
 def test_scheduling_and_extras_reach_the_pod(helm: Helm) -> None:
