@@ -64,7 +64,8 @@ def operator_release(cluster: LocalStack, helm: Helm) -> str:
     """The operator chart installed as a platform team does, its pod running the image built from this tree."""
     assert cluster.image is not None
     values = operator_values(cluster.image, [], watch={"allNamespaces": True, "namespaces": []})
-    flags = ("--create-namespace", "--wait", "--timeout", "5m")
+    # The session's release owns the CRD, whichever release had it before (test_operator_upgrade's).
+    flags = ("--create-namespace", "--take-ownership", "--wait", "--timeout", "5m")
     helm.install(OPERATOR_RELEASE, OPERATOR_NAMESPACE, values, flags=flags)
     return OPERATOR_RELEASE
 
