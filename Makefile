@@ -41,7 +41,7 @@ lock: setup
 	$(UV) pip compile pyproject.toml --python-version 3.11 --quiet -o requirements-runtime.lock
 	echo '$(CHECKOV)' | $(UV) pip compile - --python-version 3.11 --quiet -o requirements-checkov.lock
 
-# Copy crds/ into the chart and regenerate the Falachefe chart's values schema.
+# Make crds/ the operator chart's CRD templates and regenerate the Falachefe chart's values schema.
 charts:
 	$(VENV)/python helm/sync.py --write
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -111,6 +111,12 @@ class Resource:
     #: for it (its migration Job succeeded), until then the one they run now.
     #: ``None`` only before any worker ran: then no pool is applied yet.
     worker_image: str | None = None
+    #: Per pool, the pod template's config hash to keep: a Deployment an
+    #: earlier operator version made for this same config (see ``kept_config_hashes``).
+    config_hashes: Mapping[WorkerKind, str] = field(default_factory=dict)
+    #: The workers already run ``spec.image`` on a schema it knows, with no
+    #: Job of ours (an operator before migrations made them): none is run.
+    migration_adopted: bool = False
 
     @property
     def workers_due(self) -> bool:
@@ -126,11 +132,35 @@ def desired_objects(resource: Resource) -> list[dict[str, Any]]:
     if job is not None:
         objects.append(job)
     if resource.workers_due:
-        config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
+        config_hash = config_digest(config)
         for kind, pool in resource.spec.pools.items():
             objects.append(deployment(resource, kind, pool, config_hash))
             objects.append(disruption_budget(resource, kind))
     return objects
+
+
+def kept_config_hashes(
+    resource: Resource, live: Mapping[WorkerKind, Mapping[str, Any]], *, reconciled_by_earlier_operator: bool
+) -> dict[WorkerKind, str]:
+    """The pools whose pod template keeps its config hash, so its workers are not rolled for nothing.
+
+    ``live`` holds each existing Deployment's annotations (``configDigest``:
+    the Deployment's ``CONFIG_DIGEST_ANNOTATION``, ``configHash``: its pod
+    template's ``CONFIG_HASH_ANNOTATION``). A template keeps its hash while
+    the config it was made for is the one desired (the digests agree). A
+    Deployment without a digest was made by an operator before this rule,
+    whose hash covered its whole runtime's defaults: it is taken as made
+    for this config when that operator reconciled this very generation of
+    the spec (the spec maps to the same settings), and keeps its hash. Any
+    later change of the config rolls the pods as always.
+    """
+    digest = config_digest(runtime_config_yaml(resource))
+    kept = {}
+    for kind, seen in live.items():
+        live_hash, live_digest = seen.get("configHash"), seen.get("configDigest")
+        if live_hash and (live_digest == digest or (live_digest is None and reconciled_by_earlier_operator)):
+            kept[kind] = str(live_hash)
+    return kept
 
 
 def desired_keys(resource: Resource) -> list[tuple[str, str]]:
@@ -138,10 +168,20 @@ def desired_keys(resource: Resource) -> list[tuple[str, str]]:
     return [(manifest["kind"], manifest["metadata"]["name"]) for manifest in desired_objects(resource)]
 
 
+def config_digest(config: str) -> str:
+    """What a pool's pod template says of its config file (``naming.CONFIG_HASH_ANNOTATION``): a change rolls it."""
+    return hashlib.sha256(config.encode()).hexdigest()[:16]
+
+
 def runtime_config_yaml(resource: Resource) -> str:
-    """The workers' config file: ``RuntimeConfig`` without secrets, mapped from the spec.
+    """The workers' config file: the settings the spec sets (never secrets), nothing else.
 
     It also names the resource, for the workers' log lines (``namespace``, ``name``).
+    Every other setting keeps the image's own default: a file holding the
+    operator's defaults would name settings an image of another release
+    does not know (the runtime refuses unknown keys), and every new setting
+    of the operator's runtime would change it, rolling every worker when the
+    operator is upgraded.
 
     The sections are validated models; the root is assembled with
     ``model_construct`` because ``RuntimeConfig`` is a settings class that
@@ -175,7 +215,7 @@ def runtime_config_yaml(resource: Resource) -> str:
             log_level=spec.log_level, resource_namespace=resource.namespace, resource_name=resource.name
         ),
     )
-    return yaml.safe_dump(config.public_dict(), sort_keys=True)
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=True)
 
 
 def _metadata(resource: Resource, name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -261,9 +301,11 @@ def deployment(resource: Resource, kind: WorkerKind, pool: PoolSpec, config_hash
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(
-            resource, naming.deployment_name(resource.name, kind), naming.pool_labels(resource.name, kind)
-        ),
+        "metadata": {
+            **_metadata(resource, naming.deployment_name(resource.name, kind), naming.pool_labels(resource.name, kind)),
+            # The config the pods are made for, whatever hash their template keeps (see kept_config_hashes).
+            "annotations": {naming.CONFIG_DIGEST_ANNOTATION: config_hash},
+        },
         "spec": {
             "selector": {"matchLabels": naming.pool_selector(resource.name, kind)},
             "revisionHistoryLimit": 3,
@@ -274,7 +316,7 @@ def deployment(resource: Resource, kind: WorkerKind, pool: PoolSpec, config_hash
                     "labels": naming.pool_labels(resource.name, kind),
                     "annotations": {
                         **pool.pod_annotations,
-                        naming.CONFIG_HASH_ANNOTATION: config_hash,
+                        naming.CONFIG_HASH_ANNOTATION: resource.config_hashes.get(kind, config_hash),
                         "kubectl.kubernetes.io/default-container": CONTAINER_NAME,
                     },
                 },
@@ -297,7 +339,7 @@ def migration_job(resource: Resource) -> dict[str, Any] | None:
     ``activeDeadlineSeconds``; a failed Job stays for inspection.
     """
     spec = resource.spec
-    if not spec.migrations.enabled:
+    if not spec.migrations.enabled or resource.migration_adopted:
         return None
     settings = [("database.dsn", spec.database.secret_ref)]
     container = {

@@ -42,7 +42,15 @@ from falachefe_runtime.observability.logging import log_context
 from falachefe_runtime.redact import redact_text
 
 from . import apply, autoscaling, metrics, migration, naming
-from .builders import MIGRATION_CONTAINER_NAME, OWNED_KINDS, ObjectRef, Resource, desired_keys, migration_job
+from .builders import (
+    MIGRATION_CONTAINER_NAME,
+    OWNED_KINDS,
+    ObjectRef,
+    Resource,
+    desired_keys,
+    kept_config_hashes,
+    migration_job,
+)
 from .conditions import rfc3339
 from .kubeapi import ApiError, KubeApi
 from .resource import API_VERSION, GROUP, KIND, status_path
@@ -113,7 +121,24 @@ def _slim_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
         "images": sorted(
             {str(c.get("image")) for c in ((spec.get("template") or {}).get("spec") or {}).get("containers") or []}
         ),
+        **_config_annotations(body),
     }
+
+
+def _config_annotations(body: Mapping[str, Any]) -> dict[str, str | None]:
+    """A Deployment's config digest and its pod template's config hash (``builders.kept_config_hashes``)."""
+    template = ((body.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return {
+        "configDigest": ((body.get("metadata") or {}).get("annotations") or {}).get(naming.CONFIG_DIGEST_ANNOTATION),
+        "configHash": (template.get("annotations") or {}).get(naming.CONFIG_HASH_ANNOTATION),
+    }
+
+
+def _reconciled_at(body: Mapping[str, Any], generation: int) -> bool:
+    """Whether the resource's status says its workers were applied for ``generation`` and are Ready."""
+    status = body.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return ready and status.get("observedGeneration") == generation
 
 
 def _slim_resource(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,6 +226,8 @@ class Controller:
         self._applied_worker_image: str | None = None
         self._outcomes: dict[str, migration.Outcome | None] = {}
         self._migration_job_name: tuple[FalachefeSpec, str | None] | None = None
+        #: This pass: the workers run spec.image with no Job of ours (``_migration_adopted``).
+        self._adopted = False
 
     # -- fed by the watches ---------------------------------------------------------
 
@@ -329,6 +356,7 @@ class Controller:
             await self._write_status(body, self._observation(spec, generation, paused=True))
             return
         now = self._clock()
+        self._adopted = self._migration_adopted(body, spec, generation)
         workers = self._worker_image(body, spec)
         if (
             generation != self._applied_generation
@@ -357,6 +385,8 @@ class Controller:
 
         The name is a digest of the Job's manifest: built once per parsed spec, not on every pass.
         """
+        if self._adopted:
+            return None
         if self._migration_job_name is None or self._migration_job_name[0] is not spec:
             manifest = migration_job(Resource(self.name, self.namespace, self._uid or "", spec))
             self._migration_job_name = (spec, manifest["metadata"]["name"] if manifest is not None else None)
@@ -364,6 +394,23 @@ class Controller:
         if name is None:
             return None
         return name, self._owned.get(("Job", name))
+
+    def _migration_adopted(self, body: Mapping[str, Any], spec: FalachefeSpec, generation: int) -> bool:
+        """Whether the workers run ``spec.image`` on a schema it knows without a Job of ours.
+
+        So when an operator before migrations as Jobs made them: its status
+        has no migration and says Ready for this very generation (its
+        workers of spec.image serve). Running that image's migrations again
+        would gain nothing, and an image that old may not know the
+        migration Job's command. Recorded as migrated with no Job, until
+        the next image, whose migration runs as usual.
+        """
+        recorded = self._recorded_migration(body)
+        if recorded:
+            return (
+                recorded.get("image") == spec.image and recorded.get("phase") == "Succeeded" and not recorded.get("job")
+            )
+        return spec.migrations.enabled and _reconciled_at(body, generation)
 
     def _recorded_migration(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
         status = self._written_status if self._written_status is not None else body.get("status") or {}
@@ -389,6 +436,9 @@ class Controller:
         """The migration for ``spec.image`` as the status reports it; reads a finished Job's pods once."""
         job = self._migration_job(spec)
         if job is None:
+            if self._adopted:
+                schema_version = self._recorded_migration(body).get("schemaVersion")
+                return MigrationObservation(spec.image, schema_version, None, "Succeeded")
             return None
         name, seen = job
         recorded = self._recorded_migration(body)
@@ -406,6 +456,28 @@ class Controller:
             )
         return MigrationObservation(recorded.get("image"), recorded.get("schemaVersion"), name, phase, failure=failure)
 
+    async def _live_config_annotations(self, spec: FalachefeSpec) -> dict[WorkerKind, dict[str, str | None]]:
+        """Each existing pool Deployment's config annotations; read from the API when its watch has not listed it."""
+        live = {
+            owned.pool: {k: owned.deployment.get(k) for k in ("configDigest", "configHash")}
+            for owned in self._owned.values()
+            if owned.deployment is not None and owned.pool is not None
+        }
+        for kind, _ in spec.pools.items():
+            if kind in live:
+                continue
+            path = ObjectRef(
+                "apps/v1", "Deployment", "deployments", self.namespace, naming.deployment_name(self.name, kind)
+            )
+            try:
+                _, body = await self._api.request("GET", path.path)
+            except ApiError as error:
+                if error.status == 404:
+                    continue
+                raise
+            live[kind] = _config_annotations(body)
+        return live
+
     async def _read_outcome(self, job: str) -> None:
         """Keep what the finished Job's pods reported; a failed read is tried again on the next pass."""
         selector = f"batch.kubernetes.io/job-name={job}"
@@ -422,7 +494,16 @@ class Controller:
         self, body: dict[str, Any], spec: FalachefeSpec, generation: int, worker_image: str | None
     ) -> None:
         drifted, self._drifted = self._drifted, set()
-        resource = Resource(self.name, self.namespace, str(body["metadata"]["uid"]), spec, worker_image)
+        resource = Resource(
+            self.name, self.namespace, str(body["metadata"]["uid"]), spec, worker_image, migration_adopted=self._adopted
+        )
+        live = await self._live_config_annotations(spec)
+        resource = dataclasses.replace(
+            resource,
+            config_hashes=kept_config_hashes(
+                resource, live, reconciled_by_earlier_operator=_reconciled_at(body, generation)
+            ),
+        )
         self._desired = set(desired_keys(resource))
         # Events that arrive while applying are this apply's own echoes (or older).
         self._applying = True

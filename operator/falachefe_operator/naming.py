@@ -23,6 +23,8 @@ POOL_LABEL = "falachefe.io/pool"
 
 APP_NAME = "falachefe"
 CONFIG_HASH_ANNOTATION = "falachefe.io/config-hash"
+#: On a worker Deployment: the digest of the config its pods are made for (their hash may be an older one).
+CONFIG_DIGEST_ANNOTATION = "falachefe.io/config-digest"
 #: On a migration Job: the image it migrates the database for.
 IMAGE_ANNOTATION = "falachefe.io/image"
 CONFIG_KEY = "config.yaml"

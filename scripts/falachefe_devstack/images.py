@@ -256,7 +256,7 @@ def context_key(repo: Path = REPO) -> str:
     return digest.hexdigest()[:12]
 
 
-def ensure_project_image(buildah: Buildah | None = None, repo: Path = REPO) -> str:
+def ensure_project_image(buildah: Buildah | None = None, repo: Path = REPO, revision: str | None = None) -> str:
     """The image of this tree, built from its Dockerfile unless a build of the same context exists."""
     buildah = buildah or Buildah()
     ref = f"{PROJECT_REPOSITORY}:dev-{context_key(repo)}"
@@ -291,7 +291,7 @@ def ensure_project_image(buildah: Buildah | None = None, repo: Path = REPO) -> s
                 "--build-arg",
                 f"UV_IMAGE={uv_base}",
                 "--build-arg",
-                f"REVISION={_git_revision(repo)}",
+                f"REVISION={revision or _git_revision(repo)}",
                 "--tag",
                 ref,
                 ".",
@@ -390,6 +390,34 @@ def derived_image(base: str, files: dict[str, str], name: str) -> tuple[str, Pat
         for stale in sorted(directory.glob("*.tar"), key=lambda path: path.stat().st_mtime)[:-KEEP_PROJECT_IMAGES]:
             stale.unlink(missing_ok=True)
         return ref, archive
+
+
+#: Images of earlier commits (a previous release, for upgrade tests), kept by commit: never pruned.
+RELEASE_REPOSITORY = "localhost/falachefe-release"
+
+
+def release_image(commit: str) -> tuple[str, Path]:
+    """The project image of an earlier ``commit`` of this repository, and its archive: a previous release.
+
+    Built from ``git archive`` of that commit with that commit's Dockerfile,
+    as its release was, then tagged by commit; a machine that built it once
+    (a warm CI runner) reuses it. The layers before the source are shared
+    with this tree's image when the lock files did not change.
+    """
+    buildah = Buildah()
+    full = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{commit}^{{commit}}"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    ref = f"{RELEASE_REPOSITORY}:{full[:12]}"
+    with _locked(f"release-{full[:12]}"):
+        if buildah.image_id(ref) is None:
+            with tempfile.TemporaryDirectory(prefix="falachefe-release-", dir=cache_root()) as scratch:
+                tree = Path(scratch)
+                archive = subprocess.run(["git", "archive", full], cwd=REPO, capture_output=True, check=True).stdout
+                subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+                built = ensure_project_image(buildah, repo=tree, revision=full[:7])
+                buildah.run(f"tagging {ref}", "tag", built, ref)
+        return ref, export_archive(buildah, ref, buildah.root / "archives-release")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ Falachefe needs pointing at the servers where pods reach them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from nodekit import App
+from nodekit import OPERATOR_NAMESPACE, OPERATOR_RELEASE, App
 
 from falachefe_devstack import toolchain
 from falachefe_devstack.helm import Helm, operator_values
@@ -27,9 +28,6 @@ from falachefe_devstack.seed import seed_tenant
 from falachefe_devstack.stack import LocalStack
 from falachefe_runtime.db.migrate import migrate
 from falachefe_runtime.queues import Queues
-
-OPERATOR_NAMESPACE = "falachefe-system"
-RELEASE = "falachefe-operator"
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +64,10 @@ def operator_release(cluster: LocalStack, helm: Helm) -> str:
     """The operator chart installed as a platform team does, its pod running the image built from this tree."""
     assert cluster.image is not None
     values = operator_values(cluster.image, [], watch={"allNamespaces": True, "namespaces": []})
-    helm.install(RELEASE, OPERATOR_NAMESPACE, values, flags=("--create-namespace", "--wait", "--timeout", "5m"))
-    return RELEASE
+    # The session's release owns the CRD, whichever release had it before (test_operator_upgrade's).
+    flags = ("--create-namespace", "--take-ownership", "--wait", "--timeout", "5m")
+    helm.install(OPERATOR_RELEASE, OPERATOR_NAMESPACE, values, flags=flags)
+    return OPERATOR_RELEASE
 
 
 _redis_databases = itertools.count(1)
@@ -80,6 +80,24 @@ async def app(
     cluster_api: k8s.ApiClient,
     operator_release: str,
     pod_llm: FakeOpenAI,
+) -> AsyncIterator[App]:
+    """One test's Falachefe world, served by the session's operator."""
+    async with world(request, cluster, cluster_api, pod_llm) as made:
+        yield made
+
+
+@pytest.fixture
+async def app_without_operator(
+    request: pytest.FixtureRequest, cluster: LocalStack, cluster_api: k8s.ApiClient, pod_llm: FakeOpenAI
+) -> AsyncIterator[App]:
+    """One test's Falachefe world for a test that installs its own operator."""
+    async with world(request, cluster, cluster_api, pod_llm) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def world(
+    request: pytest.FixtureRequest, cluster: LocalStack, cluster_api: k8s.ApiClient, pod_llm: FakeOpenAI
 ) -> AsyncIterator[App]:
     assert cluster.postgres is not None and cluster.redis is not None
     database = f"e2e_{uuid.uuid4().hex[:10]}"

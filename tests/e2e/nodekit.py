@@ -18,6 +18,10 @@ from falachefe_operator.resource import GROUP, PLURAL, VERSION
 from falachefe_runtime.payloads import PROCESS_MESSAGE, OutboundMessage
 from falachefe_runtime.queues import OUTBOUND_QUEUE, WHATSAPP_QUEUE, Queues
 
+#: The session's operator release (every namespace), installed by conftest's ``operator_release``.
+OPERATOR_NAMESPACE = "falachefe-system"
+OPERATOR_RELEASE = "falachefe-operator"
+
 #: Small pools without autoscaling: enough to see every behaviour on two cores.
 SMALL_POOLS: dict[str, dict[str, Any]] = {
     "auth": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helmchart import Helm
+from helmchart import Helm, apply_crd
 
 from falachefe_devstack import toolchain
 from falachefe_devstack.kube import ControlPlane
@@ -22,7 +22,13 @@ def helm(helm_binary: Path, tmp_path: Path) -> Helm:
     return Helm(helm_binary, tmp_path)
 
 
+@pytest.fixture(scope="session")
+def crd_applied(kube: ControlPlane) -> None:
+    """The Falachefe CRD, once per control plane: the releases the tests install leave it alone."""
+    apply_crd(kube)
+
+
 @pytest.fixture
-def cluster_helm(helm_binary: Path, kube: ControlPlane, tmp_path: Path) -> Helm:
+def cluster_helm(helm_binary: Path, kube: ControlPlane, crd_applied: None, tmp_path: Path) -> Helm:
     """Helm with the local control plane's admin kubeconfig: install, upgrade, uninstall."""
     return Helm(helm_binary, tmp_path, kube.kubeconfig)

@@ -9,10 +9,22 @@ from typing import Any
 from falachefe_devstack.helm import KUBE_VERSION, Helm, HelmError, Manifest
 from falachefe_devstack.helm import OPERATOR_CHART as CHART
 from falachefe_devstack.kube import ControlPlane, kubectl
+from falachefe_operator import crd
 
 REPO = Path(__file__).resolve().parents[2]
 
 __all__ = ["CHART", "KUBE_VERSION", "Helm", "HelmError", "Manifest"]
+
+#: One release per cluster owns the CRD (it is cluster-wide): the tests' releases leave it to ``apply_crd``,
+#: but for the one that checks how the chart installs, upgrades and keeps it.
+WITHOUT_CRDS: dict[str, Any] = {"crds": {"install": False}}
+
+
+def apply_crd(kube: ControlPlane) -> None:
+    """The repository's CRD, applied as a platform team that installs it outside Helm does."""
+    kubectl(kube.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / crd.CRD_PATH))
+    kubectl(kube.kubeconfig, "wait", "--for=condition=Established", f"crd/{crd.CRD_NAME}", "--timeout=60s")
+
 
 #: Value sets other than the defaults, each exercising a switch of the chart.
 NON_DEFAULT_VALUES: dict[str, dict[str, Any]] = {

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import yaml
-from helmchart import CHART, Helm, Manifest, service_account_kubeconfig
+from helmchart import WITHOUT_CRDS, Helm, Manifest, service_account_kubeconfig
 from kubernetes import client as k8s
 
 from falachefe_devstack.kube import ControlPlane, kubectl, temporary_namespace
 from falachefe_devstack.waiting import wait_for
+from falachefe_operator import crd
 
 RELEASE = "fc"
 SERVICE_ACCOUNT = "fc-falachefe-operator"
@@ -69,7 +70,8 @@ def test_install_upgrade_and_uninstall(
     release: str,
     tmp_path: Path,
 ) -> None:
-    notes = cluster_helm.install(release, namespace)
+    # The default values: this release installs (here: takes over, as from chart 0.1.0) and upgrades the CRD.
+    notes = cluster_helm.install(release, namespace, flags=("--take-ownership",))
     assert f"installed as {SERVICE_ACCOUNT} in namespace {namespace}" in notes
     assert f"It watches the namespace {namespace} for Falachefe resources" in notes
     assert f"It may read Secrets by name (never list or watch them) in {namespace} only" in notes
@@ -77,6 +79,9 @@ def test_install_upgrade_and_uninstall(
     installed = cluster_helm.manifest(release, namespace)
     live = live_objects(kube, installed, tmp_path / "installed.yaml")
     assert set(live) == {f"{m['kind']}/{m['metadata'].get('namespace', '')}/{m['metadata']['name']}" for m in installed}
+    owned = live[f"CustomResourceDefinition//{crd.CRD_NAME}"]["metadata"]
+    assert owned["annotations"]["meta.helm.sh/release-name"] == release
+    assert owned["annotations"]["helm.sh/resource-policy"] == "keep"
     deployment = live[f"Deployment/{namespace}/{SERVICE_ACCOUNT}"]
     assert deployment["spec"]["replicas"] == 2
     # By default the rules live in a Role in the release namespace; cluster-wide, only reading CRDs.
@@ -123,6 +128,9 @@ def test_install_upgrade_and_uninstall(
     upgraded = everywhere
 
     cluster_helm.uninstall(release, namespace)
+    # Helm keeps the CRD (helm.sh/resource-policy: keep): deleting it would delete every Falachefe.
+    kept = upgraded.pop(f"CustomResourceDefinition//{crd.CRD_NAME}")
+    assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     for key in upgraded:
         kind, object_namespace, name = key.split("/")
         wait_for(
@@ -130,10 +138,7 @@ def test_install_upgrade_and_uninstall(
             timeout=60,
             what=f"{key} deleted",
         )
-    # Helm never deletes CRDs it installed from crds/.
-    for crd in (CHART / "crds").glob("*.yaml"):
-        for doc in yaml.safe_load_all(crd.read_text()):
-            assert not absent(kube, "customresourcedefinition", doc["metadata"]["name"])
+    assert not absent(kube, "customresourcedefinition", crd.CRD_NAME)
 
 
 @pytest.mark.slow
@@ -147,7 +152,7 @@ def test_the_operator_identity_may_do_its_job_and_nothing_more(
     tmp_path: Path,
 ) -> None:
     """The default install: the operator's job in the release namespace, nothing outside it."""
-    cluster_helm.install(release, namespace)
+    cluster_helm.install(release, namespace, WITHOUT_CRDS)
     operator = service_account_kubeconfig(kube, SERVICE_ACCOUNT, namespace, tmp_path / "operator.kubeconfig")
 
     # Its job, in the namespace it serves: watch Falachefes, write their status, own worker objects.
@@ -215,7 +220,7 @@ def test_all_namespaces_mode_may_read_any_secret_by_name_and_list_none(
     cluster_helm: Helm, kube: ControlPlane, namespace: str, other_namespace: str, release: str, tmp_path: Path
 ) -> None:
     """What the chart's README says of the opt-in cluster-wide mode, checked."""
-    notes = cluster_helm.install(release, namespace, {"watch": {"allNamespaces": True}})
+    notes = cluster_helm.install(release, namespace, {**WITHOUT_CRDS, "watch": {"allNamespaces": True}})
     assert "It watches every namespace" in notes
     assert "It may read any Secret of the cluster by name" in notes
     operator = service_account_kubeconfig(kube, SERVICE_ACCOUNT, namespace, tmp_path / "operator.kubeconfig")
@@ -236,7 +241,9 @@ def test_namespaced_mode_confines_the_operator_to_its_namespaces(
     release: str,
     tmp_path: Path,
 ) -> None:
-    cluster_helm.install(release, namespace, {"watch": {"allNamespaces": False, "namespaces": [namespace]}})
+    cluster_helm.install(
+        release, namespace, {**WITHOUT_CRDS, "watch": {"allNamespaces": False, "namespaces": [namespace]}}
+    )
     operator = service_account_kubeconfig(kube, SERVICE_ACCOUNT, namespace, tmp_path / "operator.kubeconfig")
     assert can_i(operator, "patch", "deployments.apps", namespace)
     assert can_i(operator, "watch", "falachefes.falachefe.io", namespace)

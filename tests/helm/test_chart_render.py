@@ -50,7 +50,7 @@ def test_default_render(helm: Helm) -> None:
     manifests = helm.template(release="rel", namespace="ops")
     kinds = sorted(m["kind"] for m in manifests)
     assert kinds == sorted(
-        ["ServiceAccount", "Deployment", "Service"]
+        ["CustomResourceDefinition", "ServiceAccount", "Deployment", "Service"]
         + ["ClusterRole"] * 3  # the operator's cluster-scoped one (reading CRDs) and the view/edit aggregates
         + ["ClusterRoleBinding"]
         + ["Role", "RoleBinding"] * 2  # the operator's rules in the release namespace, and leader election
@@ -183,6 +183,9 @@ def test_single_replica_without_leader_election_runs_standalone(helm: Helm) -> N
     assert "--standalone" in args
     assert not [arg for arg in args if arg.startswith("--leader-election")]
     assert not any(m["metadata"]["name"].endswith("-leader-election") for m in manifests)
+    # No Lease: an upgrade stops the old operator before the new one starts, never both acting at once.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in one(helm.template(), "Deployment")["spec"]
 
 
 def test_scheduling_and_extras_reach_the_pod(helm: Helm) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helmchart import CHART, REPO, Helm, HelmError
+from helmchart import REPO, Helm, HelmError, apply_crd
 
 from falachefe_devstack.kube import ControlPlane, kubectl
 
@@ -58,8 +58,7 @@ def test_a_typo_in_the_spec_is_refused_before_it_reaches_the_cluster(
 @pytest.fixture
 def falachefe_crd(kube: ControlPlane) -> None:
     """The CRD as the operator chart installs it (Helm does not install CRDs of another chart)."""
-    kubectl(kube.kubeconfig, "apply", "--server-side", "-f", str(CHART / "crds"))
-    kubectl(kube.kubeconfig, "wait", "--for=condition=Established", "crd/falachefes.falachefe.io", "--timeout=60s")
+    apply_crd(kube)
 
 
 @pytest.fixture

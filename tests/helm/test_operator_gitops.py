@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helmchart import Helm, one, service_account_kubeconfig
+from helmchart import WITHOUT_CRDS, Helm, one, service_account_kubeconfig
 from kubernetes import client as k8s
 
 from falachefe_devstack.kube import ControlPlane, kubectl, temporary_namespace
@@ -103,7 +103,9 @@ def start_operator(
 
     def start(values: dict[str, Any]) -> ManagedProcess:
         health, metrics = free_port(), free_port()
-        cluster_helm.install(RELEASE, namespace, {**values, "ports": {"health": health, "metrics": metrics}})
+        cluster_helm.install(
+            RELEASE, namespace, {**WITHOUT_CRDS, **values, "ports": {"health": health, "metrics": metrics}}
+        )
         deployment = one(cluster_helm.manifest(RELEASE, namespace), "Deployment")
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         argv = [program_path(container["command"][0]), *container["command"][1:], *container["args"]]

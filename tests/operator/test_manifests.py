@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import yaml
 from falachefe_operator import builders, naming
 from falachefe_operator.builders import Resource, desired_objects
 from falachefe_operator.spec import FalachefeSpec
-from falachefe_runtime.config import CONFIG_FILE_ENV, RuntimeConfig, env_name
+from falachefe_runtime.config import CONFIG_FILE_ENV, RuntimeConfig, WorkerKind, env_name
 
 UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 
@@ -190,7 +191,10 @@ def test_configmap_holds_the_runtime_config_without_secrets_and_the_runtime_read
     assert "dsn" not in config["database"] and "replica_dsn" not in config["database"]
     assert "url" not in config["redis"]
     assert "api_key" not in config["llm"]
-    assert "otp_secret" not in config["auth"]
+    # Only what the spec sets: the image keeps its own defaults (and an image of another release
+    # never meets a setting it does not know: the runtime refuses unknown keys).
+    assert sorted(config) == ["database", "llm", "observability", "redis"]
+    assert sorted(config["redis"]) == ["queue_prefix"]
     path = tmp_path / "config.yaml"
     path.write_text(text)
     monkeypatch.setenv(CONFIG_FILE_ENV, str(path))
@@ -220,6 +224,32 @@ def test_config_change_rolls_pods_and_image_change_does_not_touch_the_config() -
     assert len(base) == 1
     assert hashes(resource(image="falachefe:1.3")) == base
     assert hashes(resource(logLevel="WARNING")) != base
+
+
+def test_a_deployment_keeps_its_config_hash_while_its_config_is_the_desired_one() -> None:
+    """No roll for a new hash formula: only a changed config rolls (``builders.kept_config_hashes``)."""
+    current = resource()
+    digest = builders.config_digest(builders.runtime_config_yaml(current))
+    crew = WorkerKind.CREW
+
+    def kept(live: dict[str, str | None], *, reconciled: bool = False) -> dict[WorkerKind, str]:
+        return builders.kept_config_hashes(current, {crew: live}, reconciled_by_earlier_operator=reconciled)
+
+    # Made for this config: its hash stays, whatever it is.
+    assert kept({"configDigest": digest, "configHash": "older-formula"}) == {crew: "older-formula"}
+    # Made for another config: the desired hash, the pods roll.
+    assert kept({"configDigest": "0" * 16, "configHash": "older-formula"}) == {}
+    # Made by an operator before digests: kept only if it reconciled this generation.
+    assert kept({"configDigest": None, "configHash": "legacy"}, reconciled=True) == {crew: "legacy"}
+    assert kept({"configDigest": None, "configHash": "legacy"}, reconciled=False) == {}
+
+    adopted = dataclasses.replace(current, config_hashes={crew: "legacy"})
+    deployments = by_key(desired_objects(adopted))
+    template = deployments["Deployment/shop-crew"]["spec"]["template"]["metadata"]["annotations"]
+    assert template[naming.CONFIG_HASH_ANNOTATION] == "legacy"
+    assert deployments["Deployment/shop-crew"]["metadata"]["annotations"][naming.CONFIG_DIGEST_ANNOTATION] == digest
+    auth = deployments["Deployment/shop-auth"]["spec"]["template"]["metadata"]["annotations"]
+    assert auth[naming.CONFIG_HASH_ANNOTATION] == digest
 
 
 def test_same_spec_same_manifests() -> None:
