@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import signal
@@ -79,6 +80,8 @@ from falachefe_runtime.worker.runner import QueueWorker
 REPO = Path(__file__).resolve().parents[1]
 NODE_SCRIPT = REPO / "tests" / "node" / "bullmq.mjs"
 USERS = 100
+#: Set to a directory, each Python worker process dumps a CPU-time profile (cProfile) there.
+PROFILE_ENV = "FALACHEFE_BENCH_PROFILE"
 VARIANTS = ("node no-op", "python no-op", "auth cached", "auth uncached")
 
 
@@ -102,6 +105,8 @@ class PassThroughCache:
 
 
 async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency: int) -> None:
+    profile = os.environ.get(PROFILE_ENV)
+    profiler = cProfile.Profile(time.process_time) if profile else None
     closers: list[Callable[[], Awaitable[Any]]] = []
     if variant == "python no-op":
 
@@ -140,7 +145,12 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(json.dumps({"ready": True}), flush=True)
+    if profiler is not None:
+        profiler.enable()
     await stop.wait()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}/{variant.replace(' ', '-')}.pstats")
     await worker.stop(grace_s=30)
     for close in reversed(closers):
         await close()
