@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as redis
+import uvloop
 from pydantic import BaseModel, ConfigDict
 
 from bench.db_pool import bench_database, seed_users
@@ -333,7 +334,8 @@ def main() -> None:
     parser.add_argument("--queue", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.serve:
-        asyncio.run(serve(arguments.serve, arguments.redis, arguments.dsn, arguments.queue, arguments.concurrency))
+        # As in production (falachefe_runtime.worker.app): uvloop, and hiredis found by redis-py.
+        uvloop.run(serve(arguments.serve, arguments.redis, arguments.dsn, arguments.queue, arguments.concurrency))
     else:
         asyncio.run(run(arguments.jobs, arguments.concurrency, arguments.rounds))
 
