@@ -97,9 +97,16 @@ class PassThroughCache:
     """The cache switched off: every lookup goes to the loader (PostgreSQL)."""
 
     async def get_or_load(
-        self, kind: CacheKind, key: str, loader: Callable[[], Awaitable[Any]], *, scope: Scope
+        self,
+        kind: CacheKind,
+        key: str,
+        loader: Callable[[], Awaitable[Any]],
+        *,
+        scope: Scope,
+        parse: Callable[[Any], Any] | None = None,
     ) -> Any:
-        return await loader()
+        value = json.loads(json.dumps(await loader()))  # what a miss returns: decoded JSON
+        return value if parse is None else parse(value)
 
     async def set(self, kind: CacheKind, key: str, value: Any, *, scope: Scope) -> bool:
         return False

@@ -81,6 +81,15 @@ def refusal(user: UserAuth | None) -> str | None:
     return None
 
 
+def _user(cached: dict[str, Any]) -> UserAuth | None:
+    """A cached user entry as the (frozen) model: parsed once per L1 entry."""
+    return UserAuth.model_validate(cached["user"]) if cached["user"] else None
+
+
+def _session(cached: dict[str, Any]) -> Session | None:
+    return Session.model_validate(cached["session"]) if cached["session"] else None
+
+
 class AuthService:
     def __init__(
         self,
@@ -258,10 +267,10 @@ class AuthService:
         # Company scope only: the user is what the lookup finds. Blocking a
         # user takes effect within cache.ttl.whatsapp_auth_s (5 min), or at
         # once if the app invalidates the company.
-        cached = await self._cache.get_or_load(
-            CacheKind.WHATSAPP_AUTH, phone_key(phone_number), load, scope=Scope(company_id=company_id)
+        user: UserAuth | None = await self._cache.get_or_load(
+            CacheKind.WHATSAPP_AUTH, phone_key(phone_number), load, scope=Scope(company_id=company_id), parse=_user
         )
-        return UserAuth.model_validate(cached["user"]) if cached["user"] else None
+        return user
 
     async def _remember_session(self, company_id: UUID, session: Session) -> None:
         """Replace the cached session with the one just written (other processes' L1 may lag by l1_ttl_s)."""
@@ -279,11 +288,10 @@ class AuthService:
             session = await self._store.active_session(user_id)
             return {"session": session.model_dump(mode="json") if session else None}
 
-        cached = await self._cache.get_or_load(
-            CacheKind.SESSION, "active", load, scope=Scope(company_id=company_id, user_id=user_id)
+        session: Session | None = await self._cache.get_or_load(
+            CacheKind.SESSION, "active", load, scope=Scope(company_id=company_id, user_id=user_id), parse=_session
         )
-        if not cached["session"]:
+        if session is None:
             return None
-        session = Session.model_validate(cached["session"])
         fresh_until = session.expires_at - timedelta(seconds=self._settings.session_ttl_s - SESSION_REFRESH_S)
         return session if datetime.now(UTC) < fresh_until else None
