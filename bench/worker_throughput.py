@@ -10,7 +10,9 @@ worker process with the same concurrency, consuming its own queue:
 
 - ``node no-op``: the Node bullmq 6.x worker of ``tests/node`` doing nothing
   (the baseline: the queue's own cost in the original app's runtime);
-- ``python no-op``: our ``QueueWorker`` (Python bullmq) doing nothing;
+- ``bullmq no-op``: a bare Python bullmq ``Worker`` doing nothing (the
+  library's own cost, on the same uvloop and hiredis);
+- ``python no-op``: our ``QueueWorker`` (around Python bullmq) doing nothing;
 - ``auth cached``: the real auth handler (``process-message``) with the
   two-layer cache warmed (company, user and session from L1);
 - ``auth uncached``: the same handler with the cache swapped for a
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import signal
@@ -49,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as redis
+import uvloop
+from bullmq import Job, Worker
 from pydantic import BaseModel, ConfigDict
 
 from bench.db_pool import bench_database, seed_users
@@ -71,6 +76,7 @@ from falachefe_runtime.config import (
 )
 from falachefe_runtime.db import Database
 from falachefe_runtime.interfaces import ReadThroughCache
+from falachefe_runtime.observability.logging import configure_logging
 from falachefe_runtime.payloads import PROCESS_MESSAGE, ProcessMessage
 from falachefe_runtime.queues import CREW_QUEUE, SEED_JOB_OPTIONS, WHATSAPP_QUEUE, Queues
 from falachefe_runtime.worker.routing import JobInfo, JobResult, Route, Routes
@@ -79,7 +85,9 @@ from falachefe_runtime.worker.runner import QueueWorker
 REPO = Path(__file__).resolve().parents[1]
 NODE_SCRIPT = REPO / "tests" / "node" / "bullmq.mjs"
 USERS = 100
-VARIANTS = ("node no-op", "python no-op", "auth cached", "auth uncached")
+#: Set to a directory, each Python worker process dumps a CPU-time profile (cProfile) there.
+PROFILE_ENV = "FALACHEFE_BENCH_PROFILE"
+VARIANTS = ("node no-op", "bullmq no-op", "python no-op", "auth cached", "auth uncached")
 
 
 # -- the Python worker process (``--serve``) -------------------------------------------
@@ -93,16 +101,46 @@ class PassThroughCache:
     """The cache switched off: every lookup goes to the loader (PostgreSQL)."""
 
     async def get_or_load(
-        self, kind: CacheKind, key: str, loader: Callable[[], Awaitable[Any]], *, scope: Scope
+        self,
+        kind: CacheKind,
+        key: str,
+        loader: Callable[[], Awaitable[Any]],
+        *,
+        scope: Scope,
+        parse: Callable[[Any], Any] | None = None,
     ) -> Any:
-        return await loader()
+        value = json.loads(json.dumps(await loader()))  # what a miss returns: decoded JSON
+        return value if parse is None else parse(value)
 
     async def set(self, kind: CacheKind, key: str, value: Any, *, scope: Scope) -> bool:
         return False
 
 
 async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency: int) -> None:
+    profile = os.environ.get(PROFILE_ENV)
+    profiler = cProfile.Profile(time.process_time) if profile else None
     closers: list[Callable[[], Awaitable[Any]]] = []
+    # Production's logging: one JSON line per job on stderr (the driver sends it to /dev/null).
+    configure_logging("INFO", "json")
+    if variant == "bullmq no-op":
+
+        async def bare(job: Job, token: str) -> None:
+            return None
+
+        bull = Worker(queue, bare, {"concurrency": concurrency, "connection": redis_url, "autorun": False})
+        running = asyncio.create_task(bull.run())
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print(json.dumps({"ready": True}), flush=True)
+        if profiler is not None:
+            profiler.enable()
+        await stop.wait()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}/{variant.replace(' ', '-')}.pstats")
+        await bull.close()
+        await asyncio.wait({running}, timeout=5)
+        return
     if variant == "python no-op":
 
         async def nothing(payload: AnyPayload, info: JobInfo) -> JobResult:
@@ -140,7 +178,12 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(json.dumps({"ready": True}), flush=True)
+    if profiler is not None:
+        profiler.enable()
     await stop.wait()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}/{variant.replace(' ', '-')}.pstats")
     await worker.stop(grace_s=30)
     for close in reversed(closers):
         await close()
@@ -188,7 +231,14 @@ class WorkerProcess:
             argv = [sys.executable, "-m", "bench.worker_throughput", "--serve", variant, "--redis", redis_url]
             argv += ["--dsn", dsn, "--queue", queue, "--concurrency", str(concurrency)]
         self.popen = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=_env()
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            # The Python workers' logs (a JSON line per job), written as in production, then dropped.
+            stderr=None if request is not None else subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+            env=_env(),
         )
         assert self.popen.stdin is not None and self.popen.stdout is not None
         if request is not None:
@@ -300,10 +350,21 @@ async def run(jobs: int, concurrency: int, rounds: int) -> None:
             f"{result.percentile_ms(0.99):>8.0f} {result.per_second / baseline.per_second:>12.2f}x "
             f"{result.cpu_ms_per_job:>11.2f}"
         )
-    cached, uncached = medians[2], medians[3]
+    bare, wrapper, cached, uncached = medians[1:5]
     print(
         f"auth cached / auth uncached: {cached.per_second / uncached.per_second:.2f}x jobs/s, "
         f"p50 {cached.percentile_ms(0.5):.0f} vs {uncached.percentile_ms(0.5):.0f} ms"
+    )
+    cpu_of = {v: statistics.median(r.cpu_ms_per_job for r in rs) for v, rs in results.items()}
+    db_of = {v: statistics.median(r.db_cpu_ms_per_job for r in rs) for v, rs in results.items()}
+    print(
+        "ratios (CPU: medians of rounds): "
+        f"auth cached / node no-op jobs/s {cached.per_second / baseline.per_second:.2f}x; worker CPU per job: "
+        f"python no-op / bullmq no-op {cpu_of[wrapper.variant] / cpu_of[bare.variant]:.2f}x, "
+        f"auth cached / bullmq no-op {cpu_of[cached.variant] / cpu_of[bare.variant]:.2f}x, "
+        f"bullmq no-op / node no-op {cpu_of[bare.variant] / cpu_of[baseline.variant]:.2f}x, "
+        f"auth cached / auth uncached {cpu_of[cached.variant] / cpu_of[uncached.variant]:.2f}x; "
+        f"PostgreSQL CPU per job, auth cached / auth uncached {db_of[cached.variant] / db_of[uncached.variant]:.2f}x"
     )
     spread = {v: [round(r.per_second) for r in rs] for v, rs in results.items()}
     print("jobs/s per round:", json.dumps(spread))
@@ -323,7 +384,8 @@ def main() -> None:
     parser.add_argument("--queue", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.serve:
-        asyncio.run(serve(arguments.serve, arguments.redis, arguments.dsn, arguments.queue, arguments.concurrency))
+        # As in production (falachefe_runtime.worker.app): uvloop, and hiredis found by redis-py.
+        uvloop.run(serve(arguments.serve, arguments.redis, arguments.dsn, arguments.queue, arguments.concurrency))
     else:
         asyncio.run(run(arguments.jobs, arguments.concurrency, arguments.rounds))
 

@@ -25,6 +25,11 @@ class Company(BaseModel):
     is_active: bool
 
 
+def _company(cached: dict[str, Any]) -> Company | None:
+    """A cached company entry as the (frozen) model: parsed once per L1 entry."""
+    return Company.model_validate(cached["company"]) if cached["company"] else None
+
+
 class Companies:
     def __init__(self, db: Database, cache: ReadThroughCache) -> None:
         self._db = db
@@ -42,10 +47,9 @@ class Companies:
             )
             return {"company": Company(**dict(row)).model_dump(mode="json") if row else None}
 
-        cached = await self._cache.get_or_load(
-            CacheKind.COMPANY_CONFIG, "company", load, scope=Scope(company_id=company_id)
+        company: Company | None = await self._cache.get_or_load(
+            CacheKind.COMPANY_CONFIG, "company", load, scope=Scope(company_id=company_id), parse=_company
         )
-        company = Company.model_validate(cached["company"]) if cached["company"] else None
         if company is None or not company.is_active:
             raise PermanentJobError(
                 "unknown_company", f"company {company_id} does not exist or is not active; check the job's companyId"

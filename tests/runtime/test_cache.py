@@ -211,3 +211,31 @@ async def test_set_then_get(redis_url: str, cache: Cache) -> None:
 def test_a_cache_needs_a_redis_url() -> None:
     with pytest.raises(ValueError, match=r"redis\.url is required"):
         Cache(RedisSettings(), CacheSettings())
+
+
+async def test_with_parse_l1_keeps_the_parsed_object_and_a_hit_decodes_nothing(redis_url: str, cache: Cache) -> None:
+    parsed: list[Any] = []
+
+    def parse(value: Any) -> tuple[str, ...]:
+        parsed.append(value)
+        return tuple(value["agents"])
+
+    scope = Scope(company_id=COMPANY)
+    loader = Loader({"agents": ["researcher", "writer"]})
+    first = await cache.get_or_load(CacheKind.CREW_CONFIG, "active", loader, scope=scope, parse=parse)
+    hits = [
+        await cache.get_or_load(CacheKind.CREW_CONFIG, "active", loader, scope=scope, parse=parse) for _ in range(5)
+    ]
+    assert first == ("researcher", "writer") and all(hit is first for hit in hits)
+    assert loader.calls == 1 and len(parsed) == 1
+    # Without parse, the same entry is still decoded afresh for each caller.
+    plain = await cache.get_or_load(CacheKind.CREW_CONFIG, "active", loader, scope=scope)
+    assert plain == {"agents": ["researcher", "writer"]}
+    assert plain is not await cache.get_or_load(CacheKind.CREW_CONFIG, "active", loader, scope=scope)
+    # An L2 hit in another process parses once there; an invalidation drops the object here.
+    async with new_cache(redis_url) as other:
+        again = await other.get_or_load(CacheKind.CREW_CONFIG, "active", loader, scope=scope, parse=parse)
+        assert again == first and again is not first and loader.calls == 1 and len(parsed) == 2
+    await cache.invalidate_company(COMPANY)
+    reloaded = await cache.get_or_load(CacheKind.CREW_CONFIG, "active", loader, scope=scope, parse=parse)
+    assert reloaded == first and reloaded is not first and loader.calls == 2

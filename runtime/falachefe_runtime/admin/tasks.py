@@ -15,7 +15,6 @@ harmless when two runs overlap (a manual run, a retry):
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime
 
 import redis.asyncio as redis
@@ -26,8 +25,6 @@ from falachefe_runtime.db.database import Database
 from falachefe_runtime.observability import metrics
 from falachefe_runtime.payloads import AGGREGATE_METRICS, CLEAN_CACHE, EXPIRE_SESSIONS, AdminTask
 from falachefe_runtime.worker.routing import JobInfo, JobResult
-
-log = logging.getLogger(__name__)
 
 #: Milliseconds between runs: the seed's intervals (hourly, 5 min, 5 min).
 SCHEDULES: dict[str, int] = {
@@ -100,7 +97,7 @@ class AdminTasks:
         counts = {step: await self._in_batches(step, sql, task.batch_size) for step, sql in _EXPIRY_STEPS.items()}
         for step, count in counts.items():
             metrics.ADMIN_TASK_ITEMS.labels(step).inc(count)
-        log.info("expired auth state cleaned up", extra=counts)
+        info.note(**counts)
         return dict(counts)
 
     async def _in_batches(self, step: str, sql: str, batch_size: int) -> int:
@@ -116,7 +113,7 @@ class AdminTasks:
     async def clean_cache(self, task: AdminTask, info: JobInfo) -> JobResult:
         report = await self._sweeper.sweep(task.batch_size)
         metrics.ADMIN_TASK_ITEMS.labels("cache_entries_removed").inc(report.removed)
-        log.info("cache swept", extra={"examined": report.examined, "removed": report.removed})
+        info.note(examined=report.examined, removed=report.removed)
         return {"examined": report.examined, "removed": report.removed, "wrapped": report.wrapped}
 
     async def aggregate_metrics(self, task: AdminTask, info: JobInfo) -> JobResult:

@@ -25,7 +25,6 @@ session. Codes never appear in logs, results or the database (see ``codes``).
 from __future__ import annotations
 
 import hashlib
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -54,8 +53,6 @@ from falachefe_runtime.payloads import (
 from falachefe_runtime.queues import CREW_QUEUE, OUTBOUND_QUEUE, Queues
 from falachefe_runtime.worker.routing import JobInfo, JobResult
 
-log = logging.getLogger(__name__)
-
 #: A cached session is extended in the database only once it is this much
 #: older than a fresh one: a user sending many messages costs one session
 #: write per interval, not one per message.
@@ -82,6 +79,15 @@ def refusal(user: UserAuth | None) -> str | None:
     if not user.is_active:
         return "inactive_user"
     return None
+
+
+def _user(cached: dict[str, Any]) -> UserAuth | None:
+    """A cached user entry as the (frozen) model: parsed once per L1 entry."""
+    return UserAuth.model_validate(cached["user"]) if cached["user"] else None
+
+
+def _session(cached: dict[str, Any]) -> Session | None:
+    return Session.model_validate(cached["session"]) if cached["session"] else None
 
 
 class AuthService:
@@ -127,10 +133,7 @@ class AuthService:
             first, _ = await self._store.record_message(attempt, session_ttl_s=None)
             if first:
                 metrics.AUTH_DECISIONS.labels("message", reason).inc()
-            log.info(
-                "message refused",
-                extra={"phone": mask_phone(message.phone_number), "reason": reason, "duplicate": not first},
-            )
+            info.note(phone=mask_phone(message.phone_number), reason=reason, duplicate=not first)
             return {"outcome": "refused", "reason": reason, "duplicate": not first}
         assert user is not None  # refusal() refuses unknown numbers
 
@@ -148,10 +151,7 @@ class AuthService:
         if first:
             metrics.AUTH_DECISIONS.labels("message", "authorized").inc()
         crew_job = await self._hand_to_crew(message, user.id, session.id)
-        log.info(
-            "message authorized",
-            extra={"phone": mask_phone(message.phone_number), "crew_job_id": crew_job, "duplicate": not first},
-        )
+        info.note(phone=mask_phone(message.phone_number), crew_job_id=crew_job, duplicate=not first)
         return {"outcome": "authorized", "sessionId": str(session.id), "crewJobId": crew_job, "duplicate": not first}
 
     async def _hand_to_crew(self, message: InboundMessage, user_id: UUID, session_id: UUID) -> str:
@@ -183,7 +183,7 @@ class AuthService:
         ):
             reason = "rate_limited"
         if reason is not None:
-            return await self._refuse_link_code(AuthEvent.LINK_CODE_REQUEST, job, user, reason)
+            return await self._refuse_link_code(AuthEvent.LINK_CODE_REQUEST, job, info, user, reason)
 
         code = new_code()
         ttl_s = self._settings.otp_ttl_s
@@ -200,7 +200,7 @@ class AuthService:
             ).model_dump(mode="json", by_alias=True),
         )
         metrics.AUTH_DECISIONS.labels("link_code_request", "code_sent").inc()
-        log.info("link code sent", extra={"phone": mask_phone(job.phone_number)})
+        info.note(phone=mask_phone(job.phone_number))
         expires = datetime.now(UTC) + timedelta(seconds=ttl_s)
         return {"outcome": "code_sent", "expiresAt": expires.isoformat()}
 
@@ -211,7 +211,7 @@ class AuthService:
         user = await self._store.user_by_phone(job.company_id, job.phone_number)
         reason = refusal(user)
         if reason is not None:
-            return await self._refuse_link_code(AuthEvent.LINK_CODE_VERIFY, job, user, reason)
+            return await self._refuse_link_code(AuthEvent.LINK_CODE_VERIFY, job, info, user, reason)
         assert user is not None  # refusal() refuses unknown numbers
 
         def matches(stored_mac: bytes) -> bool:
@@ -228,17 +228,19 @@ class AuthService:
         if session is not None:
             await self._remember_session(job.company_id, session)
         metrics.AUTH_DECISIONS.labels("link_code_verify", outcome.result.value).inc()
-        log.info(
-            "link code checked",
-            extra={"phone": mask_phone(job.phone_number), "result": outcome.result.value},
-        )
+        info.note(phone=mask_phone(job.phone_number))
         result: dict[str, Any] = {"outcome": outcome.result.value, "attemptsLeft": outcome.attempts_left}
         if outcome.result is CodeCheck.VERIFIED and session is not None:
             result["sessionId"] = str(session.id)
         return result
 
     async def _refuse_link_code(
-        self, event: AuthEvent, job: LinkCodeRequest | LinkCodeVerify, user: UserAuth | None, reason: str
+        self,
+        event: AuthEvent,
+        job: LinkCodeRequest | LinkCodeVerify,
+        info: JobInfo,
+        user: UserAuth | None,
+        reason: str,
     ) -> JobResult:
         """Log and count a refused link-code request or check; the job is done, not failed."""
         await self._store.log(
@@ -252,10 +254,7 @@ class AuthService:
             )
         )
         metrics.AUTH_DECISIONS.labels(event.value, reason).inc()
-        log.info(
-            "link code refused",
-            extra={"phone": mask_phone(job.phone_number), "auth_event": event.value, "reason": reason},
-        )
+        info.note(phone=mask_phone(job.phone_number), auth_event=event.value, reason=reason)
         return {"outcome": "refused", "reason": reason}
 
     # -- lookups ---------------------------------------------------------------
@@ -268,10 +267,10 @@ class AuthService:
         # Company scope only: the user is what the lookup finds. Blocking a
         # user takes effect within cache.ttl.whatsapp_auth_s (5 min), or at
         # once if the app invalidates the company.
-        cached = await self._cache.get_or_load(
-            CacheKind.WHATSAPP_AUTH, phone_key(phone_number), load, scope=Scope(company_id=company_id)
+        user: UserAuth | None = await self._cache.get_or_load(
+            CacheKind.WHATSAPP_AUTH, phone_key(phone_number), load, scope=Scope(company_id=company_id), parse=_user
         )
-        return UserAuth.model_validate(cached["user"]) if cached["user"] else None
+        return user
 
     async def _remember_session(self, company_id: UUID, session: Session) -> None:
         """Replace the cached session with the one just written (other processes' L1 may lag by l1_ttl_s)."""
@@ -289,11 +288,10 @@ class AuthService:
             session = await self._store.active_session(user_id)
             return {"session": session.model_dump(mode="json") if session else None}
 
-        cached = await self._cache.get_or_load(
-            CacheKind.SESSION, "active", load, scope=Scope(company_id=company_id, user_id=user_id)
+        session: Session | None = await self._cache.get_or_load(
+            CacheKind.SESSION, "active", load, scope=Scope(company_id=company_id, user_id=user_id), parse=_session
         )
-        if not cached["session"]:
+        if session is None:
             return None
-        session = Session.model_validate(cached["session"])
         fresh_until = session.expires_at - timedelta(seconds=self._settings.session_ttl_s - SESSION_REFRESH_S)
         return session if datetime.now(UTC) < fresh_until else None

@@ -30,7 +30,9 @@ cache until then. Nothing here raises to the caller because Redis failed.
 
 Values must survive JSON (dicts, lists, strings, numbers, booleans, None;
 UUIDs, datetimes and Decimals are written as strings). Every layer returns
-the decoded JSON, so a caller sees the same shape on a hit and on a miss.
+the decoded JSON, so a caller sees the same shape on a hit and on a miss;
+or, given ``parse``, what ``parse`` makes of it (a validated, immutable
+object), which L1 keeps: an L1 hit then decodes and validates nothing.
 """
 
 from __future__ import annotations
@@ -141,6 +143,10 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"a cached value must be JSON-serialisable; got {type(value).__name__}")
 
 
+def _parsed(value: Any, parse: Callable[[Any], Any] | None) -> Any:
+    return value if parse is None else parse(value)
+
+
 def encode(value: Any) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
 
@@ -237,12 +243,17 @@ class Cache:
         self,
         kind: CacheKind | str,
         key: str,
-        loader: Callable[[], Awaitable[T]],
+        loader: Callable[[], Awaitable[Any]],
         *,
         scope: Scope | None = None,
         cache_none: bool = False,
-    ) -> T:
+        parse: Callable[[Any], Any] | None = None,
+    ) -> Any:
         """The cached value of ``key``, else ``await loader()`` (stored for the kind's TTL).
+
+        With ``parse`` (the decoded JSON to an immutable object; always the
+        same function for a kind), the result is ``parse``'s, and L1 keeps
+        it: a hit returns that object as it is.
 
         ``scope`` names the company/user/crew whose invalidation must drop
         this entry; ids in it are part of the key. A loader's ``None`` is
@@ -255,11 +266,16 @@ class Cache:
         epoch, listening = self._epoch, self._listening
         generations = await self._generations_of(members, listening, epoch)
         if generations is None:
-            return await self._bypass(kind, key, members, loader)
+            return _parsed(await self._bypass(kind, key, members, loader), parse)
         entry_key = self.keys.entry(kind, key, members, generations)
+        if parse is not None and listening:
+            entry = self._l1.entry(entry_key)
+            if entry is not None and entry.parsed is not None and entry.parsed[0] is parse:
+                _child(HITS, "l1", kind.value).inc()
+                return entry.parsed[1]
         found = await self._lookup(kind, entry_key, members, epoch=epoch, listening=listening)
         if found is _UNAVAILABLE:
-            return await self._bypass(kind, key, members, loader)
+            return _parsed(await self._bypass(kind, key, members, loader), parse)
         if found is None:
             # Only the load is shared: a hit needs no coordination.
             found = await self._flights.run(
@@ -274,7 +290,14 @@ class Cache:
                     listening=listening,
                 ),
             )
-        return json.loads(found)  # type: ignore[no-any-return]
+        value = json.loads(found)
+        if parse is None:
+            return value
+        value = parse(value)
+        entry = self._l1.entry(entry_key) if listening and epoch == self._epoch else None
+        if entry is not None and entry.payload == found:
+            entry.parsed = (parse, value)
+        return value
 
     async def get(self, kind: CacheKind | str, key: str, *, scope: Scope | None = None) -> Any:
         """The cached value of ``key``, or ``None`` (a miss, or Redis unavailable)."""

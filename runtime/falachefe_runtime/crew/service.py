@@ -18,7 +18,6 @@ hand-off with the stored reply: no kickoff, no LLM call.
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Any
 from uuid import UUID
 
@@ -33,8 +32,6 @@ from falachefe_runtime.observability.logging import mask_phone
 from falachefe_runtime.payloads import SEND_MESSAGE, CrewRequest, OutboundKind, OutboundMessage, ProcessCrew
 from falachefe_runtime.queues import OUTBOUND_QUEUE, Queues
 from falachefe_runtime.worker.routing import JobInfo, JobResult, PermanentJobError
-
-log = logging.getLogger(__name__)
 
 
 def message_hash(text: str) -> str:
@@ -70,7 +67,7 @@ class CrewService:
         stored = await self._store.stored_reply(request.company_id, request.provider_message_id)
         if stored is not None:
             reply_job = await self._send(request, stored)
-            log.info("message already answered; reply handed on again", extra={"reply_job_id": reply_job})
+            info.note(reply_job_id=reply_job)
             return {"outcome": "answered", "source": "stored", "duplicate": True, "replyJobId": reply_job}
 
         crew = await self._active_crew(request.company_id)
@@ -78,15 +75,7 @@ class CrewService:
         metrics.CREW_RESPONSES.labels(source).inc()
         first = await self._store.store_exchange(request, crew.id, reply)
         reply_job = await self._send(request, reply)
-        log.info(
-            "message answered",
-            extra={
-                "phone": mask_phone(request.phone_number),
-                "crew_id": str(crew.id),
-                "source": source,
-                "duplicate": not first,
-            },
-        )
+        info.note(phone=mask_phone(request.phone_number), crew_id=str(crew.id), source=source, duplicate=not first)
         return {"outcome": "answered", "source": source, "duplicate": not first, "replyJobId": reply_job}
 
     async def _active_crew(self, company_id: UUID) -> CrewDefinition:

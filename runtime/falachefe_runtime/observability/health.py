@@ -76,9 +76,10 @@ class HealthServer:
             site = web.TCPSite(runner, self._host, self._ports[role])
             await site.start()
             self._runners.append(runner)
-            server = site._server
-            assert isinstance(server, asyncio.base_events.Server)
-            self.bound[role] = int(server.sockets[0].getsockname()[1])
+            # asyncio's Server or uvloop's (not a subclass of it): both list their sockets.
+            sockets = getattr(site._server, "sockets", None)
+            assert sockets, f"the {role} server has no socket"
+            self.bound[role] = int(sockets[0].getsockname()[1])
         self._heartbeat = asyncio.create_task(self._beat(), name="health-heartbeat")
 
     async def stop(self) -> None:

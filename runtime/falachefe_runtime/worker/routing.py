@@ -11,7 +11,7 @@ offending fields, and stays in the failed set for someone to inspect.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -47,6 +47,12 @@ class JobInfo:
     #: 1 for the first attempt.
     attempt: int
     max_attempts: int
+    #: What the handler added to the job's log line (see ``note``).
+    notes: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def note(self, **fields: Any) -> None:
+        """Add ``fields`` to the one line the worker logs when the job ends (never secrets or whole phones)."""
+        self.notes.update(fields)
 
 
 @dataclass(frozen=True)

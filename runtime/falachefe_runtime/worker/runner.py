@@ -205,7 +205,17 @@ class QueueWorker:
                 log.error("job failed, no attempts left", extra={"reason": reason}, exc_info=True)
             raise
         metrics.JOBS_PROCESSED.labels(self.queue, "completed").inc()
-        log.info("job completed", extra={"duration_s": round(time.monotonic() - started, 4)})
+        # The job's one line: job_id, queue, job_name and attempt come from the log context.
+        outcome = result.get("outcome") if isinstance(result, dict) else None
+        log.info(
+            "job completed",
+            extra={
+                **info.notes,
+                "outcome": outcome if isinstance(outcome, str) else "completed",
+                "max_attempts": info.max_attempts,
+                "duration_s": round(time.monotonic() - started, 4),
+            },
+        )
         return result
 
     async def _hand_back(self, job: Job, token: str, outage: Outage) -> None:
