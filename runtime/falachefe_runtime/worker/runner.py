@@ -269,8 +269,14 @@ class QueueWorker:
         if self._worker is not None and not self._worker.closing:
             self._worker.resume()
 
-    def _on_error(self, error: BaseException, *_: Any) -> None:
-        log.error("bullmq worker error", extra={"queue": self.queue, "error": repr(error)})
+    def _on_error(self, error: BaseException, job: Job | None = None, *_: Any) -> None:
+        """bullmq's own errors (a lost connection, a failed move), with the job they were about if any."""
+        fields: dict[str, Any] = {"queue": self.queue, "error": repr(error)}
+        if isinstance(job, Job):
+            fields["job_id"] = job.id
+            if job.failedReason:
+                fields["reason"] = job.failedReason
+        log.error("bullmq worker error", extra=fields)
 
     def _on_stalled(self, job_id: str, *_: Any) -> None:
         metrics.JOBS_STALLED.labels(self.queue).inc()
