@@ -92,6 +92,20 @@ class QueueReader:
             paused=paused is not None and paused != b"0",
         )
 
+    async def lock_tokens(self, queue: QueueRef) -> list[str | None] | str:
+        """The lock token of each active job (None for a job whose lock lapsed), or why they could not be read."""
+        key = f"{queue.prefix}:{queue.name}"
+        try:
+            async with asyncio.timeout(self._timeout):
+                client = self._client(queue.redis_url)
+                active = await client.lrange(f"{key}:active", 0, -1)
+                if not active:
+                    return []
+                locks = await client.mget([f"{key}:{_text(job)}:lock" for job in active])
+        except (aioredis.RedisError, OSError, TimeoutError, ValueError) as error:
+            return _cause(error, self._timeout)
+        return [None if lock is None else _text(lock) for lock in locks]
+
     def _client(self, url: str) -> aioredis.Redis:
         client = self._clients.get(url)
         if client is None:
@@ -111,6 +125,10 @@ class QueueReader:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _cause(error: BaseException, timeout: float) -> str:
