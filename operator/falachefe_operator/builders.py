@@ -488,6 +488,9 @@ def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str
         {"name": env_name("worker.queue"), "value": pool.queue},
         {"name": env_name("worker.concurrency"), "value": str(pool.concurrency)},
         {"name": env_name("worker.shutdown_grace_s"), "value": str(pool.shutdown_grace_seconds)},
+        {"name": env_name("worker.job_timeout_s"), "value": str(pool.job_timeout_seconds)},
+        # In the worker's bullmq lock tokens: which pods hold jobs (the scale-in's pod-deletion-cost).
+        {"name": env_name("worker.pod_name"), "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     env += [{"name": variable.name, "value": variable.value} for variable in pool.env]
     return env

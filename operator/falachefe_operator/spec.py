@@ -48,7 +48,14 @@ from .scaling import policy as autoscaler
 #: Secret settings the operator gives workers (as files, from the Secrets the spec names).
 OPERATOR_SET_SECRETS = ("database.dsn", "database.replica_dsn", "redis.url", "llm.api_key", "auth.otp_secret")
 #: Runtime config fields the operator sets on every worker by value.
-OPERATOR_SET_FIELDS = ("worker.kind", "worker.queue", "worker.concurrency", "worker.shutdown_grace_s")
+OPERATOR_SET_FIELDS = (
+    "worker.kind",
+    "worker.queue",
+    "worker.concurrency",
+    "worker.shutdown_grace_s",
+    "worker.job_timeout_s",
+    "worker.pod_name",
+)
 #: Environment variables the operator sets itself, or that would compete with
 #: them; ``env`` may not set them. A secret set both from its file and by
 #: value is refused by the runtime, so both spellings are the operator's.
@@ -404,7 +411,22 @@ class EnvVar(_Spec):
     value: str = Field("", max_length=32_768, description="Its value, in plain text: secrets belong in Secrets.")
 
 
+_GRACE_COVERS_TIMEOUT = (
+    f"terminationGracePeriodSeconds must be at least jobTimeoutSeconds + {SHUTDOWN_MARGIN_S}:"
+    f" a worker that scale-in removes gets the grace period less {SHUTDOWN_MARGIN_S} s to finish its jobs"
+)
+
+#: Per pool: the longest one job may run, and a pod grace period that covers it.
+#: A crew job makes several LLM round trips (each up to llm.timeoutSeconds).
+DEFAULT_JOB_TIMEOUT_S = {WorkerKind.AUTH: 20, WorkerKind.CREW: 180, WorkerKind.ADMIN: 20}
+DEFAULT_GRACE_S = {kind: max(30, timeout + SHUTDOWN_MARGIN_S + 5) for kind, timeout in DEFAULT_JOB_TIMEOUT_S.items()}
+
 _POOL_RULES = _cel(
+    {
+        "rule": f"self.terminationGracePeriodSeconds >= self.jobTimeoutSeconds + {SHUTDOWN_MARGIN_S}",
+        "message": _GRACE_COVERS_TIMEOUT,
+        "fieldPath": ".terminationGracePeriodSeconds",
+    },
     {
         "rule": "self.minReplicas <= self.maxReplicas",
         "message": "minReplicas must not exceed maxReplicas",
@@ -429,12 +451,8 @@ class PoolSpec(_Spec):
     min_replicas: int = Field(1, ge=0, le=1000, description="Fewest workers, even with an empty queue (0 is allowed).")
     max_replicas: int = Field(10, ge=1, le=1000, description="Most workers the autoscaler may run.")
     autoscaling: AutoscalingSpec = AutoscalingSpec()
-    termination_grace_period_seconds: int = Field(
-        30,
-        ge=SHUTDOWN_MARGIN_S + 1,
-        le=86_400,
-        description=f"Pod grace period; workers get {SHUTDOWN_MARGIN_S} s less to finish in-flight jobs.",
-    )
+    job_timeout_seconds: int
+    termination_grace_period_seconds: int
     node_selector: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=64, description="Labels a worker's node must have (the pods' nodeSelector)."
     )
@@ -460,6 +478,8 @@ class PoolSpec(_Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> PoolSpec:
+        if self.termination_grace_period_seconds < self.job_timeout_seconds + SHUTDOWN_MARGIN_S:
+            raise ValueError(_GRACE_COVERS_TIMEOUT)
         if self.min_replicas > self.max_replicas:
             raise ValueError("minReplicas must not exceed maxReplicas")
         reserved = sorted({variable.name for variable in self.env} & set(RESERVED_ENV))
@@ -487,11 +507,34 @@ def _concurrency(kind: WorkerKind) -> Any:
     return Field(DEFAULT_CONCURRENCY[kind], ge=1, le=1000, description="Jobs each worker runs at once.")
 
 
+def _job_timeout(kind: WorkerKind) -> Any:
+    return Field(
+        DEFAULT_JOB_TIMEOUT_S[kind],
+        ge=1,
+        le=86_400 - SHUTDOWN_MARGIN_S,
+        description="A job running longer is stopped and fails (retried as its attempts allow);"
+        " terminationGracePeriodSeconds must cover it, so scale-in never cuts a job short.",
+    )
+
+
+def _grace(kind: WorkerKind) -> Any:
+    return Field(
+        DEFAULT_GRACE_S[kind],
+        ge=SHUTDOWN_MARGIN_S + 1,
+        le=86_400,
+        description=f"Pod grace period; workers get {SHUTDOWN_MARGIN_S} s less to finish in-flight jobs,"
+        " then give the unfinished ones back to the queue. At least jobTimeoutSeconds"
+        f" + {SHUTDOWN_MARGIN_S}.",
+    )
+
+
 class AuthPoolSpec(PoolSpec):
     """Phone authentication and sessions: light, latency-sensitive jobs."""
 
     queue: str = _queue(WorkerKind.AUTH)
     concurrency: int = _concurrency(WorkerKind.AUTH)
+    job_timeout_seconds: int = _job_timeout(WorkerKind.AUTH)
+    termination_grace_period_seconds: int = _grace(WorkerKind.AUTH)
     resources: ResourceRequirements = ResourceRequirements(
         requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "512Mi"}
     )
@@ -502,6 +545,8 @@ class CrewPoolSpec(PoolSpec):
 
     queue: str = _queue(WorkerKind.CREW)
     concurrency: int = _concurrency(WorkerKind.CREW)
+    job_timeout_seconds: int = _job_timeout(WorkerKind.CREW)
+    termination_grace_period_seconds: int = _grace(WorkerKind.CREW)
     resources: ResourceRequirements = ResourceRequirements(
         requests={"cpu": "250m", "memory": "512Mi"}, limits={"memory": "2Gi"}
     )
@@ -512,6 +557,8 @@ class AdminPoolSpec(PoolSpec):
 
     queue: str = _queue(WorkerKind.ADMIN)
     concurrency: int = _concurrency(WorkerKind.ADMIN)
+    job_timeout_seconds: int = _job_timeout(WorkerKind.ADMIN)
+    termination_grace_period_seconds: int = _grace(WorkerKind.ADMIN)
     resources: ResourceRequirements = ResourceRequirements(
         requests={"cpu": "50m", "memory": "128Mi"}, limits={"memory": "512Mi"}
     )

@@ -82,6 +82,10 @@ DEFAULT_CONCURRENCY: dict[WorkerKind, int] = {
     WorkerKind.ADMIN: 1,
 }
 
+#: Between a pod's name and a random suffix in a worker's bullmq id, so in
+#: its jobs' lock tokens (``<pod>/<suffix>:<n>``); no pod name contains it.
+LOCK_HOLDER_SEPARATOR = "/"
+
 Seconds = Annotated[float, Field(gt=0)]
 
 
@@ -201,6 +205,12 @@ class WorkerSettings(_Section):
     shutdown_grace_s: Seconds = 25.0
     #: Threads that run blocking CrewAI kickoffs (crew workers only).
     crew_threads: int = Field(4, ge=1, le=64)
+    #: A job running longer fails (and is retried as its attempts allow); unset, jobs run as long as they take.
+    job_timeout_s: Seconds | None = None
+    #: The pod the worker runs in (the operator sets it from the Downward API):
+    #: written into the worker's bullmq lock tokens, so the operator can tell
+    #: which pods hold jobs and have scale-in remove idle ones first.
+    pod_name: str | None = Field(None, min_length=1, max_length=253, pattern=r"^[^:/]+$")
 
     @property
     def queue_name(self) -> str:

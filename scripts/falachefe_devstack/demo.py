@@ -283,6 +283,7 @@ class Demo:
                         "minReplicas": POOL_BOUNDS[WorkerKind.CREW][0],
                         "maxReplicas": POOL_BOUNDS[WorkerKind.CREW][1],
                         "terminationGracePeriodSeconds": 60,
+                        "jobTimeoutSeconds": 50,
                         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
                         "autoscaling": {
                             "pollingIntervalSeconds": 2,

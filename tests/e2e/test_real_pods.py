@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -163,3 +164,58 @@ def _ready_since(pod: k8s.V1Pod) -> datetime | None:
         if condition.type == "Ready" and condition.status == "True":
             return condition.last_transition_time  # type: ignore[no-any-return]
     return None
+
+
+async def test_scale_in_during_a_long_crew_job_removes_the_idle_pods_and_loses_nothing(app: App) -> None:
+    """Three crew pods, one answering slowly; the autoscaler shrinks the pool to one: the busy pod is the one kept."""
+
+    def crew_pool(min_replicas: int) -> dict[str, Any]:
+        return {
+            **SMALL_POOLS["crew"],
+            "minReplicas": min_replicas,
+            "maxReplicas": 3,
+            "autoscaling": {
+                "pollingIntervalSeconds": 1,
+                "targetQueueDepthPerReplica": 3,
+                "targetCPUUtilizationPercentage": 0,
+                "behavior": {
+                    "scaleDown": {
+                        "stabilizationWindowSeconds": 0,
+                        "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}],
+                    }
+                },
+            },
+        }
+
+    app.apply(app.falachefe(pools={"auth": SMALL_POOLS["auth"], "crew": crew_pool(3)}))
+    await asyncio.to_thread(app.wait_ready, "app", 300)
+    assert len(app.pods(pool_selector(WorkerKind.CREW))) == 3
+    app.llm.delay_s = 20.0
+    try:
+        sent = await send_messages(app, 1, text="Uma pergunta longa")
+
+        async def one_pod_on_the_llm() -> set[str] | None:
+            callers = set(app.llm.callers_in_flight())
+            return callers or None
+
+        busy_ips = await async_wait_for(one_pod_on_the_llm, timeout=120, interval=0.2, what="a crew job in flight")
+        busy = [pod.metadata.name for pod in app.pods(pool_selector(WorkerKind.CREW)) if pod.status.pod_ip in busy_ips]
+        app.apply(app.falachefe(pools={"auth": SMALL_POOLS["auth"], "crew": crew_pool(1)}))
+
+        async def one_crew_pod_left() -> list[str] | None:
+            crew = app.pods(pool_selector(WorkerKind.CREW))
+            pods = [pod.metadata.name for pod in crew if not pod.metadata.deletion_timestamp]
+            return pods if len(pods) == 1 else None
+
+        survivors = await async_wait_for(one_crew_pod_left, timeout=60, interval=0.2, what="scaled in to one crew pod")
+
+        async def all_answered() -> bool:
+            return set(sent) <= set(await replies(app.queues))
+
+        await async_wait_for(all_answered, timeout=120, interval=1.0, what="the message answered")
+    finally:
+        app.llm.delay_s = 0.0
+    assert survivors == busy, (survivors, busy)
+    counts = await app.queues.counts("crewai-processing", ("failed", "completed", "wait", "delayed", "active"))
+    assert counts == {"failed": 0, "completed": 1, "wait": 0, "delayed": 0, "active": 0}, counts
+    assert len(await replies(app.queues)) == 1  # replies() also fails on a message answered twice

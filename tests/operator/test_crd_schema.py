@@ -150,6 +150,10 @@ INVALID = {
         {"auth": {}},
         ["spec.auth", "auth.otpSecretRef is required when pools.auth is set"],
     ),
+    "grace-shorter-than-job-timeout": (
+        {"pools": {"auth": {}, "crew": {"terminationGracePeriodSeconds": 60}}},
+        ["spec.pools.crew.terminationGracePeriodSeconds", "must be at least jobTimeoutSeconds + 5"],
+    ),
     "reserved-env": (
         {"pools": {"auth": {"env": [{"name": "FALACHEFE_WORKER__QUEUE", "value": "x"}]}}},
         ["spec.pools.auth.env", "env may not set a variable the operator manages"],

@@ -24,7 +24,10 @@ def resource(**spec: Any) -> Resource:
         "redis": {"secretRef": {"name": "redis"}},
         "llm": {"model": "gpt-x", "baseURL": "http://llm:8000/v1", "apiKeySecretRef": {"name": "llm"}},
         "auth": {"otpSecretRef": {"name": "otp"}},
-        "pools": {"auth": {"minReplicas": 2}, "crew": {"minReplicas": 0, "terminationGracePeriodSeconds": 90}},
+        "pools": {
+            "auth": {"minReplicas": 2},
+            "crew": {"minReplicas": 0, "terminationGracePeriodSeconds": 90, "jobTimeoutSeconds": 80},
+        },
     }
     base.update(spec)
     parsed = FalachefeSpec.model_validate(base)
@@ -115,7 +118,10 @@ def test_secrets_are_files_and_each_pool_gets_only_the_ones_it_uses() -> None:
         deployment = objects[f"Deployment/shop-{pool}"]
         variables = env(deployment)
         # No secret in the environment: only the path of its file.
-        assert not [value for value in variables.values() if isinstance(value, dict)]
+        # (the one valueFrom is the pod's own name, from the Downward API).
+        assert [value for value in variables.values() if isinstance(value, dict)] == [
+            {"fieldRef": {"fieldPath": "metadata.name"}}
+        ]
         assert {name: value for name, value in variables.items() if name.endswith("_FILE") and "__" in name} == {
             env_name(setting) + "_FILE": f"/var/run/secrets/falachefe/{setting}" for setting in secrets
         }

@@ -90,10 +90,22 @@ def test_camel_case_aliases_including_the_acronyms() -> None:
 
 
 def test_shutdown_grace_stays_inside_the_pod_grace_period() -> None:
-    spec = FalachefeSpec.model_validate(minimal(crew={"terminationGracePeriodSeconds": 120}))
+    spec = FalachefeSpec.model_validate(minimal(crew={"terminationGracePeriodSeconds": 120, "jobTimeoutSeconds": 100}))
     assert spec.pools.crew is not None
     assert spec.pools.crew.shutdown_grace_seconds == 115
     assert "terminationGracePeriodSeconds" in refused(minimal(auth={"terminationGracePeriodSeconds": 5}))
+
+
+def test_each_pools_default_grace_period_covers_its_job_timeout() -> None:
+    spec = FalachefeSpec.model_validate(minimal(auth={}, crew={}, admin={}))
+    for _, pool in spec.pools.items():
+        assert pool.shutdown_grace_seconds >= pool.job_timeout_seconds
+    assert spec.pools.crew is not None and spec.pools.crew.job_timeout_seconds == 180
+
+
+def test_a_grace_period_shorter_than_the_job_timeout_is_refused_naming_both_fields() -> None:
+    problem = refused(minimal(crew={"terminationGracePeriodSeconds": 30}))
+    assert "terminationGracePeriodSeconds must be at least jobTimeoutSeconds + 5" in problem
 
 
 @pytest.mark.parametrize(

@@ -160,7 +160,7 @@ async def test_sigterm_lets_in_flight_jobs_finish_takes_no_new_ones_and_exits_0(
     assert {record["queue"] for record in completed} == {CREW_QUEUE}
 
 
-async def test_jobs_still_running_when_the_grace_period_ends_are_abandoned_and_the_exit_code_says_so(
+async def test_jobs_still_running_when_the_grace_period_ends_go_back_to_the_queue_and_the_exit_code_says_so(
     values: dict[str, Any],
     tmp_path: Path,
     workers: list[WorkerProcess],
@@ -179,7 +179,11 @@ async def test_jobs_still_running_when_the_grace_period_ends_are_abandoned_and_t
     worker.send(signal.SIGTERM)
     # The kickoff threads cannot be interrupted; the process must not wait for them.
     assert worker.wait(60) == 1, worker.log()
-    assert "shutdown grace period over, abandoning in-flight jobs to another worker" in worker.log()
-    # Nothing was stored; the jobs stay active until their locks expire and another worker takes them.
-    assert (await queues.counts(CREW_QUEUE))["active"] == 3
+    assert "shutdown grace period over, giving in-flight jobs back to the queue" in worker.log()
+    # Nothing was stored; the jobs are back in the queue now, not once their locks expire, no attempt spent.
+    counts = await queues.counts(CREW_QUEUE)
+    assert counts["active"] == 0 and counts["wait"] + counts["delayed"] == 3, counts
+    for job in await queues.queue(CREW_QUEUE).getJobs(["wait", "delayed"], 0, -1):
+        assert job.attemptsMade == 0
     assert await sql.fetchval("SELECT count(*) FROM messages") == 0
+    assert (await queues.counts(OUTBOUND_QUEUE))["wait"] == 0

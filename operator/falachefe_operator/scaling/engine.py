@@ -15,7 +15,10 @@ A step:
    utilisation (the pod watch's index and metrics.k8s.io, read once per
    namespace or cluster per interval and shared), concurrently;
 3. decides (``decision.decide``, pure);
-4. when the decision differs from the current size, writes ``spec.replicas``
+4. before lowering the size, sets each pod's ``pod-deletion-cost`` to the
+   jobs it holds, so the ReplicaSet controller removes idle pods first
+   (``deletion_cost``);
+5. when the decision differs from the current size, writes ``spec.replicas``
    through the Deployment's *scale subresource* as a compare-and-swap (a
    JSON patch that tests the size read in 1), so a concurrent resize (a
    person's ``kubectl scale``) makes the write fail and the next poll
@@ -43,6 +46,7 @@ from ..kubeapi import ApiError, KubeApi
 from ..podindex import PodIndex
 from .cpu import CpuReader, PodMetricsCache
 from .decision import Decision, decide
+from .deletion_cost import mark_busy_pods
 from .history import History
 from .metrics import ScalingMetrics, default_metrics
 from .observation import CpuSample, MetricUnavailable, Observation, QueueCounts
@@ -171,6 +175,17 @@ class Autoscaler:
         history = decision.history
         messages = [str(u) for u in observation.unavailable]
         scaled = False
+        if decision.desired_replicas < current:
+            unmarked = await mark_busy_pods(
+                self._api,
+                self._queues,
+                namespace=target.namespace,
+                selector=target.selector,
+                queue=target.queue,
+                timeout=self._timeout,
+            )
+            if unmarked is not None:
+                messages.append(f"{where}: {unmarked}")
         if decision.desired_replicas != current:
             problem = await self._scale(target, current, decision.desired_replicas)
             if problem is None:

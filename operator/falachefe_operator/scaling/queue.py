@@ -139,6 +139,20 @@ class QueueReader:
             part = replies[index * _COMMANDS_PER_QUEUE : (index + 1) * _COMMANDS_PER_QUEUE]
             _settle(pending, _counts(part))
 
+    async def lock_tokens(self, queue: QueueRef) -> list[str | None] | str:
+        """The lock token of each active job (None for a job whose lock lapsed), or why they could not be read."""
+        key = f"{queue.prefix}:{queue.name}"
+        try:
+            async with asyncio.timeout(self._timeout):
+                client = self._client(queue.redis_url)
+                active = await client.lrange(f"{key}:active", 0, -1)
+                if not active:
+                    return []
+                locks = await client.mget([f"{key}:{_text(job)}:lock" for job in active])
+        except (aioredis.RedisError, OSError, TimeoutError, ValueError) as error:
+            return _cause(error, self._timeout)
+        return [None if lock is None else _text(lock) for lock in locks]
+
     def _client(self, url: str) -> aioredis.Redis:
         client = self._clients.get(url)
         if client is None:
@@ -196,6 +210,10 @@ def _counts(replies: list[Any]) -> QueueCounts:
 def _settle(pending: _Pending, result: QueueCounts | MetricUnavailable) -> None:
     if not pending.result.done():
         pending.result.set_result(result)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _cause(error: BaseException, timeout: float) -> str:

@@ -13,6 +13,11 @@
 
 A message already answered (a redelivered job) skips straight to step 3's
 hand-off with the stored reply: no kickoff, no LLM call.
+
+Step 3 runs inside ``JobInfo.commit``: a run its worker gave up on (the
+pod stopped, the job timed out, or its lock passed to another worker
+while the crew thought) stores and sends nothing, so the job's next run
+is the only one that answers.
 """
 
 from __future__ import annotations
@@ -66,15 +71,17 @@ class CrewService:
         company = await self._companies.active(request.company_id)
         stored = await self._store.stored_reply(request.company_id, request.provider_message_id)
         if stored is not None:
-            reply_job = await self._send(request, stored)
+            async with info.commit():
+                reply_job = await self._send(request, stored)
             info.note(reply_job_id=reply_job)
             return {"outcome": "answered", "source": "stored", "duplicate": True, "replyJobId": reply_job}
 
         crew = await self._active_crew(request.company_id)
         reply, source = await self._answer(crew, request.text, company.name)
         metrics.CREW_RESPONSES.labels(source).inc()
-        first = await self._store.store_exchange(request, crew.id, reply)
-        reply_job = await self._send(request, reply)
+        async with info.commit():
+            first = await self._store.store_exchange(request, crew.id, reply)
+            reply_job = await self._send(request, reply)
         info.note(phone=mask_phone(request.phone_number), crew_id=str(crew.id), source=source, duplicate=not first)
         return {"outcome": "answered", "source": source, "duplicate": not first, "replyJobId": reply_job}
 

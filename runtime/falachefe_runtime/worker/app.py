@@ -6,8 +6,8 @@ pool's handlers and starts consuming. SIGTERM (what the
 kubelet sends) or SIGINT starts a graceful stop: ``/readyz`` turns 503, the
 worker takes no new job, in-flight jobs get ``worker.shutdown_grace_s`` to
 finish, and the process exits 0. If the grace period runs out the
-remaining jobs are abandoned to another worker (their locks expire) and
-the exit code is 1. A worker loop that dies on its own also exits 1, so
+remaining jobs go back to the queue at once, for another worker, and the
+exit code is 1. A worker loop that dies on its own also exits 1, so
 the kubelet restarts the container.
 
 While a dependency (PostgreSQL, Redis) is down the worker takes no jobs,
@@ -195,6 +195,8 @@ async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
             settings=config.queues,
             name=kind.value,
             guard=guard,
+            job_timeout_s=config.worker.job_timeout_s,
+            holder=config.worker.pod_name,
         )
         resources.closers.append(guard.close)
         await worker.start()

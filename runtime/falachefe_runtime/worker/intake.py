@@ -14,6 +14,11 @@ the job's ``data`` becomes an ``UnreadableData`` naming the field; the
 router fails such a job at once and for good (``PermanentJobError``), so it
 lands in the failed set with the field named, on its first attempt.
 
+The intake names the pod it runs in (``holder``) in every lock token it
+takes jobs with (bullmq's tokens are ``<worker id>:<n>``, the worker id
+becomes ``<pod>/<random>``): whoever reads a job's lock in Redis, the
+operator choosing which pods scale-in removes, knows which pod runs it.
+
 The intake also applies the runtime's retention of failed jobs to every job
 it takes, whoever produced it: the original app's producers ask for
 ``removeOnFail: 50`` (a count), which deletes failures before anyone can
@@ -24,11 +29,13 @@ fails it, so the worker's choice is the one that holds.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from bullmq import Worker
 from bullmq.job import Job
 
+from falachefe_runtime.config import LOCK_HOLDER_SEPARATOR
 from falachefe_runtime.worker.routing import UnreadableData
 
 #: The most a job's ``data`` may hold, as stored: ten times the largest valid
@@ -82,9 +89,12 @@ def _json_problem(error: Exception) -> str:
 class JobIntake(Worker):  # type: ignore[misc]  # bullmq is untyped
     """A bullmq ``Worker`` that gives every job it takes a verdict and the runtime's failed-job retention."""
 
-    def __init__(self, *args: Any, keep_failed: dict[str, int], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, keep_failed: dict[str, int], holder: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._keep_failed = keep_failed
+        if holder:
+            # Read by bullmq's run loop for every token it makes (``f"{self.id}:{n}"``).
+            self.id = f"{holder}{LOCK_HOLDER_SEPARATOR}{uuid.uuid4().hex[:12]}"
 
     async def nextJobFromJobData(  # bullmq's name
         self,

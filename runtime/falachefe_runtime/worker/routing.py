@@ -10,7 +10,9 @@ offending fields, and stays in the failed set for someone to inspect.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -37,6 +39,19 @@ class PermanentJobError(Exception):
         self.detail = detail
 
 
+class JobLost(Exception):
+    """The job is no longer this run's: its worker gave it back while stopping, or another worker holds it.
+
+    Whatever the run computed is dropped: nothing may be stored or sent for
+    it, since the job's next run (or its current owner) does that.
+    """
+
+
+@contextlib.asynccontextmanager
+async def _unfenced() -> AsyncIterator[None]:
+    yield
+
+
 @dataclass(frozen=True)
 class JobInfo:
     """The job facts a handler may need besides its payload."""
@@ -47,6 +62,12 @@ class JobInfo:
     #: 1 for the first attempt.
     attempt: int
     max_attempts: int
+    #: ``async with info.commit():`` around what a handler writes or sends
+    #: once its slow part is done: raises ``JobLost`` unless the job is still
+    #: this run's, and while inside, the worker neither gives the job back nor
+    #: times it out. So a run the worker abandoned never writes after the
+    #: job's next run started.
+    commit: Callable[[], AbstractAsyncContextManager[None]] = field(default=_unfenced, repr=False, compare=False)
     #: What the handler added to the job's log line (see ``note``).
     notes: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

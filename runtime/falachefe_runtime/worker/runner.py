@@ -23,6 +23,15 @@ Why the options are what they are (bullmq 3.x, checked against its source):
   already started; a job one of them takes is handed back too, rather than
   kept unprocessed (its lock would expire during a long outage, and the
   stalled check would count it against ``maxStalledCount``).
+- A worker that must stop with jobs unfinished (its grace period is over)
+  gives them back to the queue at once, without spending an attempt,
+  rather than leaving them to the stalled check after their locks expire;
+  a job that runs past ``worker.job_timeout_s`` fails (and is retried as
+  its attempts allow). Either way the run's handler is cancelled, unless
+  it is inside ``JobInfo.commit`` (storing or sending its result: short),
+  and ``commit`` refuses a run that is no longer the job's, so a run given
+  up on never stores or sends after the job's next run started. A CrewAI
+  kickoff thread cannot be stopped; what it returns is dropped.
 - Jobs are taken through ``JobIntake``: one whose stored fields do not
   decode fails at once, naming the field, instead of staying in ``active``;
   every failed job is kept ``queues.failed_retention_days``, whatever its
@@ -32,11 +41,14 @@ Why the options are what they are (bullmq 3.x, checked against its source):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from bullmq import DelayedError, UnrecoverableError
+from bullmq import DelayedError, Queue, UnrecoverableError
 from bullmq.job import Job
 
 from falachefe_runtime.config import QueueSettings
@@ -45,7 +57,7 @@ from falachefe_runtime.observability.logging import log_context
 from falachefe_runtime.queues import with_socket_timeout
 from falachefe_runtime.worker.intake import JobIntake
 from falachefe_runtime.worker.outages import DependencyGuard, Outage
-from falachefe_runtime.worker.routing import JobInfo, JobResult, PermanentJobError, Routes, unknown_job
+from falachefe_runtime.worker.routing import JobInfo, JobLost, JobResult, PermanentJobError, Routes, unknown_job
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +65,13 @@ log = logging.getLogger(__name__)
 DRAIN_DELAY_S = 5
 #: A job handed back during an outage is due again after this long (any worker may take it then).
 RETURN_DELAY_MS = 1000
+#: After the grace period, how long ``stop()`` waits for abandoned jobs to be given back
+#: (and for jobs that were storing their result to finish).
+GIVE_BACK_S = 3.0
+
+
+class JobTimedOut(TimeoutError):
+    """The job ran longer than ``worker.job_timeout_s``."""
 
 
 class QueueWorker:
@@ -70,6 +89,8 @@ class QueueWorker:
         socket_timeout_s: float = 5.0,
         name: str | None = None,
         guard: DependencyGuard | None = None,
+        job_timeout_s: float | None = None,
+        holder: str | None = None,
     ) -> None:
         self.queue = queue
         self._routes = routes
@@ -86,6 +107,19 @@ class QueueWorker:
         #: Tokens of jobs handed back straight from a fetch while paused (see ``_hand_back_fetched``).
         self._handed_back: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._job_timeout_s = job_timeout_s
+        #: The pod this worker runs in, written into its jobs' lock tokens (see ``JobIntake``).
+        self._holder = holder
+        # By job id (bullmq 3 may give jobs fetched together one token): the job, its lock
+        # token and the task running its handler, which may be cancelled (``_end``).
+        self._handlers: dict[str, tuple[Job, str, asyncio.Future[JobResult]]] = {}
+        #: Its own connection for lock checks and giving jobs back: stop() closes the worker's.
+        self._control: Queue | None = None
+        #: Ids of jobs inside ``JobInfo.commit``: never cancelled there.
+        self._committing: set[str] = set()
+        #: Ids of jobs ``stop()`` gave up on, and of jobs that ran out of time.
+        self._abandoned: set[str] = set()
+        self._timed_out: set[str] = set()
 
     async def start(self) -> None:
         settings = self._settings
@@ -101,10 +135,11 @@ class QueueWorker:
         }
         if self._name:
             opts["name"] = self._name
-        worker = JobIntake(self.queue, self._process, opts, keep_failed=settings.keep_failed)
+        worker = JobIntake(self.queue, self._process, opts, keep_failed=settings.keep_failed, holder=self._holder)
         worker.on("error", self._on_error)
         worker.on("stalled", self._on_stalled)
         self._worker = worker
+        self._control = Queue(self.queue, {"connection": self._url, "prefix": self._prefix})
         if self._guard is not None:
             self._guard.attach(self._pause, self._resume)
         self._run = asyncio.create_task(worker.run(), name=f"bullmq-worker:{self.queue}")
@@ -125,8 +160,9 @@ class QueueWorker:
     async def stop(self, grace_s: float) -> bool:
         """Take no new jobs; wait up to ``grace_s`` for in-flight ones. True if they all finished.
 
-        Jobs still running after the grace period are abandoned: their locks
-        expire and another worker's stalled check puts them back in ``wait``.
+        Jobs still running after the grace period are given back to the
+        queue at once (another worker takes them now, not once their locks
+        expire), and their runs here can no longer store or send anything.
         """
         worker = self._worker
         if worker is None:
@@ -136,14 +172,27 @@ class QueueWorker:
         finished = bool(done)
         if not finished:
             log.error(
-                "shutdown grace period over, abandoning in-flight jobs to another worker",
+                "shutdown grace period over, giving in-flight jobs back to the queue",
                 extra={"queue": self.queue, "in_flight": self._in_flight, "grace_s": grace_s},
             )
-            await worker.close(force=True)
-            await asyncio.wait({closing}, timeout=5)
+            await self._give_back_all()
+            done, _ = await asyncio.wait({closing}, timeout=GIVE_BACK_S)
+            if not done:  # a run that ignores its cancellation (its job is back in the queue already)
+                await worker.close(force=True)
+                await asyncio.wait({closing}, timeout=5)
         if self._run is not None:
             await asyncio.wait({self._run}, timeout=5)
+        if self._control is not None:
+            await self._control.close()
         return finished
+
+    async def _give_back_all(self) -> None:
+        """Cancel every running job's handler (not one committing its result) and give its job back now."""
+        abandoned = []
+        for job_id, (job, token, _) in list(self._handlers.items()):
+            if self._end(job_id, self._abandoned):
+                abandoned.append(self._hand_back(job, token, None, delay_ms=0))
+        await asyncio.gather(*abandoned)
 
     async def _process(self, job: Job, token: str) -> JobResult:
         if token in self._handed_back:  # already given back from its fetch (see _hand_back_fetched)
@@ -151,7 +200,14 @@ class QueueWorker:
             raise DelayedError
         attempt = int(job.attemptsMade) + 1
         max_attempts = int(job.opts.get("attempts") or 1)
-        info = JobInfo(id=str(job.id), name=str(job.name), queue=self.queue, attempt=attempt, max_attempts=max_attempts)
+        info = JobInfo(
+            id=str(job.id),
+            name=str(job.name),
+            queue=self.queue,
+            attempt=attempt,
+            max_attempts=max_attempts,
+            commit=functools.partial(self._commit, job, token),
+        )
         started = time.monotonic()
         outage = self._guard.outage if self._guard is not None else None
         if outage is not None:  # taken just as the worker paused: not worth trying now
@@ -168,6 +224,9 @@ class QueueWorker:
                 metrics.JOB_DURATION.labels(self.queue).time(),
             ):
                 return await self._route(job, token, info, started)
+        except JobLost as lost:
+            self._lost(info.id, lost)
+            raise DelayedError from lost
         finally:
             self._in_flight -= 1
             in_flight.dec()
@@ -177,7 +236,9 @@ class QueueWorker:
             route = self._routes.get(info.name)
             if route is None:
                 raise unknown_job(info.name, self._routes)
-            result = await route.handle(route.parse(job.data), info)
+            result = await self._run_handler(route.handle(route.parse(job.data), info), job, token)
+        except JobLost:
+            raise
         except PermanentJobError as error:
             metrics.JOBS_FAILED.labels(self.queue, error.reason).inc()
             metrics.JOBS_PROCESSED.labels(self.queue, "failed").inc()
@@ -218,7 +279,65 @@ class QueueWorker:
         )
         return result
 
-    async def _hand_back(self, job: Job, token: str, outage: Outage) -> None:
+    async def _run_handler(self, call: Awaitable[JobResult], job: Job, token: str) -> JobResult:
+        """Await a job's handler as a task of its own: ``stop()`` may abandon it, the job timeout end it."""
+        job_id = str(job.id)
+        handler = asyncio.ensure_future(call)
+        self._handlers[job_id] = (job, token, handler)
+        expiry = None
+        if self._job_timeout_s is not None:
+            expiry = asyncio.get_running_loop().call_later(self._job_timeout_s, self._end, job_id, self._timed_out)
+        try:
+            return await handler
+        except asyncio.CancelledError:
+            if job_id in self._abandoned:
+                raise JobLost("the worker stopped before the job finished") from None
+            if job_id in self._timed_out:
+                raise JobTimedOut(f"the job ran longer than worker.job_timeout_s ({self._job_timeout_s:g}s)") from None
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            self._handlers.pop(job_id, None)
+            self._timed_out.discard(job_id)
+
+    def _end(self, job_id: str, why: set[str]) -> bool:
+        """Cancel the job's handler, noting ``why``; not while it commits its result. Whether it was cancelled."""
+        running = self._handlers.get(job_id)
+        if running is None or running[2].done() or job_id in self._committing:
+            return False
+        why.add(job_id)
+        running[2].cancel()
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _commit(self, job: Job, token: str) -> AsyncIterator[None]:
+        """``JobInfo.commit``: only a run that still holds its job's lock stores or sends its result."""
+        job_id = str(job.id)
+        if job_id in self._abandoned:
+            raise JobLost("the worker gave the job back while stopping")
+        if not await self._holds_lock(job, token):
+            raise JobLost("the job's lock is no longer this worker's: another worker has taken the job over")
+        self._committing.add(job_id)
+        try:
+            yield
+        finally:
+            self._committing.discard(job_id)
+
+    async def _holds_lock(self, job: Job, token: str) -> bool:
+        assert self._control is not None  # jobs run only once started
+        holder = await self._control.client.get(f"{self._prefix}:{self.queue}:{job.id}:lock")
+        return bool(holder == token)
+
+    def _lost(self, job_id: str, lost: JobLost) -> None:
+        """A run that is no longer the job's (``stop()`` gave the job back, or another worker holds it)."""
+        if job_id in self._abandoned:
+            self._abandoned.discard(job_id)
+            log.warning("job given back to the queue unfinished: the worker is stopping", extra={"reason": str(lost)})
+        else:
+            log.warning("job no longer held by this worker; this run's result is dropped", extra={"reason": str(lost)})
+
+    async def _hand_back(self, job: Job, token: str, outage: Outage | None, delay_ms: int = RETURN_DELAY_MS) -> None:
         """Move ``job`` from active back to the queue (via ``delayed``) without counting an attempt.
 
         If Redis does not take it (the queue's Redis is the one down), the
@@ -226,14 +345,19 @@ class QueueWorker:
         it back in ``wait`` once the lock expires.
         """
         try:
-            await job.moveToDelayed(int(time.time() * 1000) + RETURN_DELAY_MS, token)
+            if delay_ms == 0 and self._control is not None:  # stopping: the worker's connection is closing
+                now = int(time.time() * 1000)
+                await self._control.backend.moveToDelayed(job.id, now, 0, token, {"skipAttempt": True})
+            else:
+                await job.moveToDelayed(int(time.time() * 1000) + delay_ms, token)
         except Exception as error:
             log.error(
                 "could not hand a job back to its queue; it returns once its lock expires",
                 extra={"queue": self.queue, "job_id": str(job.id), "error": type(error).__name__},
             )
             return
-        outage.jobs_returned += 1
+        if outage is not None:
+            outage.jobs_returned += 1
         metrics.JOBS_RETURNED.labels(self.queue).inc()
         metrics.JOBS_PROCESSED.labels(self.queue, "returned").inc()
 
