@@ -44,6 +44,7 @@ from falachefe_runtime.config import (
     WorkerKind,
     env_name,
 )
+from falachefe_runtime.config import DEFAULT_JOB_TIMEOUT_S as RUNTIME_JOB_TIMEOUT_S
 
 from . import naming
 from .spec import FalachefeSpec, PoolSpec, SecretKeyRef
@@ -488,10 +489,14 @@ def _env(spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec) -> list[dict[str
         {"name": env_name("worker.queue"), "value": pool.queue},
         {"name": env_name("worker.concurrency"), "value": str(pool.concurrency)},
         {"name": env_name("worker.shutdown_grace_s"), "value": str(pool.shutdown_grace_seconds)},
-        {"name": env_name("worker.job_timeout_s"), "value": str(pool.job_timeout_seconds)},
-        # In the worker's bullmq lock tokens: which pods hold jobs (the scale-in's pod-deletion-cost).
-        {"name": env_name("worker.pod_name"), "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    # The pool's default job timeout is the runtime's own: sent only when the
+    # spec asks for another (the API server fills CRD defaults in, so "set"
+    # cannot tell), so workers of an image older than the setting (which
+    # refuse settings they do not know) are neither broken nor rolled. The
+    # pod name in the workers' lock tokens is their host name.
+    if pool.job_timeout_seconds != RUNTIME_JOB_TIMEOUT_S[kind]:
+        env.append({"name": env_name("worker.job_timeout_s"), "value": str(pool.job_timeout_seconds)})
     env += [{"name": variable.name, "value": variable.value} for variable in pool.env]
     return env
 

@@ -42,6 +42,7 @@ from falachefe_runtime.config import (
     WorkerKind,
     env_name,
 )
+from falachefe_runtime.config import DEFAULT_JOB_TIMEOUT_S as RUNTIME_JOB_TIMEOUT_S
 
 from .scaling import policy as autoscaler
 
@@ -418,7 +419,7 @@ _GRACE_COVERS_TIMEOUT = (
 
 #: Per pool: the longest one job may run, and a pod grace period that covers it.
 #: A crew job makes several LLM round trips (each up to llm.timeoutSeconds).
-DEFAULT_JOB_TIMEOUT_S = {WorkerKind.AUTH: 20, WorkerKind.CREW: 180, WorkerKind.ADMIN: 20}
+DEFAULT_JOB_TIMEOUT_S = {kind: int(seconds) for kind, seconds in RUNTIME_JOB_TIMEOUT_S.items()}
 DEFAULT_GRACE_S = {kind: max(30, timeout + SHUTDOWN_MARGIN_S + 5) for kind, timeout in DEFAULT_JOB_TIMEOUT_S.items()}
 
 _POOL_RULES = _cel(

@@ -82,6 +82,16 @@ DEFAULT_CONCURRENCY: dict[WorkerKind, int] = {
     WorkerKind.ADMIN: 1,
 }
 
+#: The longest one job of each pool may run (``worker.job_timeout_s`` unset):
+#: a crew job makes several LLM round trips. The operator's pool defaults are
+#: these, so a pool that does not set its own sends no setting at all (an
+#: older image, which refuses settings it does not know, runs unchanged).
+DEFAULT_JOB_TIMEOUT_S: dict[WorkerKind, float] = {
+    WorkerKind.AUTH: 20.0,
+    WorkerKind.CREW: 180.0,
+    WorkerKind.ADMIN: 20.0,
+}
+
 #: Between a pod's name and a random suffix in a worker's bullmq id, so in
 #: its jobs' lock tokens (``<pod>/<suffix>:<n>``); no pod name contains it.
 LOCK_HOLDER_SEPARATOR = "/"
@@ -205,11 +215,12 @@ class WorkerSettings(_Section):
     shutdown_grace_s: Seconds = 25.0
     #: Threads that run blocking CrewAI kickoffs (crew workers only).
     crew_threads: int = Field(4, ge=1, le=64)
-    #: A job running longer fails (and is retried as its attempts allow); unset, jobs run as long as they take.
+    #: A job running longer fails (and is retried as its attempts allow); unset, the pool's default.
     job_timeout_s: Seconds | None = None
-    #: The pod the worker runs in (the operator sets it from the Downward API):
-    #: written into the worker's bullmq lock tokens, so the operator can tell
-    #: which pods hold jobs and have scale-in remove idle ones first.
+    #: The pod the worker runs in (unset: the host name, which is the pod's
+    #: name in Kubernetes): written into the worker's bullmq lock tokens, so
+    #: the operator can tell which pods hold jobs and have scale-in remove
+    #: idle ones first.
     pod_name: str | None = Field(None, min_length=1, max_length=253, pattern=r"^[^:/]+$")
 
     @property
@@ -219,6 +230,10 @@ class WorkerSettings(_Section):
     @property
     def effective_concurrency(self) -> int:
         return self.concurrency or DEFAULT_CONCURRENCY[self.kind]
+
+    @property
+    def effective_job_timeout_s(self) -> float:
+        return self.job_timeout_s or DEFAULT_JOB_TIMEOUT_S[self.kind]
 
 
 class QueueSettings(_Section):

@@ -174,7 +174,11 @@ async def test_helm_upgrade_from_the_previous_release_adopts_every_falachefe_wit
     wait = ("--wait", "--timeout", "5m")
     try:
         helm.install(RELEASE, app.namespace, operator_values(previous_image, []), chart=previous_chart, flags=wait)
-        app.apply(app.falachefe(image=previous_image, pools=SMALL_POOLS))
+        # The crew pool's default grace period grows with this version (30 -> 190 s, to
+        # cover its job timeout): a pool relying on it rolls once, as the README says.
+        # Set as the README advises before an upgrade, nothing may roll.
+        pools = {**SMALL_POOLS, "crew": {**SMALL_POOLS["crew"], "terminationGracePeriodSeconds": 190}}
+        app.apply(app.falachefe(image=previous_image, pools=pools))
         await asyncio.to_thread(app.wait_ready)
         assert "migration" not in status(app), "the previous operator knew no migrations"
         before = workers(app)

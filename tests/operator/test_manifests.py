@@ -118,10 +118,7 @@ def test_secrets_are_files_and_each_pool_gets_only_the_ones_it_uses() -> None:
         deployment = objects[f"Deployment/shop-{pool}"]
         variables = env(deployment)
         # No secret in the environment: only the path of its file.
-        # (the one valueFrom is the pod's own name, from the Downward API).
-        assert [value for value in variables.values() if isinstance(value, dict)] == [
-            {"fieldRef": {"fieldPath": "metadata.name"}}
-        ]
+        assert [value for value in variables.values() if isinstance(value, dict)] == []
         assert {name: value for name, value in variables.items() if name.endswith("_FILE") and "__" in name} == {
             env_name(setting) + "_FILE": f"/var/run/secrets/falachefe/{setting}" for setting in secrets
         }
@@ -359,3 +356,11 @@ def test_migration_job_names_fit_a_label_for_the_longest_resource_name() -> None
     longest = "a" * naming.MAX_NAME_LENGTH
     name = naming.migration_job_name(longest, "0123456789abcdef")
     assert len(name) <= 63 and name.startswith(f"{longest}-migrate-")
+
+
+def test_a_pools_job_timeout_reaches_its_workers_only_when_it_is_not_the_runtimes_default() -> None:
+    """An older image refuses settings it does not know: a default pool sends none it could not."""
+    timeout = env_name("worker.job_timeout_s")
+    objects = by_key(desired_objects(resource()))
+    assert timeout not in env(objects["Deployment/shop-auth"])  # the default, 20 s
+    assert env(objects["Deployment/shop-crew"])[timeout] == "80"  # the spec's own

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,13 @@ import uvloop
 from redis.utils import HIREDIS_AVAILABLE
 
 from falachefe_runtime.cache import Cache
-from falachefe_runtime.config import RuntimeConfig, WorkerKind, env_name, unrecognised_variables
+from falachefe_runtime.config import (
+    LOCK_HOLDER_SEPARATOR,
+    RuntimeConfig,
+    WorkerKind,
+    env_name,
+    unrecognised_variables,
+)
 from falachefe_runtime.db import Database, DatabaseStartError
 from falachefe_runtime.db.migrate import describe_missing, missing_migrations
 from falachefe_runtime.observability.health import HealthServer
@@ -195,8 +202,8 @@ async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
             settings=config.queues,
             name=kind.value,
             guard=guard,
-            job_timeout_s=config.worker.job_timeout_s,
-            holder=config.worker.pod_name,
+            job_timeout_s=config.worker.effective_job_timeout_s,
+            holder=_lock_holder(config.worker.pod_name),
         )
         resources.closers.append(guard.close)
         await worker.start()
@@ -256,3 +263,11 @@ def _redis_trouble(error: BaseException) -> str:
     if isinstance(error, redis.AuthenticationError | redis.ResponseError):
         return type(error).__name__
     return f"{type(error).__name__}: {error}"
+
+
+def _lock_holder(pod_name: str | None) -> str | None:
+    """The pod name for the worker's lock tokens: set, or the host name (the pod's name in Kubernetes)."""
+    if pod_name:
+        return pod_name
+    host = socket.gethostname()
+    return host if host and ":" not in host and LOCK_HOLDER_SEPARATOR not in host else None
