@@ -20,6 +20,7 @@ from kubernetes import config as k8s_config
 
 from falachefe_devstack import toolchain
 from falachefe_devstack.kube import ControlPlane, temporary_namespace
+from falachefe_devstack.metrics_standin import MetricsServerStandIn, registered
 from falachefe_devstack.postgres import PostgresServer
 from falachefe_devstack.redis import DATABASES, RedisServer
 
@@ -94,3 +95,14 @@ def namespace(request: pytest.FixtureRequest, kube_api: k8s.ApiClient) -> Iterat
     """A namespace for this test alone, deleted (with its contents) afterwards."""
     with temporary_namespace(kube_api, request.node.name) as name:
         yield name
+
+
+@pytest.fixture(scope="module")
+def metrics_server(kube_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsServerStandIn]:
+    """metrics.k8s.io, served by the stand-in behind a real APIService, for the module that asks for it."""
+    server = MetricsServerStandIn(tmp_path_factory.mktemp("metrics-server")).start()
+    try:
+        with registered(kube_api, server):
+            yield server
+    finally:
+        server.stop()

@@ -16,15 +16,13 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from kubernetes import client as k8s
 from opkit import REPO, Operator, condition, finish_migration, mark_pods_ready, wait_condition
 
 from falachefe_devstack.kube import ControlPlane, kubectl
-from falachefe_devstack.metrics_standin import MetricsServerStandIn, registered
+from falachefe_devstack.metrics_standin import MetricsServerStandIn
 from falachefe_devstack.waiting import wait_for
 from falachefe_operator import naming
 from falachefe_runtime.config import WorkerKind
@@ -53,16 +51,6 @@ def columns(table: str) -> list[dict[str, str]]:
     return [
         {name: row[start:end].strip() for name, start, end in zip(names, starts, bounds, strict=True)} for row in rows
     ]
-
-
-@pytest.fixture(scope="module")
-def metrics_server(kube_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsServerStandIn]:
-    server = MetricsServerStandIn(tmp_path_factory.mktemp("metrics-server")).start()
-    try:
-        with registered(kube_api, server):
-            yield server
-    finally:
-        server.stop()
 
 
 def test_the_readme_path_works_as_written_and_shows_what_the_readme_shows(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from opkit import Operator, create_secrets, mark_pods_ready, sample
 from prometheus_client.parser import text_string_to_metric_families
 
 from falachefe_devstack.kube import ControlPlane, kubectl
-from falachefe_devstack.metrics_standin import MetricsServerStandIn, registered
+from falachefe_devstack.metrics_standin import MetricsServerStandIn
 from falachefe_devstack.waiting import wait_for
 from falachefe_operator import naming
 from falachefe_operator.resource import GROUP, PLURAL, VERSION
@@ -47,16 +46,6 @@ OPERATOR_RESOURCES = {
     "metrics.k8s.io/pods",
     f"{GROUP}/{PLURAL}",
 }
-
-
-@pytest.fixture(scope="module")
-def metrics_api(kube_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsServerStandIn]:
-    server = MetricsServerStandIn(tmp_path_factory.mktemp("metrics-server")).start()
-    try:
-        with registered(kube_api, server):
-            yield server
-    finally:
-        server.stop()
 
 
 def requests_by_resource(kube: ControlPlane) -> dict[str, float]:
@@ -98,7 +87,7 @@ def test_a_minute_of_polling_many_resources_stays_within_one_request_per_resourc
     kube_api: k8s.ApiClient,
     op_namespace: str,
     redis_url: str,
-    metrics_api: MetricsServerStandIn,
+    metrics_server: MetricsServerStandIn,
     tmp_path: Path,
 ) -> None:
     custom = k8s.CustomObjectsApi(kube_api)
@@ -124,7 +113,7 @@ def test_a_minute_of_polling_many_resources_stays_within_one_request_per_resourc
 
     wait_for(pods_ready, timeout=120, interval=1, what="every pool's pod created and Ready")
     for pod in core.list_namespaced_pod(op_namespace, label_selector=naming.MANAGED_SELECTOR).items:
-        metrics_api.set_usage(op_namespace, pod.metadata.name, pod.metadata.labels, "50m")
+        metrics_server.set_usage(op_namespace, pod.metadata.name, pod.metadata.labels, "50m")
 
     def all_scaling() -> bool:
         items = custom.list_namespaced_custom_object(GROUP, VERSION, op_namespace, PLURAL)["items"]
@@ -140,10 +129,10 @@ def test_a_minute_of_polling_many_resources_stays_within_one_request_per_resourc
     # The last Events of the start, and the live figures its statuses held back, are written.
     time.sleep(LIVE_STATUS_SECONDS + 2 * POLL_SECONDS)
 
-    before, polls_before, reads_before = requests_by_resource(kube), polls(operator), len(metrics_api.requests)
+    before, polls_before, reads_before = requests_by_resource(kube), polls(operator), len(metrics_server.requests)
     started = time.monotonic()
     time.sleep(60)
-    after, polls_after, reads_after = requests_by_resource(kube), polls(operator), len(metrics_api.requests)
+    after, polls_after, reads_after = requests_by_resource(kube), polls(operator), len(metrics_server.requests)
     minutes = (time.monotonic() - started) / 60
 
     spent = {

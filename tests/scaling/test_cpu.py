@@ -7,7 +7,6 @@ exactly as they would to metrics-server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
 from falachefe_devstack.kube import ControlPlane
-from falachefe_devstack.metrics_standin import MetricsServerStandIn, registered
+from falachefe_devstack.metrics_standin import MetricsServerStandIn
 from falachefe_operator.kubeapi import KubeApi, load_configuration
 from falachefe_operator.scaling.cpu import CpuReader, utilization
 from falachefe_operator.scaling.engine import Autoscaler, PoolTarget
@@ -96,7 +95,7 @@ def test_samples_taken_during_start_up_do_not_count() -> None:
     assert result.utilization == pytest.approx((0.1 + 0.4) / (0.5 + 0.5))
 
 
-async def test_metrics_api_not_served(kube: ControlPlane, namespace: str) -> None:
+async def test_metrics_server_not_served(kube: ControlPlane, namespace: str) -> None:
     """No metrics-server registered (this test runs before the module registers the fake)."""
     api = KubeApi(load_configuration(str(kube.kubeconfig)))
     try:
@@ -107,22 +106,12 @@ async def test_metrics_api_not_served(kube: ControlPlane, namespace: str) -> Non
     assert "metrics.k8s.io/v1beta1 is not served: is metrics-server installed?" in result.message
 
 
-@pytest.fixture(scope="module")
-def metrics_api(kube_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsServerStandIn]:
-    server = MetricsServerStandIn(tmp_path_factory.mktemp("metrics-server")).start()
-    try:
-        with registered(kube_api, server):
-            yield server
-    finally:
-        server.stop()
-
-
 async def test_pool_scales_on_cpu_and_ignores_starting_pods(
     kube: ControlPlane,
     kube_api: k8s.ApiClient,
     namespace: str,
     redis_url: str,
-    metrics_api: MetricsServerStandIn,
+    metrics_server: MetricsServerStandIn,
     tmp_path: Path,
 ) -> None:
     create_worker_deployment(kube_api, namespace, "demo-crew", "crew", replicas=2)
@@ -130,7 +119,7 @@ async def test_pool_scales_on_cpu_and_ignores_starting_pods(
     first = pods(kube_api, namespace, "crew", 2)
     for pod in first:
         set_ready(kube_api, namespace, pod.metadata.name, True)
-        metrics_api.set_usage(namespace, pod.metadata.name, labels, "900m")  # 90% of a 1-CPU request
+        metrics_server.set_usage(namespace, pod.metadata.name, labels, "900m")  # 90% of a 1-CPU request
 
     registry = CollectorRegistry()
     target = PoolTarget(
@@ -166,7 +155,7 @@ async def test_pool_scales_on_cpu_and_ignores_starting_pods(
             starting = [p for p in pods(kube_api, namespace, "crew", 4) if p.metadata.name not in _names(first)]
             for pod in starting:
                 set_ready(kube_api, namespace, pod.metadata.name, False)
-                metrics_api.set_usage(namespace, pod.metadata.name, labels, "3")
+                metrics_server.set_usage(namespace, pod.metadata.name, labels, "3")
             outcome = await engine.step(target)
             assert outcome.cpu == CpuSample(utilization=pytest.approx(0.9), ready_pods=2, unaccounted_pods=2)
             assert (outcome.desired, outcome.scaled) == (4, False), outcome.reason
@@ -176,7 +165,7 @@ async def test_pool_scales_on_cpu_and_ignores_starting_pods(
             for pod in starting:
                 set_ready(kube_api, namespace, pod.metadata.name, True)
             for pod in [*first, *starting]:
-                metrics_api.set_usage(namespace, pod.metadata.name, labels, "100m")
+                metrics_server.set_usage(namespace, pod.metadata.name, labels, "100m")
             outcome = await engine.step(target)
             assert outcome.cpu == CpuSample(utilization=pytest.approx(0.1), ready_pods=4, unaccounted_pods=0)
             assert (outcome.desired, outcome.scaled, outcome.direction) == (1, True, "down"), outcome.reason
@@ -192,7 +181,7 @@ async def test_pool_scales_on_cpu_and_ignores_starting_pods(
         registry.get_sample_value("falachefe_operator_pool_scale_actions_total", {**sample, "direction": "down"}) == 1
     )
     # The engine asked the aggregated API for this pool's pods only.
-    assert any(namespace in seen and "crew" in seen for seen in metrics_api.requests)
+    assert any(namespace in seen and "crew" in seen for seen in metrics_server.requests)
 
 
 def _names(items: list[k8s.V1Pod]) -> set[str]:
