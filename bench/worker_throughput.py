@@ -116,6 +116,19 @@ class PassThroughCache:
         return False
 
 
+async def _serve_until_sigterm(profiler: cProfile.Profile | None, profile: str | None, variant: str) -> None:
+    """Say ready, then run (profiled when asked) until the driver's SIGTERM."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print(json.dumps({"ready": True}), flush=True)
+    if profiler is not None:
+        profiler.enable()
+    await stop.wait()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}/{variant.replace(' ', '-')}.pstats")
+
+
 async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency: int) -> None:
     profile = os.environ.get(PROFILE_ENV)
     profiler = cProfile.Profile(time.process_time) if profile else None
@@ -129,15 +142,7 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
 
         bull = Worker(queue, bare, {"concurrency": concurrency, "connection": redis_url, "autorun": False})
         running = asyncio.create_task(bull.run())
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        print(json.dumps({"ready": True}), flush=True)
-        if profiler is not None:
-            profiler.enable()
-        await stop.wait()
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(f"{profile}/{variant.replace(' ', '-')}.pstats")
+        await _serve_until_sigterm(profiler, profile, variant)
         await bull.close()
         await asyncio.wait({running}, timeout=5)
         return
@@ -175,15 +180,7 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
         routes = {PROCESS_MESSAGE: Route(ProcessMessage, auth.handle_message)}
     worker = QueueWorker(queue, routes, redis_url=redis_url, concurrency=concurrency, settings=QueueSettings())
     await worker.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print(json.dumps({"ready": True}), flush=True)
-    if profiler is not None:
-        profiler.enable()
-    await stop.wait()
-    if profiler is not None:
-        profiler.disable()
-        profiler.dump_stats(f"{profile}/{variant.replace(' ', '-')}.pstats")
+    await _serve_until_sigterm(profiler, profile, variant)
     await worker.stop(grace_s=30)
     for close in reversed(closers):
         await close()
