@@ -78,6 +78,3 @@ class PodIndex:
         """The pods in ``namespace`` whose labels hold every pair of ``selector``."""
         items = selector.items()
         return [pod for pod in self._pods.get(namespace, {}).values() if items <= pod["metadata"]["labels"].items()]
-
-    def __len__(self) -> int:
-        return sum(len(pods) for pods in self._pods.values())

@@ -165,11 +165,6 @@ class PodMetricsCache:
             items.setdefault(str((item.get("metadata") or {}).get("namespace", scope)), []).append(item)
         return _Reading(self._clock(), items=items)
 
-    def forget(self, namespace: str) -> None:
-        """Drop a namespace's reading (nothing in it is scaled any more)."""
-        if not self._all:
-            self._readings.pop(namespace, None)
-
 
 def utilization(
     pods: list[Mapping[str, Any]], pod_metrics: list[Mapping[str, Any]], now: datetime | None = None
