@@ -25,7 +25,6 @@ import uuid
 from typing import Any
 
 import kopf
-from kubernetes import client as k8s
 
 from falachefe_runtime.observability.logging import configure_logging
 
@@ -163,7 +162,7 @@ async def run(args: argparse.Namespace) -> int:
             fleet=fleet,
             pods=pods,
             state=state,
-            configuration=configuration,
+            api=api,
             identity=identity,
             stop=stop,
             elector=elector,
@@ -206,7 +205,7 @@ async def _operate(
     fleet: Fleet,
     pods: PodIndex,
     state: Acting,
-    configuration: k8s.Configuration,
+    api: KubeApi,
     identity: str,
     stop: asyncio.Event,
     elector: LeaderElector | None,
@@ -238,7 +237,7 @@ async def _operate(
     state.set(True)
     try:
         await kopf.operator(
-            registry=handlers.build_registry(fleet, configuration, kopf_stop, pods),
+            registry=handlers.build_registry(fleet, api, kopf_stop, pods),
             settings=handlers.operator_settings(identity=identity, clusterwide=not args.namespace),
             clusterwide=not args.namespace,
             namespaces=args.namespace,

@@ -14,19 +14,23 @@ import logging
 from typing import Any, cast
 
 import kopf
-from kubernetes import client as k8s
 
 from . import naming
 from .builders import OWNED_KINDS
 from .controller import Fleet
+from .kubeapi import KubeApi
 from .podindex import PodIndex
 from .resource import GROUP, PLURAL, VERSION
 
 
 def build_registry(
-    fleet: Fleet, configuration: k8s.Configuration, stop_flag: asyncio.Event, pods: PodIndex | None = None
+    fleet: Fleet, api: KubeApi, stop_flag: asyncio.Event, pods: PodIndex | None = None
 ) -> kopf.OperatorRegistry:
     """The handlers; ``stop_flag`` is the one given to ``kopf.operator`` (set on cleanup, see below).
+
+    Kopf sends its requests (the watches) over ``api``'s session: one
+    identity, one connection pool and one set of request metrics for the
+    whole operator.
 
     ``pods``: the index the autoscaler reads worker pods from; given, the
     operator watches its pods (by the managed-by label) to keep it.
@@ -34,8 +38,8 @@ def build_registry(
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(configuration)
+    async def login(**_: Any) -> kopf.AiohttpSession:
+        return kopf.AiohttpSession(server=api.server, aiohttp_session=api.session())
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def falachefe_changed(event: kopf.RawEvent, **_: Any) -> None:
@@ -70,21 +74,6 @@ def build_registry(
 def _event_type(event: kopf.RawEvent) -> str | None:
     # Kopf reports the initial listing with type None; it means "exists".
     return cast(str | None, event.get("type"))
-
-
-def connection_info(configuration: k8s.Configuration) -> kopf.ConnectionInfo:
-    """Kopf's credentials, from the same loaded configuration the operator's own client uses."""
-    header = str(configuration.auth_settings().get("BearerToken", {}).get("value") or "")
-    scheme, _, token = header.partition(" ")
-    return kopf.ConnectionInfo(
-        server=configuration.host,
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
-        scheme=scheme or None,
-        token=token or None,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
-    )
 
 
 def operator_settings(*, identity: str, clusterwide: bool, watch_timeout: int = 300) -> kopf.OperatorSettings:

@@ -9,10 +9,16 @@ field manager.
 
 Credentials come from the ``kubernetes`` library's own loaders (kubeconfig,
 in-cluster service account, exec plugins), read per request through the
-``Configuration`` so that a rotated service-account token is picked up. The
-reconcilers and the autoscaler share one ``KubeApi``; the leader elector has
-one of its own (its renewals must not wait behind theirs); Kopf logs in
-with the same ``Configuration``: one identity for the whole operator.
+``Configuration`` so that a rotated service-account token is picked up.
+
+One client for the whole operator: the reconcilers and the autoscaler share
+one ``KubeApi``, and Kopf runs its watches over that ``KubeApi``'s session
+(``kopf.AiohttpSession``); the leader elector has a ``KubeApi`` of its own
+(its renewals must not wait behind a burst of reconciles, nor share a hung
+connection). Every request any of them sends passes one client middleware
+that authorises it and counts it by verb, group, resource and subresource,
+as the API server's own ``apiserver_request_total`` does, so the two can be
+compared.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import asyncio
 import json
 import os
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp.client_middlewares import ClientHandlerType
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -93,7 +101,7 @@ class KubeApi:
         max_in_flight: int = 32,
     ) -> None:
         self._configuration = configuration
-        self._server = configuration.host.rstrip("/")
+        self._server: str = configuration.host.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=min(timeout_seconds, 10.0))
         self._ssl = _ssl_context(configuration)
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -104,14 +112,41 @@ class KubeApi:
     def configuration(self) -> k8s.Configuration:
         return self._configuration
 
-    def _client(self) -> aiohttp.ClientSession:
+    @property
+    def server(self) -> str:
+        return self._server
+
+    def session(self) -> aiohttp.ClientSession:
+        """The open session (a new one if the last was closed, as Kopf closes it on a 401 or at exit).
+
+        Its connector has no connection limit: Kopf's watches hold one
+        connection each for minutes; this client's own requests are bounded
+        by ``max_in_flight`` instead.
+        """
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._max_in_flight),
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
                 timeout=self._timeout,
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                middlewares=(self._authorise_and_count,),
             )
         return self._session
+
+    async def _authorise_and_count(
+        self, request: aiohttp.ClientRequest, send: ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        if "Authorization" not in request.headers:
+            request.headers.update(_auth_headers(self._configuration))
+        target = describe_request(request.method, request.url.path, request.url.query)
+        started = time.perf_counter()
+        try:
+            response = await send(request)
+        except Exception:  # not a cancellation: the operator stopping is no failed request
+            metrics.API_REQUESTS.labels(*target, "error").inc()
+            raise
+        metrics.API_SECONDS.labels(*target[:3]).observe(time.perf_counter() - started)
+        metrics.API_REQUESTS.labels(*target, str(response.status)).inc()
+        return response
 
     async def close(self) -> None:
         if self._session is not None:
@@ -130,15 +165,12 @@ class KubeApi:
     ) -> tuple[int, dict[str, Any]]:
         """One request; a non-2xx answer raises ``ApiError`` with the server's message."""
         headers = {"Content-Type": content_type, "Accept": accept}
-        headers.update(_auth_headers(self._configuration))
         data = None if body is None else json.dumps(body, separators=(",", ":"))
-        async with self._in_flight:
-            with metrics.API_SECONDS.labels(method).time():
-                async with self._client().request(
-                    method, self._server + path, params=params, data=data, headers=headers
-                ) as response:
-                    text = await response.text()
-                    metrics.API_REQUESTS.labels(method, str(response.status)).inc()
+        async with (
+            self._in_flight,
+            self.session().request(method, self._server + path, params=params, data=data, headers=headers) as response,
+        ):
+            text = await response.text()
         try:
             payload = json.loads(text) if text else {}
         except json.JSONDecodeError:
@@ -197,6 +229,42 @@ class KubeApi:
                 return False
             raise
         return True
+
+
+def describe_request(method: str, path: str, query: Mapping[str, str]) -> tuple[str, str, str, str]:
+    """``(verb, group, resource, subresource)`` of a request, named as the API server's metrics name them.
+
+    ``GET`` of a collection is ``LIST``, of one with ``watch`` set ``WATCH``;
+    ``DELETE`` of a collection is ``DELETECOLLECTION``. Discovery and other
+    paths outside a resource have an empty resource.
+    """
+    parts = [part for part in path.split("/") if part]
+    if parts[:1] == ["api"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"]:
+        group, rest = (parts[1] if len(parts) > 1 else ""), parts[3:]
+    else:
+        group, rest = "", []
+    if len(rest) > 2 and rest[0] == "namespaces":
+        rest = rest[2:]  # a namespaced resource: skip namespaces/<name>
+    resource = rest[0] if rest else ""
+    named = len(rest) > 1
+    subresource = rest[2] if len(rest) > 2 else ""
+    verb = method.upper()
+    if not resource:
+        pass  # discovery, /version, /healthz: the method is the verb
+    elif verb == "GET":
+        if query.get("watch") in {"true", "1"}:
+            verb = "WATCH"
+        elif not named:
+            verb = "LIST"
+    elif verb == "POST":
+        verb = "CREATE"
+    elif verb == "PUT":
+        verb = "UPDATE"
+    elif verb == "DELETE" and not named:
+        verb = "DELETECOLLECTION"
+    return verb, group, resource, subresource
 
 
 def _auth_headers(configuration: k8s.Configuration) -> dict[str, str]:

@@ -35,13 +35,15 @@ STATUS_WRITES = Counter("falachefe_operator_status_writes_total", "Status subres
 RESOURCES = Gauge("falachefe_operator_resources", "Falachefe resources this operator serves.")
 API_REQUESTS = Counter(
     "falachefe_operator_api_requests_total",
-    "Kubernetes API requests made by the reconcilers and the autoscaler, by method and HTTP status.",
-    ("method", "code"),
+    "Kubernetes API requests made by the operator (its watches, reconcilers, autoscaler and leader election),"
+    " by verb, group, resource and subresource as the API server counts them, and HTTP status"
+    " (``error`` when no answer came).",
+    ("verb", "group", "resource", "subresource", "code"),
 )
 API_SECONDS = Histogram(
     "falachefe_operator_api_request_duration_seconds",
-    "Kubernetes API request latency seen by the reconcilers and the autoscaler.",
-    ("method",),
+    "Time from sending a Kubernetes API request to its response's headers (for a watch: until the stream opened).",
+    ("verb", "group", "resource"),
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 LEADER = Gauge("falachefe_operator_leader", "1 while this replica holds the leader Lease (or runs standalone).")

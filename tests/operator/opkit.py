@@ -281,11 +281,12 @@ class Operator:
                 samples[key] = float(value)
         return samples
 
-    def api_requests(self, method: str) -> float:
+    def api_requests(self, verb: str) -> float:
+        """Requests the operator counted with this verb (as the API server names it: PATCH, LIST, WATCH...)."""
         return sum(
             value
             for key, value in self.metrics().items()
-            if key.startswith("falachefe_operator_api_requests_total{") and f'method="{method}"' in key
+            if key.startswith("falachefe_operator_api_requests_total{") and f'verb="{verb}"' in key
         )
 
     def log(self) -> str:
