@@ -237,7 +237,7 @@ async def _operate(
     state.set(True)
     try:
         await kopf.operator(
-            registry=handlers.build_registry(fleet, api, kopf_stop, pods),
+            registry=handlers.build_registry(fleet, api, kopf_stop, pods, clusterwide=not args.namespace),
             settings=handlers.operator_settings(identity=identity, clusterwide=not args.namespace),
             clusterwide=not args.namespace,
             namespaces=args.namespace,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import kopf
@@ -20,11 +21,12 @@ from .builders import OWNED_KINDS
 from .controller import Fleet
 from .kubeapi import KubeApi
 from .podindex import PodIndex
+from .relist import Relists
 from .resource import GROUP, PLURAL, VERSION
 
 
 def build_registry(
-    fleet: Fleet, api: KubeApi, stop_flag: asyncio.Event, pods: PodIndex | None = None
+    fleet: Fleet, api: KubeApi, stop_flag: asyncio.Event, pods: PodIndex | None = None, *, clusterwide: bool = False
 ) -> kopf.OperatorRegistry:
     """The handlers; ``stop_flag`` is the one given to ``kopf.operator`` (set on cleanup, see below).
 
@@ -34,38 +36,62 @@ def build_registry(
 
     ``pods``: the index the autoscaler reads worker pods from; given, the
     operator watches its pods (by the managed-by label) to keep it.
+
+    Every event passes ``Relists`` first: an object deleted while a watch
+    was down, which the relist that follows never mentions, reaches its
+    handler as the DELETED event it missed (``relist``).
     """
     registry = kopf.OperatorRegistry()
+    relists = Relists(api.named_exists, clusterwide=clusterwide)
 
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.AiohttpSession:
         return kopf.AiohttpSession(server=api.server, aiohttp_session=api.session())
 
+    def falachefe_gone(body: dict[str, Any]) -> None:
+        fleet.resource_event("DELETED", body)
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def falachefe_changed(event: kopf.RawEvent, **_: Any) -> None:
-        fleet.resource_event(_event_type(event), cast(dict[str, Any], event["object"]))
+        body = cast(dict[str, Any], event["object"])
+        relists.observe(PLURAL, _event_type(event), body, falachefe_gone)
+        fleet.resource_event(_event_type(event), body)
 
-    async def owned_changed(event: kopf.RawEvent, **_: Any) -> None:
-        fleet.owned_event(_event_type(event), cast(dict[str, Any], event["object"]))
+    def owned_gone(body: dict[str, Any]) -> None:
+        fleet.owned_event("DELETED", body)
+
+    def owned_handler(plural: str) -> Callable[..., Awaitable[None]]:
+        async def owned_changed(event: kopf.RawEvent, **_: Any) -> None:
+            body = cast(dict[str, Any], event["object"])
+            relists.observe(plural, _event_type(event), body, owned_gone)
+            fleet.owned_event(_event_type(event), body)
+
+        return owned_changed
 
     for api_version, _, plural in OWNED_KINDS:
         group, _, version = api_version.rpartition("/")
         kopf.on.event(group=group, version=version, plural=plural, registry=registry, id=f"owned-{plural}")(
-            owned_changed
+            owned_handler(plural)
         )
 
     if pods is not None:
         index = pods
 
+        def pod_gone(body: dict[str, Any]) -> None:
+            index.observe("DELETED", body)
+
         @kopf.on.event("", "v1", "pods", registry=registry, id="worker-pods")
         async def pod_changed(event: kopf.RawEvent, **_: Any) -> None:
-            index.observe(_event_type(event), cast(dict[str, Any], event["object"]))
+            body = cast(dict[str, Any], event["object"])
+            relists.observe("pods", _event_type(event), body, pod_gone)
+            index.observe(_event_type(event), body)
 
     @kopf.on.cleanup(registry=registry)
     async def stop_controllers(**_: Any) -> None:
         # On a signal, Kopf stops by itself but still waits on its stop flag,
         # and would count that wait as a hung task for 5 s: release it.
         stop_flag.set()
+        await relists.aclose()
         await fleet.stop()
 
     return registry

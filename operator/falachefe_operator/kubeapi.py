@@ -204,6 +204,19 @@ class KubeApi:
             raise
         return True
 
+    async def named_exists(self, collection: str, name: str) -> bool:
+        """Whether ``collection`` holds an object named ``name``: a list filtered to that name, as a Table.
+
+        The list verb, not get: it is what a watcher of the kind is granted already.
+        """
+        _, table = await self.request(
+            "GET",
+            collection,
+            params={"fieldSelector": f"metadata.name={name}", "includeObject": "None"},
+            accept=EXISTENCE_ONLY,
+        )
+        return bool(table.get("rows"))
+
     async def apply(self, path: str, manifest: Mapping[str, Any], *, manager: str) -> Applied:
         """Server-side apply ``manifest`` as ``manager``, taking over fields others changed (force)."""
         status, body = await self.request(

@@ -46,4 +46,9 @@ API_SECONDS = Histogram(
     ("verb", "group", "resource"),
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+RELIST_DELETIONS = Counter(
+    "falachefe_operator_relist_deletions_total",
+    "Objects found deleted after a watch was relisted (their DELETED event was never delivered), by kind.",
+    ("resource",),
+)
 LEADER = Gauge("falachefe_operator_leader", "1 while this replica holds the leader Lease (or runs standalone).")

@@ -99,6 +99,8 @@ class ControlPlane:
         }
     )
     processes: list[ManagedProcess] = field(default_factory=list)
+    #: What the API server writes to ``audit_log``: by default the reads of Secrets, with their answers.
+    audit_policy: dict[str, Any] = field(default_factory=lambda: AUDIT_POLICY)
 
     @property
     def admin_token(self) -> str:
@@ -163,6 +165,21 @@ class ControlPlane:
             process.stop()
         self.processes.clear()
 
+    def stop_component(self, name: str) -> None:
+        """Stop one of the control plane's processes (``kube-controller-manager``, ``kube-apiserver``, ...)."""
+        process = next(p for p in self.processes if p.name == name)
+        process.stop()
+        self.processes.remove(process)
+
+    def restart_apiserver(self, timeout: float = 90.0) -> None:
+        """Stop the API server and start it again over the same etcd, as an upgrade or a crash does.
+
+        Its watch cache starts empty at etcd's current revision: a watch
+        resumed from an older resource version gets ``410 Gone``.
+        """
+        self.stop_component("kube-apiserver")
+        self._start_apiserver(timeout)
+
     def kubeconfig_for(self, user: str) -> Path:
         """A kubeconfig (written on first use) for one of the static-token users."""
         path = self.workdir / f"{re.sub(r'[^a-z0-9-]+', '-', user)}.kubeconfig"
@@ -181,7 +198,7 @@ class ControlPlane:
             )
         )
         self.pki.joinpath("tokens.csv").chmod(0o600)
-        (self.workdir / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY))
+        (self.workdir / "audit-policy.json").write_text(json.dumps(self.audit_policy))
         _openssl("genrsa", "-out", str(self.pki / "sa.key"), "2048")
         _openssl("rsa", "-in", str(self.pki / "sa.key"), "-pubout", "-out", str(self.pki / "sa.pub"))
         # The aggregation layer authenticates itself to extension API servers
