@@ -5,11 +5,19 @@ crew pool of three pods down to one on the real API server; the real
 ReplicaSet controller picks the pods to delete. No kubelet runs here, so
 which pod holds which job is written into Redis as bullmq keeps it: each
 active job's lock holds its worker's token, which names the pod
-(``<pod>/<suffix>:<n>``, as the runtime's workers write it).
+(``<pod>/<suffix>:<n>``, as the runtime's workers write it), and the test
+plays the kubelet's part in making pods Ready.
+
+The busiest pod is made the one the ReplicaSet controller would remove
+first on its own: all are Ready, and it has been Ready for the shortest
+time (the controller's ranking, after readiness: deletion cost, then time
+Ready, then age). A control Deployment with the same readiness and no cost
+shows the controller removing that pod; only the cost keeps it.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -76,6 +84,7 @@ def test_scale_in_removes_the_idle_pods_and_keeps_the_busiest(
         return names if len(names) == count else None
 
     idle, busy, busiest = wait_for(lambda: exactly(3), 60, 0.5, "3 crew pods")
+    ready_since(core, op_namespace, {idle: HOUR_AGO, busy: HOUR_AGO, busiest: 0})
     store = redis.Redis.from_url(redis_url, decode_responses=True)
     jobs = {"j1": f"{busiest}/aa11:1", "j2": f"{busiest}/aa11:2", "j3": f"{busy}/bb22:1"}
     try:
@@ -91,3 +100,72 @@ def test_scale_in_removes_the_idle_pods_and_keeps_the_busiest(
     assert survivors == [busiest], (survivors, {"idle": idle, "busy": busy, "busiest": busiest})
     kept = core.read_namespaced_pod(busiest, op_namespace)
     assert kept.metadata.annotations[DELETION_COST] == "2"
+
+
+def test_without_deletion_cost_the_replicaset_would_have_removed_the_pod_ready_for_the_shortest_time(
+    kube_api: k8s.ApiClient, op_namespace: str
+) -> None:
+    """The control arm: the same three pods' readiness, no cost, scaled to one by hand."""
+    apps = k8s.AppsV1Api(kube_api)
+    core = k8s.CoreV1Api(kube_api)
+    labels = {"app": "control-victims"}
+    apps.create_namespaced_deployment(
+        op_namespace,
+        {
+            "metadata": {"name": "control-victims"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "worker", "image": "falachefe:1.0"}]},
+                },
+            },
+        },
+    )
+
+    def pod_names() -> list[str] | None:
+        pods = core.list_namespaced_pod(op_namespace, label_selector="app=control-victims").items
+        names = sorted(p.metadata.name for p in pods if not p.metadata.deletion_timestamp)
+        return names if len(names) == 3 else None
+
+    first, second, newest_ready = wait_for(pod_names, 60, 0.5, "3 control pods")
+    ready_since(core, op_namespace, {first: HOUR_AGO, second: HOUR_AGO, newest_ready: 0})
+    wait_for(
+        lambda: (apps.read_namespaced_deployment("control-victims", op_namespace).status.ready_replicas or 0) == 3,
+        60,
+        0.5,
+        "the control Deployment's 3 pods Ready",
+    )
+    # One pod to remove, out of three: the one Ready for the shortest time, not a one-in-three chance.
+    apps.patch_namespaced_deployment_scale("control-victims", op_namespace, {"spec": {"replicas": 2}})
+
+    def survivors() -> list[str] | None:
+        pods = core.list_namespaced_pod(op_namespace, label_selector="app=control-victims").items
+        names = sorted(p.metadata.name for p in pods if not p.metadata.deletion_timestamp)
+        return names if len(names) == 2 else None
+
+    assert wait_for(survivors, 60, 0.5, "two control pods") == [first, second], newest_ready
+
+
+HOUR_AGO = 3600
+
+
+def ready_since(core: k8s.CoreV1Api, namespace: str, pods: dict[str, int]) -> None:
+    """Play the kubelet: each pod Running and Ready, Ready since that many seconds ago."""
+    now = datetime.now(UTC)
+    for name, seconds in pods.items():
+        since = (now - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        core.patch_namespaced_pod_status(
+            name,
+            namespace,
+            {
+                "status": {
+                    "phase": "Running",
+                    "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": since},
+                        {"type": "ContainersReady", "status": "True", "lastTransitionTime": since},
+                    ],
+                }
+            },
+        )
