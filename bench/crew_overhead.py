@@ -1,0 +1,263 @@
+"""What the crew worker adds around a CrewAI kickoff, against CrewAI run bare on the same LLM stand-in.
+
+Run from the repository root::
+
+    PYTHONPATH=scripts .venv/bin/python -m bench.crew_overhead [--jobs N] [--rounds K]
+
+It starts its own Redis, PostgreSQL (the runtime's schema, one company with
+an active one-agent crew) and the OpenAI-compatible LLM stand-in (answers at
+once), all in this machine. One process, one job at a time, each message a
+different text (no response-cache hit: every job runs the crew). Measured,
+in turns for K rounds, the median round reported:
+
+- ``llm call``: one ``crewai.LLM.call`` (one HTTP round trip to the stand-in:
+  the floor any crew run pays);
+- ``bare kickoff``: the same one-agent one-task crew built and kicked off as
+  CrewAI's documentation writes it from async code (``Crew.kickoff_async``,
+  which runs the kickoff in a thread), at its best: one ``LLM`` built once
+  and reused (a new one per kickoff loads the CA bundle again, ~150 ms);
+- ``our kickoff``: ``CrewKickoff.answer`` (the crew built from its stored
+  definition, run in the kickoff thread pool);
+- ``crew job``: the real crew worker (``serve``, production logging at INFO
+  to a file) taking N ``process-crew`` jobs from bullmq: per job, the wall
+  time of draining the queue divided by N.
+
+The worker's overhead around a kickoff is ``crew job`` minus ``kickoff in
+job`` (the worker's own kickoff histogram, over the same jobs)
+(fetching and completing the job, validation, the crew and company lookups,
+storing the exchange, the hand-off to ``whatsapp-outbound``); our build and
+thread hop is ``our kickoff`` minus ``bare kickoff``; CrewAI's own cost is
+``bare kickoff`` minus ``llm call``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import uvloop
+from prometheus_client import REGISTRY
+
+from bench.db_pool import bench_database
+from falachefe_devstack.llm_standin import FakeOpenAI
+from falachefe_devstack.postgres import PostgresServer
+from falachefe_devstack.redis import RedisServer
+from falachefe_runtime.config import RuntimeConfig
+from falachefe_runtime.crew.definition import CrewDefinition
+from falachefe_runtime.crew.kickoff import CrewKickoff
+from falachefe_runtime.crew.store import CrewStore
+from falachefe_runtime.db import Database
+from falachefe_runtime.observability.logging import configure_logging
+from falachefe_runtime.payloads import PROCESS_CREW
+from falachefe_runtime.queues import CREW_QUEUE, SEED_JOB_OPTIONS, Queues
+from falachefe_runtime.worker.app import serve
+
+LLM_KEY = "sk-bench-not-a-real-key"
+GOAL_MS = 5.0
+
+
+async def seed(dsn: str) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    """A company, one user and an active one-agent crew: (company, user, session)."""
+    sql = await asyncpg.connect(dsn)
+    try:
+        company = await sql.fetchval("INSERT INTO companies (name) VALUES ('Padaria Boa Vista') RETURNING id")
+        user = await sql.fetchval(
+            "INSERT INTO users (company_id, phone_number, name) VALUES ($1, '+5511987654321', 'Ana') RETURNING id",
+            company,
+        )
+        crew = uuid.uuid4()
+        await sql.execute(
+            "INSERT INTO crews (id, company_id, name, process) VALUES ($1, $2, 'Atendimento', 'sequential')",
+            crew,
+            company,
+        )
+        agent = await sql.fetchval(
+            "INSERT INTO crew_agents (crew_id, role, goal, backstory) VALUES ($1, 'Atendente', $2, $3) RETURNING id",
+            crew,
+            "Responder os clientes da {company} com cordialidade",
+            "Você atende pelo WhatsApp.",
+        )
+        await sql.execute(
+            "INSERT INTO crew_tasks (crew_id, agent_id, description, expected_output) VALUES ($1, $2, $3, $4)",
+            crew,
+            agent,
+            "Responda à mensagem do cliente: {message}",
+            "Uma resposta curta e educada",
+        )
+        return company, user, uuid.uuid4()
+    finally:
+        await sql.close()
+
+
+def config(dsn: str, redis_url: str, llm: FakeOpenAI) -> RuntimeConfig:
+    return RuntimeConfig(
+        database={"dsn": dsn, "primary": {"min_size": 1, "max_size": 5}},
+        redis={"url": redis_url},
+        llm={"base_url": llm.base_url, "api_key": LLM_KEY, "model": "gpt-4o-mini", "timeout_s": 30},
+        auth={"otp_secret": "bench-otp-secret-0123456789"},
+        observability={"health_port": 0, "metrics_port": 0, "log_format": "json", "log_level": "INFO"},
+        worker={"kind": "crew", "concurrency": 1},
+    )
+
+
+def crew_jobs(company: uuid.UUID, user: uuid.UUID, session: uuid.UUID, count: int, tag: str) -> list[dict[str, Any]]:
+    options = {**SEED_JOB_OPTIONS[CREW_QUEUE], "removeOnComplete": False}
+    return [
+        {
+            "name": PROCESS_CREW,
+            "data": {
+                "crewData": {
+                    "companyId": str(company),
+                    "userId": str(user),
+                    "sessionId": str(session),
+                    "phoneNumber": "+5511987654321",
+                    "text": f"Pergunta {tag} número {n}: vocês abrem domingo?",
+                    "providerMessageId": f"wamid.bench.{tag}.{n}",
+                    "receivedAt": datetime.now(UTC).isoformat(),
+                }
+            },
+            "opts": options,
+        }
+        for n in range(count)
+    ]
+
+
+async def per_call(count: int, call: Callable[[int], Awaitable[Any]]) -> float:
+    """Mean milliseconds of ``call(n)`` over ``count`` sequential calls (after two to warm up)."""
+    for n in range(2):
+        await call(-1 - n)
+    started = time.perf_counter()
+    for n in range(count):
+        await call(n)
+    return (time.perf_counter() - started) / count * 1000
+
+
+async def one_round(
+    index: int, jobs: int, dsn: str, redis_url: str, llm: FakeOpenAI, ids: tuple[uuid.UUID, uuid.UUID, uuid.UUID]
+) -> dict[str, float]:
+    company, user, session = ids
+    cfg = config(dsn, redis_url, llm)
+    kickoff = CrewKickoff(cfg.llm, threads=1)
+    crewai = kickoff._crewai
+    async with Database(cfg.database) as db:
+        definition: CrewDefinition | None = await CrewStore(db).active_crew(company)
+    assert definition is not None
+    llm_api = crewai.LLM(model="gpt-4o-mini", provider="openai", base_url=llm.base_url, api_key=LLM_KEY)
+
+    async def llm_call(n: int) -> Any:
+        return llm_api.call([{"role": "user", "content": f"Pergunta {index}.{n}: vocês abrem domingo?"}])
+
+    async def bare_kickoff(n: int) -> str:
+        agent = crewai.Agent(
+            role="Atendente",
+            goal="Responder os clientes da {company} com cordialidade",
+            backstory="Você atende pelo WhatsApp.",
+            llm=llm_api,
+            allow_delegation=False,
+            verbose=False,
+        )
+        task = crewai.Task(
+            description="Responda à mensagem do cliente: {message}",
+            expected_output="Uma resposta curta e educada",
+            agent=agent,
+        )
+        crew = crewai.Crew(agents=[agent], tasks=[task], memory=False, cache=False, verbose=False)
+        output = await crew.kickoff_async(inputs={"message": f"Pergunta {index}.{n}", "company": "Padaria Boa Vista"})
+        return str(output.raw)
+
+    async def our_kickoff(n: int) -> Any:
+        return await kickoff.answer(definition, message=f"Pergunta {index}.{n}", company="Padaria Boa Vista")
+
+    figures = {
+        "llm call": await per_call(jobs, llm_call),
+        "bare kickoff": await per_call(jobs, bare_kickoff),
+        "our kickoff": await per_call(jobs, our_kickoff),
+    }
+    kickoff.close()
+
+    queues = Queues(redis_url)
+    queue = queues.queue(CREW_QUEUE)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(serve(cfg, stop=stop))
+    kickoffs_before = 0.0
+    try:
+        for tag, count in ((f"{index}.warm", 2), (f"{index}.run", jobs)):
+            kickoffs_before = REGISTRY.get_sample_value("falachefe_crew_kickoff_duration_seconds_sum") or 0.0
+            await queue.pause()
+            await queue.addBulk(crew_jobs(company, user, session, count, tag))
+            started = time.perf_counter()
+            await queue.resume()
+            while await queues.backlog(CREW_QUEUE) > 0:  # noqa: ASYNC110 - Redis, polled every 2 ms
+                await asyncio.sleep(0.002)
+            seconds = time.perf_counter() - started
+        counts = await queues.counts(CREW_QUEUE)
+        done = await queue.getJobs(["completed"], 0, -1, True)
+        sources = {job.returnvalue.get("source") for job in done if job.name == PROCESS_CREW}
+        if counts["failed"] or sources != {"kickoff"}:
+            raise RuntimeError(f"crew jobs: {counts}, sources {sources}")
+        figures["crew job"] = seconds / jobs * 1000
+        kickoff_seconds = REGISTRY.get_sample_value("falachefe_crew_kickoff_duration_seconds_sum") or 0.0
+        figures["kickoff in job"] = (kickoff_seconds - kickoffs_before) / jobs * 1000
+        await queue.obliterate(force=True)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, timeout=60)
+        await queues.close()
+    return figures
+
+
+async def run(jobs: int, rounds: int) -> None:
+    # Production logging: the worker's JSON lines at INFO (the schema's handler), to a file instead of stderr.
+    log_file = Path(tempfile.gettempdir()) / "bench-crew-overhead.log"
+    stream = log_file.open("w")  # open for the whole run: the handler writes to it
+    with contextlib.redirect_stderr(stream):
+        configure_logging("INFO", "json")
+    with tempfile.TemporaryDirectory(prefix="bench-crew-") as workdir:
+        pg = PostgresServer(Path(workdir) / "pg").start()
+        cache = RedisServer(Path(workdir) / "redis").start()
+        llm = FakeOpenAI().start()
+        try:
+            dsn = await bench_database(pg)
+            ids = await seed(dsn)
+            results = [await one_round(index, jobs, dsn, cache.url(0), llm, ids) for index in range(rounds)]
+        finally:
+            llm.stop()
+            cache.stop()
+            pg.stop()
+    median = {name: statistics.median(r[name] for r in results) for name in results[0]}
+    print(f"{jobs} kickoffs per variant, one at a time, median of {rounds} rounds (LLM stand-in answers at once)")
+    print(f"{'variant':<14} {'ms per kickoff':>15} {'x llm call':>11}")
+    for name, value in median.items():
+        print(f"{name:<14} {value:>15.2f} {value / median['llm call']:>10.2f}x")
+    worker = [r["crew job"] - r["kickoff in job"] for r in results]
+    build = [r["our kickoff"] - r["bare kickoff"] for r in results]
+    crewai_own = [r["bare kickoff"] - r["llm call"] for r in results]
+    print(
+        f"the crew worker around a kickoff: {statistics.median(worker):.2f} ms per job "
+        f"(goal: under {GOAL_MS:.0f} ms; rounds {[round(w, 2) for w in worker]}); "
+        f"our build and thread hop: {statistics.median(build):.2f} ms; "
+        f"CrewAI's own cost beyond the LLM call: {statistics.median(crewai_own):.2f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    arguments = parser.parse_args()
+    # As in production (falachefe_runtime.worker.app.run_worker): uvloop.
+    uvloop.run(run(arguments.jobs, arguments.rounds))
+
+
+if __name__ == "__main__":
+    main()
