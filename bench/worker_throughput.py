@@ -385,7 +385,8 @@ async def run(jobs: int, concurrency: int, rounds: int, variants: tuple[str, ...
             redis_url = cache.url(0)
             results: dict[str, list[Round]] = {variant: [] for variant in variants}
             for index in range(rounds):
-                for variant in variants:
+                # Every other round in reverse order: no variant always runs first (or last) in a round.
+                for variant in variants if index % 2 == 0 else variants[::-1]:
                     results[variant].append(await measure(variant, redis_url, pg, company, jobs, concurrency, index))
         finally:
             cache.stop()
@@ -429,15 +430,25 @@ def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds:
         ratio("worker CPU/job", cpu_of, "auth cached", "auth uncached"),
         ratio("PostgreSQL CPU/job", db_of, "auth cached", "auth uncached"),
     ]
-    # One round trip per job against two: the same worker with fetch_next on and off.
+    print("ratios (CPU: medians of rounds):", "; ".join(r for r in ratios if r is not None))
+    # One round trip per job against two: the same worker with fetch_next on and off, paired within each round.
     for variant in ("python no-op", "auth cached"):
         off = variant + TWO_TRIPS
-        ratios += [
-            ratio("Redis RT/job", trips_of, variant, off),
-            ratio("worker CPU/job", cpu_of, variant, off),
-            ratio("jobs/s", per_second, variant, off),
-        ]
-    print("ratios (CPU and round trips: medians of rounds):", "; ".join(r for r in ratios if r is not None))
+        if variant not in results or off not in results:
+            continue
+        pairs = list(zip(results[variant], results[off], strict=True))
+        paired = {
+            "Redis RT/job": [on.round_trips_per_job / two.round_trips_per_job for on, two in pairs],  # type: ignore[operator]
+            "worker CPU/job": [on.cpu_ms_per_job / two.cpu_ms_per_job for on, two in pairs],
+            "jobs/s": [on.per_second / two.per_second for on, two in pairs],
+        }
+        print(
+            f"fetch next on / off, {variant}, median of the rounds' ratios (per round):",
+            "; ".join(
+                f"{label} {statistics.median(values):.2f}x {[round(v, 2) for v in values]}"
+                for label, values in paired.items()
+            ),
+        )
     spread = {v: [round(r.per_second) for r in rs] for v, rs in results.items()}
     print("jobs/s per round:", json.dumps(spread))
     for label, per_job in (
