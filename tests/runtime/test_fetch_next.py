@@ -4,9 +4,9 @@
 of its ``moveToFinished`` script with "fetch next" set. These tests fail when
 either changes: the installed version, or what the script does and answers
 (on real Redis, with jobs enqueued by the real Node bullmq, as the original
-app enqueues them). They drive the worker the way bullmq's run loop does:
+app enqueues them). Most drive the worker the way bullmq's run loop does:
 ``getNextJob`` for the first job, then ``processJob``, whose result is the
-next job.
+next job; the last runs a ``QueueWorker`` and its loop.
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ import pytest
 import redis.asyncio as redis
 from bullmq import Queue
 from bullmq.job import Job
-from worker_harness import node_bullmq
+from pydantic import BaseModel
+from worker_harness import eventually, node_bullmq
 
 from falachefe_runtime.config import LOCK_HOLDER_SEPARATOR, QueueSettings
 from falachefe_runtime.worker.fetch_next import WRITTEN_AGAINST
 from falachefe_runtime.worker.intake import JobIntake
+from falachefe_runtime.worker.routing import JobInfo, JobResult, Route
+from falachefe_runtime.worker.runner import QueueWorker
 
 QUEUE = "fetch-next-test"
 POD = "app-auth-7c4d-q9k2p"
@@ -181,3 +184,44 @@ async def test_a_job_taken_as_the_worker_pauses_goes_back_to_the_queue_without_s
     assert await queue.getJobState(second) in {"waiting", "delayed"}
     assert await client.exists(f"bull:{QUEUE}:{second}:lock") == 0
     assert (await queue.getJob(second)).attemptsMade == 0
+
+
+class Payload(BaseModel):
+    n: int
+
+
+async def test_a_running_worker_takes_each_next_job_with_the_completion_of_the_last(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    """Through ``QueueWorker`` and bullmq's own run loop: one slot, one token, every job held in this pod's name."""
+    ids = produce(redis_url, *({"n": n} for n in range(4)))
+    locks: dict[str, str | None] = {}
+
+    async def handle(payload: Payload, info: JobInfo) -> JobResult:
+        locks[info.id] = await client.get(f"bull:{QUEUE}:{info.id}:lock")
+        return {"done": payload.n}
+
+    consumer = QueueWorker(
+        QUEUE,
+        {"task": Route(Payload, handle)},
+        redis_url=redis_url,
+        concurrency=1,
+        settings=QueueSettings(),
+        holder=POD,
+    )
+    await consumer.start()
+    try:
+
+        async def all_completed() -> bool:
+            return [await queue.getJobState(job_id) for job_id in ids] == ["completed"] * len(ids)
+
+        await eventually(all_completed, "every job completed")
+    finally:
+        await consumer.stop(5)
+    assert [(await queue.getJob(job_id)).returnvalue for job_id in ids] == [{"done": n} for n in range(4)]
+    assert list(locks) == ids
+    # The first job came from a fetch; each of the others with the completion before it, under the same token.
+    tokens = set(locks.values())
+    assert len(tokens) == 1, locks
+    token = tokens.pop()
+    assert token is not None and token.startswith(POD + LOCK_HOLDER_SEPARATOR)
