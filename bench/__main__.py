@@ -11,7 +11,14 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("autoscale_sim", "worker_throughput", "db_pool", "cache_layers", "operator_reconcile")
+BENCHMARKS = (
+    "autoscale_sim",
+    "worker_throughput",
+    "handoff_batching",
+    "db_pool",
+    "cache_layers",
+    "operator_reconcile",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,10 @@ worker process with the same concurrency, consuming its own queue:
 - ``auth cached``: the real auth handler (``process-message``) with the
   two-layer cache warmed (company, user and session from L1);
 - ``auth uncached``: the same handler with the cache swapped for a
-  pass-through (every lookup is a PostgreSQL query).
+  pass-through (every lookup is a PostgreSQL query);
+- ``python no-op 2rt`` and ``auth cached 2rt``: the same two with
+  ``fetch_next`` off, the ablation of one round trip per job: completing a
+  job and taking the next in two Redis calls, as bullmq's own worker does.
 
 The auth variants do the real work of an authorized message: lookups, one
 transaction (claim the message id, log the attempt) and the hand-off to
@@ -25,7 +28,9 @@ transaction (claim the message id, log the attempt) and the hand-off to
 For each variant the queue is paused, filled with N jobs, the worker
 started, and the queue resumed; throughput is N over the time until the
 queue is drained. Latency is each job's ``finishedOn - processedOn``
-(BullMQ's own millisecond timestamps, the same for both languages). Jobs
+(BullMQ's own millisecond timestamps, the same for both languages). Redis
+round trips per job are counted in each Python worker process, as redis-py
+sends requests (a pipeline is one); the Node worker's are not counted. Jobs
 are kept after completion (``removeOnComplete: false``) so every one can be
 read back. A warm-up batch of one message per user runs before the measured
 one. Variants take turns for K rounds; the median round is reported, and
@@ -55,6 +60,7 @@ import redis.asyncio as redis
 import uvloop
 from bullmq import Job, Worker
 from pydantic import BaseModel, ConfigDict
+from redis.asyncio.connection import AbstractConnection
 
 from bench.db_pool import bench_database, seed_users
 from falachefe_devstack.postgres import PostgresServer
@@ -87,7 +93,30 @@ NODE_SCRIPT = REPO / "tests" / "node" / "bullmq.mjs"
 USERS = 100
 #: Set to a directory, each Python worker process dumps a CPU-time profile (cProfile) there.
 PROFILE_ENV = "FALACHEFE_BENCH_PROFILE"
-VARIANTS = ("node no-op", "bullmq no-op", "python no-op", "auth cached", "auth uncached")
+VARIANTS = (
+    "node no-op",
+    "bullmq no-op",
+    "python no-op",
+    "auth cached",
+    "auth uncached",
+    "python no-op 2rt",
+    "auth cached 2rt",
+)
+#: The variants that are another with ``fetch_next`` off.
+TWO_TRIPS = " 2rt"
+#: Requests redis-py has sent from this process (``--serve``): one a round trip, a pipeline one.
+_sent = [0]
+
+
+def count_round_trips() -> None:
+    """Count every request this process sends to Redis (the worker's, the handler's, bullmq's)."""
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        _sent[0] += 1
+        await send(self, command, check_health)
+
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
 
 
 # -- the Python worker process (``--serve``) -------------------------------------------
@@ -117,9 +146,11 @@ class PassThroughCache:
 
 
 async def _serve_until_sigterm(profiler: cProfile.Profile | None, profile: str | None, variant: str) -> None:
-    """Say ready, then run (profiled when asked) until the driver's SIGTERM."""
+    """Say ready, then run (profiled when asked) until the driver's SIGTERM; SIGUSR1 asks for the round trips."""
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps({"round_trips": _sent[0]}), flush=True))
     print(json.dumps({"ready": True}), flush=True)
     if profiler is not None:
         profiler.enable()
@@ -130,6 +161,9 @@ async def _serve_until_sigterm(profiler: cProfile.Profile | None, profile: str |
 
 
 async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency: int) -> None:
+    count_round_trips()
+    name, fetch_next = variant, not variant.endswith(TWO_TRIPS)
+    variant = variant.removesuffix(TWO_TRIPS)
     profile = os.environ.get(PROFILE_ENV)
     profiler = cProfile.Profile(time.process_time) if profile else None
     closers: list[Callable[[], Awaitable[Any]]] = []
@@ -142,7 +176,7 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
 
         bull = Worker(queue, bare, {"concurrency": concurrency, "connection": redis_url, "autorun": False})
         running = asyncio.create_task(bull.run())
-        await _serve_until_sigterm(profiler, profile, variant)
+        await _serve_until_sigterm(profiler, profile, name)
         await bull.close()
         await asyncio.wait({running}, timeout=5)
         return
@@ -178,9 +212,11 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
             rate_limit_prefix="bench:auth",
         )
         routes = {PROCESS_MESSAGE: Route(ProcessMessage, auth.handle_message)}
-    worker = QueueWorker(queue, routes, redis_url=redis_url, concurrency=concurrency, settings=QueueSettings())
+    worker = QueueWorker(
+        queue, routes, redis_url=redis_url, concurrency=concurrency, settings=QueueSettings(), fetch_next=fetch_next
+    )
     await worker.start()
-    await _serve_until_sigterm(profiler, profile, variant)
+    await _serve_until_sigterm(profiler, profile, name)
     await worker.stop(grace_s=30)
     for close in reversed(closers):
         await close()
@@ -199,6 +235,8 @@ class Round:
     cpu_seconds: float
     #: ... and PostgreSQL's server processes.
     db_cpu_seconds: float
+    #: Requests the worker process sent to Redis over the measured drain (None: not counted, the Node worker).
+    round_trips: int | None
 
     @property
     def cpu_ms_per_job(self) -> float:
@@ -207,6 +245,10 @@ class Round:
     @property
     def db_cpu_ms_per_job(self) -> float:
         return 1000 * self.db_cpu_seconds / self.jobs
+
+    @property
+    def round_trips_per_job(self) -> float | None:
+        return None if self.round_trips is None else self.round_trips / self.jobs
 
     @property
     def per_second(self) -> float:
@@ -247,6 +289,14 @@ class WorkerProcess:
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.popen.pid)
+
+    def round_trips(self) -> int | None:
+        """The Redis requests the (Python) worker has sent so far."""
+        if self.variant == "node no-op":
+            return None
+        assert self.popen.stdout is not None
+        self.popen.send_signal(signal.SIGUSR1)
+        return int(json.loads(self.popen.stdout.readline())["round_trips"])
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -303,11 +353,14 @@ async def measure(
     try:
         await drain(queues, queue, messages(company, USERS, f"{index}.warm"))
         await queues.queue(queue).clean(0, 0, "completed")
+        trips_before = worker.round_trips()
         cpu_before = worker.cpu_seconds()
         db_before = process_cpu_seconds(postmaster, with_children=True)
         seconds = await drain(queues, queue, messages(company, jobs, f"{index}.run"))
         cpu_seconds = worker.cpu_seconds() - cpu_before
         db_cpu_seconds = process_cpu_seconds(postmaster, with_children=True) - db_before
+        trips_after = worker.round_trips()
+        round_trips = None if trips_before is None or trips_after is None else trips_after - trips_before
         done = await queues.queue(queue).getJobs(["completed"], 0, -1, True)
         failed = await queues.counts(queue)
         if len(done) != jobs or failed["failed"]:
@@ -317,57 +370,97 @@ async def measure(
         latencies = [int(job.finishedOn) - int(job.processedOn) for job in done]
         await queues.queue(queue).obliterate(force=True)
         await queues.queue(CREW_QUEUE).obliterate(force=True)
-        return Round(variant, seconds, jobs, latencies, cpu_seconds, db_cpu_seconds)
+        return Round(variant, seconds, jobs, latencies, cpu_seconds, db_cpu_seconds, round_trips)
     finally:
         worker.stop()
         await queues.close()
 
 
-async def run(jobs: int, concurrency: int, rounds: int) -> None:
+async def run(jobs: int, concurrency: int, rounds: int, variants: tuple[str, ...] = VARIANTS) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as workdir:
         pg = PostgresServer(Path(workdir) / "pg").start()
         cache = RedisServer(Path(workdir) / "redis").start()
         try:
             company = await seed_users(await bench_database(pg), users=USERS)
             redis_url = cache.url(0)
-            results: dict[str, list[Round]] = {variant: [] for variant in VARIANTS}
+            results: dict[str, list[Round]] = {variant: [] for variant in variants}
             for index in range(rounds):
-                for variant in VARIANTS:
+                # Every other round in reverse order: no variant always runs first (or last) in a round.
+                for variant in variants if index % 2 == 0 else variants[::-1]:
                     results[variant].append(await measure(variant, redis_url, pg, company, jobs, concurrency, index))
         finally:
             cache.stop()
             pg.stop()
-    medians = [sorted(rs, key=lambda r: r.per_second)[len(rs) // 2] for rs in results.values()]
-    baseline = medians[0]
-    print(f"{jobs} jobs per variant, concurrency {concurrency}, median of {rounds} rounds (Redis and PostgreSQL local)")
-    print(f"{'worker':<16} {'jobs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x node no-op':>13} {'CPU ms/job':>11}")
-    for result in medians:
-        print(
-            f"{result.variant:<16} {result.per_second:>9.0f} {result.percentile_ms(0.5):>8.0f} "
-            f"{result.percentile_ms(0.99):>8.0f} {result.per_second / baseline.per_second:>12.2f}x "
-            f"{result.cpu_ms_per_job:>11.2f}"
-        )
-    bare, wrapper, cached, uncached = medians[1:5]
-    print(
-        f"auth cached / auth uncached: {cached.per_second / uncached.per_second:.2f}x jobs/s, "
-        f"p50 {cached.percentile_ms(0.5):.0f} vs {uncached.percentile_ms(0.5):.0f} ms"
-    )
+    report(results, jobs, concurrency, rounds)
+
+
+def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds: int) -> None:
+    median = {v: sorted(rs, key=lambda r: r.per_second)[len(rs) // 2] for v, rs in results.items()}
+    baseline = median.get("node no-op") or next(iter(median.values()))
     cpu_of = {v: statistics.median(r.cpu_ms_per_job for r in rs) for v, rs in results.items()}
     db_of = {v: statistics.median(r.db_cpu_ms_per_job for r in rs) for v, rs in results.items()}
+    trips_of = {
+        v: statistics.median(r.round_trips_per_job or 0.0 for r in rs)
+        for v, rs in results.items()
+        if rs[0].round_trips is not None
+    }
+    print(f"{jobs} jobs per variant, concurrency {concurrency}, median of {rounds} rounds (Redis and PostgreSQL local)")
     print(
-        "ratios (CPU: medians of rounds): "
-        f"auth cached / node no-op jobs/s {cached.per_second / baseline.per_second:.2f}x; worker CPU per job: "
-        f"python no-op / bullmq no-op {cpu_of[wrapper.variant] / cpu_of[bare.variant]:.2f}x, "
-        f"auth cached / bullmq no-op {cpu_of[cached.variant] / cpu_of[bare.variant]:.2f}x, "
-        f"bullmq no-op / node no-op {cpu_of[bare.variant] / cpu_of[baseline.variant]:.2f}x, "
-        f"auth cached / auth uncached {cpu_of[cached.variant] / cpu_of[uncached.variant]:.2f}x; "
-        f"PostgreSQL CPU per job, auth cached / auth uncached {db_of[cached.variant] / db_of[uncached.variant]:.2f}x"
+        f"{'worker':<18} {'jobs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {f'x {baseline.variant}':>13} "
+        f"{'CPU ms/job':>11} {'Redis RT/job':>13}"
     )
+    for variant, result in median.items():
+        trips = f"{trips_of[variant]:>13.2f}" if variant in trips_of else f"{'-':>13}"
+        print(
+            f"{variant:<18} {result.per_second:>9.0f} {result.percentile_ms(0.5):>8.0f} "
+            f"{result.percentile_ms(0.99):>8.0f} {result.per_second / baseline.per_second:>12.2f}x "
+            f"{result.cpu_ms_per_job:>11.2f} {trips}"
+        )
+
+    def ratio(label: str, of: dict[str, float], a: str, b: str) -> str | None:
+        return f"{label} {a} / {b} {of[a] / of[b]:.2f}x" if a in of and b in of and of[b] else None
+
+    per_second = {v: r.per_second for v, r in median.items()}
+    ratios = [
+        ratio("jobs/s", per_second, "auth cached", "node no-op"),
+        ratio("jobs/s", per_second, "auth cached", "auth uncached"),
+        ratio("worker CPU/job", cpu_of, "python no-op", "bullmq no-op"),
+        ratio("worker CPU/job", cpu_of, "auth cached", "bullmq no-op"),
+        ratio("worker CPU/job", cpu_of, "bullmq no-op", "node no-op"),
+        ratio("worker CPU/job", cpu_of, "auth cached", "auth uncached"),
+        ratio("PostgreSQL CPU/job", db_of, "auth cached", "auth uncached"),
+    ]
+    print("ratios (CPU: medians of rounds):", "; ".join(r for r in ratios if r is not None))
+    # One round trip per job against two: the same worker with fetch_next on and off, paired within each round.
+    for variant in ("python no-op", "auth cached"):
+        off = variant + TWO_TRIPS
+        if variant not in results or off not in results:
+            continue
+        pairs = list(zip(results[variant], results[off], strict=True))
+        paired = {
+            "Redis RT/job": [on.round_trips_per_job / two.round_trips_per_job for on, two in pairs],  # type: ignore[operator]
+            "worker CPU/job": [on.cpu_ms_per_job / two.cpu_ms_per_job for on, two in pairs],
+            "jobs/s": [on.per_second / two.per_second for on, two in pairs],
+        }
+        print(
+            f"fetch next on / off, {variant}, median of the rounds' ratios (per round):",
+            "; ".join(
+                f"{label} {statistics.median(values):.2f}x {[round(v, 2) for v in values]}"
+                for label, values in paired.items()
+            ),
+        )
     spread = {v: [round(r.per_second) for r in rs] for v, rs in results.items()}
     print("jobs/s per round:", json.dumps(spread))
-    for label, per_job in (("worker", "cpu_ms_per_job"), ("PostgreSQL", "db_cpu_ms_per_job")):
-        cpu = {v: round(statistics.median(getattr(r, per_job) for r in rs), 2) for v, rs in results.items()}
-        print(f"{label} CPU ms per job (median of rounds):", json.dumps(cpu))
+    for label, per_job in (
+        ("worker CPU ms", "cpu_ms_per_job"),
+        ("PostgreSQL CPU ms", "db_cpu_ms_per_job"),
+        ("Redis round trips", "round_trips_per_job"),
+    ):
+        values = {
+            v: [round(getattr(r, per_job), 2) for r in rs if getattr(r, per_job) is not None]
+            for v, rs in results.items()
+        }
+        print(f"{label} per job, per round:", json.dumps({v: x for v, x in values.items() if x}))
 
 
 def main() -> None:
@@ -375,6 +468,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2_000)
     parser.add_argument("--concurrency", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated, in the order they take turns (default: all; ratios need both sides)",
+    )
     parser.add_argument("--serve", choices=VARIANTS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
@@ -384,7 +482,11 @@ def main() -> None:
         # As in production (falachefe_runtime.worker.app): uvloop, and hiredis found by redis-py.
         uvloop.run(serve(arguments.serve, arguments.redis, arguments.dsn, arguments.queue, arguments.concurrency))
     else:
-        asyncio.run(run(arguments.jobs, arguments.concurrency, arguments.rounds))
+        variants = tuple(v.strip() for v in arguments.variants.split(","))
+        unknown = set(variants) - set(VARIANTS)
+        if unknown:
+            parser.error(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
+        asyncio.run(run(arguments.jobs, arguments.concurrency, arguments.rounds, variants))
 
 
 if __name__ == "__main__":

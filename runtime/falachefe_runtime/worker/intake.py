@@ -14,6 +14,9 @@ the job's ``data`` becomes an ``UnreadableData`` naming the field; the
 router fails such a job at once and for good (``PermanentJobError``), so it
 lands in the failed set with the field named, on its first attempt.
 
+Jobs taken with the completion of another (``fetch_next``) go through the
+same decoding, and carry the same token, as fetched ones.
+
 The intake names the pod it runs in (``holder``) in every lock token it
 takes jobs with (bullmq's tokens are ``<worker id>:<n>``, the worker id
 becomes ``<pod>/<random>``): whoever reads a job's lock in Redis, the
@@ -32,10 +35,10 @@ import json
 import uuid
 from typing import Any
 
-from bullmq import Worker
 from bullmq.job import Job
 
 from falachefe_runtime.config import LOCK_HOLDER_SEPARATOR
+from falachefe_runtime.worker.fetch_next import FetchNextWorker
 from falachefe_runtime.worker.routing import UnreadableData
 
 #: The most a job's ``data`` may hold, as stored: ten times the largest valid
@@ -86,8 +89,11 @@ def _json_problem(error: Exception) -> str:
     return type(error).__name__
 
 
-class JobIntake(Worker):  # type: ignore[misc]  # bullmq is untyped
-    """A bullmq ``Worker`` that gives every job it takes a verdict and the runtime's failed-job retention."""
+class JobIntake(FetchNextWorker):
+    """A bullmq ``Worker`` that gives every job it takes a verdict and the runtime's failed-job retention.
+
+    Every job: the ones it fetches and the ones it takes while completing another (``FetchNextWorker``).
+    """
 
     def __init__(self, *args: Any, keep_failed: dict[str, int], holder: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -32,6 +32,10 @@ Why the options are what they are (bullmq 3.x, checked against its source):
   and ``commit`` refuses a run that is no longer the job's, so a run given
   up on never stores or sends after the job's next run started. A CrewAI
   kickoff thread cannot be stopped; what it returns is dropped.
+- A job's completion takes the next job in the same Redis round trip, as
+  the Node worker does (``fetch_next``; bullmq 3.x's Python worker makes
+  a second one): the next job keeps the slot, and the lock token, of the
+  one that completed.
 - Jobs are taken through ``JobIntake``: one whose stored fields do not
   decode fails at once, naming the field, instead of staying in ``active``;
   every failed job is kept ``queues.failed_retention_days``, whatever its
@@ -91,6 +95,7 @@ class QueueWorker:
         guard: DependencyGuard | None = None,
         job_timeout_s: float | None = None,
         holder: str | None = None,
+        fetch_next: bool = True,
     ) -> None:
         self.queue = queue
         self._routes = routes
@@ -110,6 +115,8 @@ class QueueWorker:
         self._job_timeout_s = job_timeout_s
         #: The pod this worker runs in, written into its jobs' lock tokens (see ``JobIntake``).
         self._holder = holder
+        #: Completing a job takes the next in the same round trip (``fetch_next``); off only to measure it.
+        self._fetch_next = fetch_next
         # By job id (bullmq 3 may give jobs fetched together one token): the job, its lock
         # token and the task running its handler, which may be cancelled (``_end``).
         self._handlers: dict[str, tuple[Job, str, asyncio.Future[JobResult]]] = {}
@@ -135,7 +142,14 @@ class QueueWorker:
         }
         if self._name:
             opts["name"] = self._name
-        worker = JobIntake(self.queue, self._process, opts, keep_failed=settings.keep_failed, holder=self._holder)
+        worker = JobIntake(
+            self.queue,
+            self._process,
+            opts,
+            keep_failed=settings.keep_failed,
+            holder=self._holder,
+            fetch_next=self._fetch_next,
+        )
         worker.on("error", self._on_error)
         worker.on("stalled", self._on_stalled)
         self._worker = worker
@@ -367,8 +381,9 @@ class QueueWorker:
         if worker is None:
             return
         await worker.pause(do_not_wait_active=True)
-        # Fetches already under way may still take a job; the paused loop
-        # would hold it unprocessed (its lock expiring) until it resumes.
+        # Fetches already under way, and completions that asked for the next
+        # job before the pause, may still take a job; the paused loop would
+        # hold it unprocessed (its lock expiring) until it resumes.
         for task in list(worker.processing):
             task.add_done_callback(self._hand_back_fetched)
 
@@ -378,7 +393,7 @@ class QueueWorker:
             return
         job = task.result()
         if not isinstance(job, Job) or task not in worker.processing:
-            return  # a job being processed, or a fetch that found nothing
+            return  # a job being processed, or a fetch or completion that took none
         outage = self._guard.outage if self._guard is not None else None
         if outage is None:
             return

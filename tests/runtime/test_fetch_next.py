@@ -1,0 +1,227 @@
+"""Completing a job takes the next one in the same Redis round trip: bullmq's ``moveToFinished`` contract, pinned.
+
+``FetchNextWorker`` follows the code of one bullmq version and the answer
+of its ``moveToFinished`` script with "fetch next" set. These tests fail when
+either changes: the installed version, or what the script does and answers
+(on real Redis, with jobs enqueued by the real Node bullmq, as the original
+app enqueues them). Most drive the worker the way bullmq's run loop does:
+``getNextJob`` for the first job, then ``processJob``, whose result is the
+next job; the last runs a ``QueueWorker`` and its loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import bullmq
+import pytest
+import redis.asyncio as redis
+from bullmq import Queue
+from bullmq.job import Job
+from pydantic import BaseModel
+from worker_harness import eventually, node_bullmq
+
+from falachefe_runtime.config import LOCK_HOLDER_SEPARATOR, QueueSettings
+from falachefe_runtime.worker.fetch_next import WRITTEN_AGAINST
+from falachefe_runtime.worker.intake import JobIntake
+from falachefe_runtime.worker.routing import JobInfo, JobResult, Route
+from falachefe_runtime.worker.runner import QueueWorker
+
+QUEUE = "fetch-next-test"
+POD = "app-auth-7c4d-q9k2p"
+KEEP_FAILED = QueueSettings().keep_failed
+
+
+class Processor:
+    """Records each job and token it is given; returns a result naming the job."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    async def __call__(self, job: Job, token: str) -> dict[str, Any]:
+        self.seen.append((str(job.id), token))
+        return {"done": job.data["n"]}
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield connection
+    await connection.aclose()
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[Queue]:
+    producer = Queue(QUEUE, {"connection": redis_url})
+    yield producer
+    await producer.close()
+
+
+@contextlib.asynccontextmanager
+async def intake(redis_url: str, processor: Processor, *, fetch_next: bool = True) -> AsyncIterator[JobIntake]:
+    """A worker that is not running: the test drives it as bullmq's run loop would."""
+    options = {"connection": redis_url, "concurrency": 1, "lockDuration": 30_000, "autorun": False}
+    worker = JobIntake(QUEUE, processor, options, keep_failed=KEEP_FAILED, holder=POD, fetch_next=fetch_next)
+    try:
+        yield worker
+    finally:
+        await worker.close()
+
+
+def produce(redis_url: str, *jobs: dict[str, Any]) -> list[str]:
+    """Enqueue with the Node bullmq (``priority`` and ``delay`` are taken from the data, as the seed does)."""
+    request = {"redis": redis_url, "jobs": [{"queue": QUEUE, "name": "task", "data": data} for data in jobs]}
+    return [str(job_id) for job_id in node_bullmq("add", request)["ids"]]
+
+
+async def script_calls(client: redis.Redis) -> int:
+    """Lua scripts Redis has run: each a round trip (bullmq moves jobs only with scripts).
+
+    An EVALSHA answered NOSCRIPT (the first use of a script on this server;
+    redis-py then loads it and calls again) is rejected, not run.
+    """
+    stats = await client.info("commandstats")
+    calls = 0
+    for command in ("evalsha", "eval"):
+        stat = stats.get(f"cmdstat_{command}", {})
+        calls += int(stat.get("calls", 0)) - int(stat.get("rejected_calls", 0)) - int(stat.get("failed_calls", 0))
+    return calls
+
+
+def test_the_installed_bullmq_is_the_version_fetch_next_was_written_against() -> None:
+    # If this fails, re-read bullmq's Worker.processJob and moveToFinished script against
+    # falachefe_runtime/worker/fetch_next.py, then move WRITTEN_AGAINST.
+    assert bullmq.__version__ == WRITTEN_AGAINST
+
+
+async def test_completing_a_job_stores_its_result_and_takes_the_next_one_locked_with_the_same_token(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    due = int(time.time() * 1000) + 60_000
+    first, urgent, later = produce(redis_url, {"n": 1}, {"n": 2, "priority": 1}, {"n": 3, "delay": 60_000})
+    processor = Processor()
+    async with intake(redis_url, processor) as worker:
+        assert worker.fetch_next
+        token = f"{worker.id}:1"
+        job = await worker.getNextJob(token)
+        assert job is not None and str(job.id) == first
+
+        before = await script_calls(client)
+        taken = await worker.processJob(job, token)
+        # One script, one round trip: the completion took the next job (from the prioritized set).
+        assert await script_calls(client) - before == 1
+        completed = await queue.getJob(first)
+        assert await completed.getState() == "completed"
+        assert completed.returnvalue == {"done": 1}
+        assert await client.exists(f"bull:{QUEUE}:{first}:lock") == 0
+
+        assert isinstance(taken, Job)
+        assert str(taken.id) == urgent and taken.token == token
+        assert taken.data == {"n": 2, "priority": 1}
+        assert await queue.getJobState(urgent) == "active"
+        # Locked with the token of the job that completed: the one naming this pod.
+        lock = await client.get(f"bull:{QUEUE}:{urgent}:lock")
+        assert lock == token and lock.startswith(POD + LOCK_HOLDER_SEPARATOR)
+        assert 0 < await client.pttl(f"bull:{QUEUE}:{urgent}:lock") <= 30_000
+        # Decoded by the intake like a fetched job: the runtime's failed-job retention applies.
+        assert taken.opts["removeOnFail"] == KEEP_FAILED
+
+        # Nothing left to take but a delayed job: no job, and the worker waits until that one is due.
+        assert await worker.processJob(taken, token) is None
+        assert (await queue.getJob(urgent)).returnvalue == {"done": 2}
+        assert worker.drained
+        assert abs(worker.blockUntil - due) < 5_000
+        assert await queue.getJobState(later) == "delayed"
+    assert processor.seen == [(first, token), (urgent, token)]
+
+
+async def test_a_completion_with_nothing_left_answers_no_job(redis_url: str, queue: Queue) -> None:
+    (only,) = produce(redis_url, {"n": 1})
+    async with intake(redis_url, Processor()) as worker:
+        token = f"{worker.id}:1"
+        job = await worker.getNextJob(token)
+        # The script answers 0 here (moveToActive never does): no job, nothing delayed.
+        assert await worker.processJob(job, token) is None
+        assert worker.drained and worker.blockUntil == 0
+    assert await queue.getJobState(only) == "completed"
+
+
+async def test_with_fetch_next_off_a_completion_takes_no_job(redis_url: str, client: redis.Redis, queue: Queue) -> None:
+    first, second = produce(redis_url, {"n": 1}, {"n": 2})
+    async with intake(redis_url, Processor(), fetch_next=False) as worker:
+        token = f"{worker.id}:1"
+        job = await worker.getNextJob(token)
+        before = await script_calls(client)
+        assert await worker.processJob(job, token) is None
+        assert await script_calls(client) - before == 1
+    assert await queue.getJobState(first) == "completed"
+    assert await queue.getJobState(second) == "waiting"
+
+
+async def test_a_job_taken_as_the_worker_pauses_goes_back_to_the_queue_without_spending_an_attempt(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    first, second = produce(redis_url, {"n": 1}, {"n": 2})
+    async with intake(redis_url, Processor()) as worker:
+        token = f"{worker.id}:1"
+        job = await worker.getNextJob(token)
+        # Redis holds the completion (a script that writes) until the worker has paused.
+        await client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        try:
+            completing = asyncio.create_task(worker.processJob(job, token))
+            await asyncio.sleep(0.3)
+            assert not completing.done()
+            await worker.pause(do_not_wait_active=True)
+        finally:
+            await client.execute_command("CLIENT", "UNPAUSE")
+        assert await completing is None
+    assert await queue.getJobState(first) == "completed"
+    # The job the completion took is back, due at once, with no lock and no attempt spent.
+    assert await queue.getJobState(second) in {"waiting", "delayed"}
+    assert await client.exists(f"bull:{QUEUE}:{second}:lock") == 0
+    assert (await queue.getJob(second)).attemptsMade == 0
+
+
+class Payload(BaseModel):
+    n: int
+
+
+async def test_a_running_worker_takes_each_next_job_with_the_completion_of_the_last(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    """Through ``QueueWorker`` and bullmq's own run loop: one slot, one token, every job held in this pod's name."""
+    ids = produce(redis_url, *({"n": n} for n in range(4)))
+    locks: dict[str, str | None] = {}
+
+    async def handle(payload: Payload, info: JobInfo) -> JobResult:
+        locks[info.id] = await client.get(f"bull:{QUEUE}:{info.id}:lock")
+        return {"done": payload.n}
+
+    consumer = QueueWorker(
+        QUEUE,
+        {"task": Route(Payload, handle)},
+        redis_url=redis_url,
+        concurrency=1,
+        settings=QueueSettings(),
+        holder=POD,
+    )
+    await consumer.start()
+    try:
+
+        async def all_completed() -> bool:
+            return [await queue.getJobState(job_id) for job_id in ids] == ["completed"] * len(ids)
+
+        await eventually(all_completed, "every job completed")
+    finally:
+        await consumer.stop(5)
+    assert [(await queue.getJob(job_id)).returnvalue for job_id in ids] == [{"done": n} for n in range(4)]
+    assert list(locks) == ids
+    # The first job came from a fetch; each of the others with the completion before it, under the same token.
+    tokens = set(locks.values())
+    assert len(tokens) == 1, locks
+    token = tokens.pop()
+    assert token is not None and token.startswith(POD + LOCK_HOLDER_SEPARATOR)
