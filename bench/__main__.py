@@ -15,6 +15,7 @@ BENCHMARKS = (
     "autoscale_sim",
     "worker_throughput",
     "handoff_batching",
+    "crew_overhead",
     "db_pool",
     "cache_layers",
     "operator_reconcile",
