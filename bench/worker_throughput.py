@@ -3,6 +3,7 @@
 Run from the repository root::
 
     PYTHONPATH=scripts .venv/bin/python -m bench.worker_throughput [--jobs N] [--concurrency C] [--rounds K]
+        [--latency-seconds S | --no-latency]
 
 It starts its own Redis and PostgreSQL (falachefe_devstack), applies the
 schema and registers one company with 100 users. Each variant is a separate
@@ -35,6 +36,18 @@ are kept after completion (``removeOnComplete: false``) so every one can be
 read back. A warm-up batch of one message per user runs before the measured
 one. Variants take turns for K rounds; the median round is reported, and
 ratios are against the Node no-op worker of the same run.
+
+Then latency below saturation (``--no-latency`` skips it): each of
+``--latency-variants`` (default node no-op, bullmq no-op, python no-op, auth
+cached) gets a fresh worker process, warmed the same way, and a producer
+adding jobs open loop at 50% and 80% (``--latency-loads``) of that variant's
+median saturation jobs/s above, for ``--latency-seconds`` each: every 5 ms
+(``--latency-tick-ms``) the jobs due by then go in one ``addBulk``, never
+waiting for completions. Per job it reports ``finishedOn - timestamp`` (added
+to finished: queue wait + processing, what a user sees; ``timestamp`` is
+stamped by the producer as it builds the job) and ``finishedOn - processedOn``,
+p50 and p99, with how late the producer ran against its schedule and the
+load average, since both say how far the machine can be trusted.
 """
 
 from __future__ import annotations
