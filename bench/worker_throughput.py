@@ -424,6 +424,14 @@ class Load:
     processing_ms: list[int]
     #: The 1-minute load average when the run ended.
     load_average: float
+    #: The worker process's CPU (user + system) from the first add until the queue was empty.
+    cpu_seconds: float
+    #: Its Redis requests over the same span (None: not counted, the Node worker).
+    round_trips: int | None
+
+    @property
+    def cpu_ms_per_job(self) -> float:
+        return 1000 * self.cpu_seconds / self.jobs
 
     @property
     def added_per_second(self) -> float:
@@ -479,11 +487,16 @@ async def measure_latency(
         await queues.queue(queue).clean(0, 0, "completed")
         for fraction, jobs in zip(fractions, counts, strict=True):
             rate = fraction * saturation
+            trips_before = worker.round_trips()
+            cpu_before = worker.cpu_seconds()
             add_seconds, lag_ms = await produce(queues, queue, company, rate, jobs, f"latency.{fraction}", tick_s)
             added = time.perf_counter()
             while await queues.backlog(queue) > 0:  # noqa: ASYNC110 - the queue is in Redis, polled at 5 ms
                 await asyncio.sleep(0.005)
             tail_seconds = time.perf_counter() - added
+            cpu_seconds = worker.cpu_seconds() - cpu_before
+            trips_after = worker.round_trips()
+            trips = None if trips_before is None or trips_after is None else trips_after - trips_before
             done = await queues.queue(queue).getJobs(["completed"], 0, -1, True)
             failed = await queues.counts(queue)
             if len(done) != jobs or failed["failed"]:
@@ -504,6 +517,8 @@ async def measure_latency(
                     [int(job.finishedOn) - int(job.timestamp) for job in done],
                     [int(job.finishedOn) - int(job.processedOn) for job in done],
                     os.getloadavg()[0],
+                    cpu_seconds,
+                    trips,
                 )
             )
             await queues.queue(queue).clean(0, 0, "completed")
@@ -523,19 +538,22 @@ def report_latency(loads: list[Load], seconds: float, tick_s: float) -> None:
     print(
         f"{'worker':<18} {'load':>5} {'target/s':>9} {'added/s':>8} "
         f"{'e2e p50':>8} {'e2e p99':>8} {'proc p50':>9} {'proc p99':>9} "
-        f"{'add lag p99':>12} {'tail s':>7} {'loadavg':>8}"
+        f"{'add lag p99':>12} {'tail s':>7} {'CPU ms/job':>11} {'Redis RT/job':>13} {'loadavg':>8}"
     )
     for load in loads:
+        trips = "-" if load.round_trips is None else f"{load.round_trips / load.jobs:.2f}"
         print(
             f"{load.variant:<18} {load.fraction:>5.0%} {load.target_per_second:>9.0f} {load.added_per_second:>8.0f} "
             f"{percentile(load.end_to_end_ms, 0.5):>8.0f} {percentile(load.end_to_end_ms, 0.99):>8.0f} "
             f"{percentile(load.processing_ms, 0.5):>9.0f} {percentile(load.processing_ms, 0.99):>9.0f} "
-            f"{percentile(load.lag_ms, 0.99):>12.1f} {load.tail_seconds:>7.2f} {load.load_average:>8.2f}"
+            f"{percentile(load.lag_ms, 0.99):>12.1f} {load.tail_seconds:>7.2f} {load.cpu_ms_per_job:>11.2f} "
+            f"{trips:>13} {load.load_average:>8.2f}"
         )
     print(
         "e2e: finishedOn - timestamp (added to finished, ms); proc: finishedOn - processedOn (ms); "
         "add lag: how late the producer added a batch against its schedule; "
-        "tail: seconds from the last add until the queue was empty"
+        "tail: seconds from the last add until the queue was empty; CPU and Redis RT: the worker process's "
+        "over the run, per job"
     )
     for load in loads:
         if load.variant == "auth cached" and load.fraction == 0.5:
