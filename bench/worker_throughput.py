@@ -3,6 +3,7 @@
 Run from the repository root::
 
     PYTHONPATH=scripts .venv/bin/python -m bench.worker_throughput [--jobs N] [--concurrency C] [--rounds K]
+        [--latency-seconds S | --no-latency]
 
 It starts its own Redis and PostgreSQL (falachefe_devstack), applies the
 schema and registers one company with 100 users. Each variant is a separate
@@ -35,6 +36,18 @@ are kept after completion (``removeOnComplete: false``) so every one can be
 read back. A warm-up batch of one message per user runs before the measured
 one. Variants take turns for K rounds; the median round is reported, and
 ratios are against the Node no-op worker of the same run.
+
+Then latency below saturation (``--no-latency`` skips it): each of
+``--latency-variants`` (default node no-op, bullmq no-op, python no-op, auth
+cached) gets a fresh worker process, warmed the same way, and a producer
+adding jobs open loop at 50% and 80% (``--latency-loads``) of that variant's
+median saturation jobs/s above, for ``--latency-seconds`` each: every 5 ms
+(``--latency-tick-ms``) the jobs due by then go in one ``addBulk``, never
+waiting for completions. Per job it reports ``finishedOn - timestamp`` (added
+to finished: queue wait + processing, what a user sees; ``timestamp`` is
+stamped by the producer as it builds the job) and ``finishedOn - processedOn``,
+p50 and p99, with how late the producer ran against its schedule and the
+load average, since both say how far the machine can be trusted.
 """
 
 from __future__ import annotations
@@ -225,6 +238,12 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
 # -- the driver ------------------------------------------------------------------------
 
 
+def percentile(values: list[int] | list[float], fraction: float) -> float:
+    """Nearest rank: the value below which ``fraction`` of ``values`` lie."""
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))])
+
+
 @dataclass
 class Round:
     variant: str
@@ -255,8 +274,7 @@ class Round:
         return self.jobs / self.seconds
 
     def percentile_ms(self, fraction: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))])
+        return percentile(self.latencies_ms, fraction)
 
 
 class WorkerProcess:
@@ -308,7 +326,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{REPO / 'scripts'}:{os.environ.get('PYTHONPATH', '')}"}
 
 
-def messages(company: uuid.UUID, count: int, tag: str) -> list[dict[str, Any]]:
+def messages(company: uuid.UUID, count: int, tag: str, first: int = 0) -> list[dict[str, Any]]:
     options = {**SEED_JOB_OPTIONS[WHATSAPP_QUEUE], "removeOnComplete": False}
     return [
         {
@@ -324,7 +342,7 @@ def messages(company: uuid.UUID, count: int, tag: str) -> list[dict[str, Any]]:
             },
             "opts": options,
         }
-        for n in range(count)
+        for n in range(first, first + count)
     ]
 
 
@@ -376,7 +394,187 @@ async def measure(
         await queues.close()
 
 
-async def run(jobs: int, concurrency: int, rounds: int, variants: tuple[str, ...] = VARIANTS) -> None:
+# -- latency below saturation (open loop) ------------------------------------------------
+
+
+#: The variants whose latency below saturation is measured by default.
+LATENCY_VARIANTS = ("node no-op", "bullmq no-op", "python no-op", "auth cached")
+#: Fractions of each variant's saturation jobs/s at which latency is measured by default.
+LATENCY_LOADS = (0.5, 0.8)
+
+
+@dataclass
+class Load:
+    """One open-loop run of a variant: jobs added at a fixed rate, whatever the worker does."""
+
+    variant: str
+    fraction: float
+    #: The rate asked for: ``fraction`` of the variant's saturation jobs/s in this run.
+    target_per_second: float
+    jobs: int
+    #: Seconds from the first job added to the last.
+    add_seconds: float
+    #: Seconds from the last job added until the queue had nothing left to do.
+    tail_seconds: float
+    #: How late the producer added each batch against its schedule (ms, per batch).
+    lag_ms: list[float]
+    #: Per job: ``finishedOn - timestamp`` (added to finished: queue wait + processing).
+    end_to_end_ms: list[int]
+    #: Per job: ``finishedOn - processedOn`` (taken to finished; with fetch next, from the previous completion).
+    processing_ms: list[int]
+    #: The 1-minute load average when the run ended.
+    load_average: float
+    #: The worker process's CPU (user + system) from the first add until the queue was empty.
+    cpu_seconds: float
+    #: Its Redis requests over the same span (None: not counted, the Node worker).
+    round_trips: int | None
+
+    @property
+    def cpu_ms_per_job(self) -> float:
+        return 1000 * self.cpu_seconds / self.jobs
+
+    @property
+    def added_per_second(self) -> float:
+        return self.jobs / self.add_seconds if self.add_seconds else float("nan")
+
+
+async def produce(
+    queues: Queues, queue: str, company: uuid.UUID, rate: float, jobs: int, tag: str, tick_s: float
+) -> tuple[float, list[float]]:
+    """Add ``jobs`` jobs at ``rate`` per second, open loop: job k is due ``k / rate`` s after the start.
+
+    Every ``tick_s`` (or at the next job's due time, if later) the jobs due by then go in one
+    ``addBulk``; completions are never waited for. Returns the seconds from the first add to the
+    last and how late (ms) each batch was against its first job's due time.
+    """
+    bull = queues.queue(queue)
+    start = time.perf_counter()
+    sent = 0
+    lag_ms: list[float] = []
+    wake = start
+    while sent < jobs:
+        now = time.perf_counter()
+        due = min(jobs, int((now - start) * rate) + 1)
+        if due > sent:
+            lag_ms.append(1000 * (now - (start + sent / rate)))
+            await bull.addBulk(messages(company, due - sent, tag, first=sent))
+            sent = due
+        if sent < jobs:
+            wake = max(wake + tick_s, start + sent / rate)
+            await asyncio.sleep(max(0.0, wake - time.perf_counter()))
+    return time.perf_counter() - start, lag_ms
+
+
+async def measure_latency(
+    variant: str,
+    saturation: float,
+    fractions: tuple[float, ...],
+    seconds: float,
+    tick_s: float,
+    redis_url: str,
+    pg: PostgresServer,
+    company: uuid.UUID,
+    concurrency: int,
+) -> list[Load]:
+    """One worker process, warmed as in ``measure``, fed at each fraction of ``saturation`` jobs/s."""
+    counts = [max(1, round(fraction * saturation * seconds)) for fraction in fractions]
+    queue = f"bench-latency-{variant.replace(' ', '-')}"
+    queues = Queues(redis_url)
+    worker = WorkerProcess(variant, redis_url, pg.dsn("bench"), queue, concurrency, count=USERS + sum(counts))
+    loads: list[Load] = []
+    try:
+        await drain(queues, queue, messages(company, USERS, "latency.warm"))
+        await queues.queue(queue).clean(0, 0, "completed")
+        for fraction, jobs in zip(fractions, counts, strict=True):
+            rate = fraction * saturation
+            trips_before = worker.round_trips()
+            cpu_before = worker.cpu_seconds()
+            add_seconds, lag_ms = await produce(queues, queue, company, rate, jobs, f"latency.{fraction}", tick_s)
+            added = time.perf_counter()
+            while await queues.backlog(queue) > 0:  # noqa: ASYNC110 - the queue is in Redis, polled at 5 ms
+                await asyncio.sleep(0.005)
+            tail_seconds = time.perf_counter() - added
+            cpu_seconds = worker.cpu_seconds() - cpu_before
+            trips_after = worker.round_trips()
+            trips = None if trips_before is None or trips_after is None else trips_after - trips_before
+            done = await queues.queue(queue).getJobs(["completed"], 0, -1, True)
+            failed = await queues.counts(queue)
+            if len(done) != jobs or failed["failed"]:
+                raise RuntimeError(
+                    f"{variant} at {fraction:.0%}: {len(done)} of {jobs} completed, {failed['failed']} failed"
+                )
+            if variant.startswith("auth") and {job.returnvalue["outcome"] for job in done} != {"authorized"}:
+                raise RuntimeError(f"{variant} at {fraction:.0%}: not every message was authorized")
+            loads.append(
+                Load(
+                    variant,
+                    fraction,
+                    rate,
+                    jobs,
+                    add_seconds,
+                    tail_seconds,
+                    lag_ms,
+                    [int(job.finishedOn) - int(job.timestamp) for job in done],
+                    [int(job.finishedOn) - int(job.processedOn) for job in done],
+                    os.getloadavg()[0],
+                    cpu_seconds,
+                    trips,
+                )
+            )
+            await queues.queue(queue).clean(0, 0, "completed")
+            await queues.queue(CREW_QUEUE).obliterate(force=True)
+        await queues.queue(queue).obliterate(force=True)
+        return loads
+    finally:
+        worker.stop()
+        await queues.close()
+
+
+def report_latency(loads: list[Load], seconds: float, tick_s: float) -> None:
+    print(
+        f"latency below saturation: open loop, jobs added every {1000 * tick_s:.0f} ms (addBulk of those due) "
+        f"for {seconds:g} s at a fraction of each variant's median saturation jobs/s above; one run each"
+    )
+    print(
+        f"{'worker':<18} {'load':>5} {'target/s':>9} {'added/s':>8} "
+        f"{'e2e p50':>8} {'e2e p99':>8} {'proc p50':>9} {'proc p99':>9} "
+        f"{'add lag p99':>12} {'tail s':>7} {'CPU ms/job':>11} {'Redis RT/job':>13} {'loadavg':>8}"
+    )
+    for load in loads:
+        trips = "-" if load.round_trips is None else f"{load.round_trips / load.jobs:.2f}"
+        print(
+            f"{load.variant:<18} {load.fraction:>5.0%} {load.target_per_second:>9.0f} {load.added_per_second:>8.0f} "
+            f"{percentile(load.end_to_end_ms, 0.5):>8.0f} {percentile(load.end_to_end_ms, 0.99):>8.0f} "
+            f"{percentile(load.processing_ms, 0.5):>9.0f} {percentile(load.processing_ms, 0.99):>9.0f} "
+            f"{percentile(load.lag_ms, 0.99):>12.1f} {load.tail_seconds:>7.2f} {load.cpu_ms_per_job:>11.2f} "
+            f"{trips:>13} {load.load_average:>8.2f}"
+        )
+    print(
+        "e2e: finishedOn - timestamp (added to finished, ms); proc: finishedOn - processedOn (ms); "
+        "add lag: how late the producer added a batch against its schedule; "
+        "tail: seconds from the last add until the queue was empty; CPU and Redis RT: the worker process's "
+        "over the run, per job"
+    )
+    for load in loads:
+        if load.variant == "auth cached" and load.fraction == 0.5:
+            p99 = percentile(load.end_to_end_ms, 0.99)
+            verdict = "met" if p99 < 20 else "NOT met"
+            print(f"goal (issue 14), auth cached e2e p99 under 20 ms at 50% of saturation: {verdict} ({p99:.0f} ms)")
+
+
+async def run(
+    jobs: int,
+    concurrency: int,
+    rounds: int,
+    variants: tuple[str, ...] = VARIANTS,
+    latency_variants: tuple[str, ...] = LATENCY_VARIANTS,
+    latency_loads: tuple[float, ...] = LATENCY_LOADS,
+    latency_seconds: float = 10.0,
+    latency_tick_s: float = 0.005,
+) -> None:
+    """The rounds at saturation; then, unless ``latency_variants`` is empty, latency below it."""
+    started_load = os.getloadavg()
+    loads: list[Load] = []
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as workdir:
         pg = PostgresServer(Path(workdir) / "pg").start()
         cache = RedisServer(Path(workdir) / "redis").start()
@@ -388,14 +586,42 @@ async def run(jobs: int, concurrency: int, rounds: int, variants: tuple[str, ...
                 # Every other round in reverse order: no variant always runs first (or last) in a round.
                 for variant in variants if index % 2 == 0 else variants[::-1]:
                     results[variant].append(await measure(variant, redis_url, pg, company, jobs, concurrency, index))
+            for variant in (v for v in latency_variants if v in results):
+                saturation = _median_round(results[variant]).per_second
+                loads += await measure_latency(
+                    variant,
+                    saturation,
+                    latency_loads,
+                    latency_seconds,
+                    latency_tick_s,
+                    redis_url,
+                    pg,
+                    company,
+                    concurrency,
+                )
         finally:
             cache.stop()
             pg.stop()
     report(results, jobs, concurrency, rounds)
+    if loads:
+        report_latency(loads, latency_seconds, latency_tick_s)
+    ended_load = os.getloadavg()
+    print(
+        "load average (1, 5, 15 min) at start:",
+        " ".join(f"{x:.2f}" for x in started_load),
+        "at end:",
+        " ".join(f"{x:.2f}" for x in ended_load),
+        f"({os.cpu_count()} CPUs)",
+    )
+
+
+def _median_round(rounds: list[Round]) -> Round:
+    """The round of median jobs/s (the one reported)."""
+    return sorted(rounds, key=lambda r: r.per_second)[len(rounds) // 2]
 
 
 def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds: int) -> None:
-    median = {v: sorted(rs, key=lambda r: r.per_second)[len(rs) // 2] for v, rs in results.items()}
+    median = {v: _median_round(rs) for v, rs in results.items()}
     baseline = median.get("node no-op") or next(iter(median.values()))
     cpu_of = {v: statistics.median(r.cpu_ms_per_job for r in rs) for v, rs in results.items()}
     db_of = {v: statistics.median(r.db_cpu_ms_per_job for r in rs) for v, rs in results.items()}
@@ -473,6 +699,18 @@ def main() -> None:
         default=",".join(VARIANTS),
         help="comma-separated, in the order they take turns (default: all; ratios need both sides)",
     )
+    parser.add_argument(
+        "--latency-variants",
+        default=",".join(LATENCY_VARIANTS),
+        help="comma-separated: after the rounds, each fed open loop below its saturation "
+        "(those not in --variants are skipped)",
+    )
+    parser.add_argument(
+        "--latency-loads", default=",".join(map(str, LATENCY_LOADS)), help="fractions of saturation jobs/s"
+    )
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="how long jobs are added at each load")
+    parser.add_argument("--latency-tick-ms", type=float, default=5.0, help="the producer adds the jobs due this often")
+    parser.add_argument("--no-latency", action="store_true", help="saturation only: skip the latency phase")
     parser.add_argument("--serve", choices=VARIANTS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
@@ -486,7 +724,27 @@ def main() -> None:
         unknown = set(variants) - set(VARIANTS)
         if unknown:
             parser.error(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
-        asyncio.run(run(arguments.jobs, arguments.concurrency, arguments.rounds, variants))
+        latency_variants = (
+            () if arguments.no_latency else tuple(v.strip() for v in arguments.latency_variants.split(","))
+        )
+        unknown = set(latency_variants) - set(VARIANTS)
+        if unknown:
+            parser.error(f"unknown latency variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
+        loads = tuple(float(x) for x in arguments.latency_loads.split(","))
+        if not all(x > 0 for x in loads):
+            parser.error("--latency-loads: fractions of saturation above 0, e.g. 0.5,0.8")
+        asyncio.run(
+            run(
+                arguments.jobs,
+                arguments.concurrency,
+                arguments.rounds,
+                variants,
+                latency_variants,
+                loads,
+                arguments.latency_seconds,
+                arguments.latency_tick_ms / 1000,
+            )
+        )
 
 
 if __name__ == "__main__":
