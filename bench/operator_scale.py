@@ -32,7 +32,8 @@ tests/operator/test_request_budget.py; the bench's kubelet stand-in has
 stopped by then). In the cold phase the controller-manager and this
 bench's kubelet stand-in are busy too: their requests are left out by verb
 (the ReplicaSet controller creates pods, the Deployment and disruption
-controllers PUT Deployments and PodDisruptionBudgets and their status;
+controllers PUT Deployments and PodDisruptionBudgets and their status,
+the garbage collector GETs the owner of new objects;
 this process LISTs pods and Falachefes and patches pods' status, and
 subtracts exactly what it sent), and Events are counted as the Event
 objects the operator reported. Reads of metrics.k8s.io are counted by the
@@ -105,6 +106,7 @@ CONTROLLER_MANAGER = {
     ("PUT", "apps/deployments", ""),  # the Deployment controller's revision annotation
     ("PUT", "apps/deployments", "status"),
     ("PUT", "policy/poddisruptionbudgets", "status"),  # the disruption controller
+    ("GET", FALACHEFES, ""),  # the garbage collector looks up new objects' owner (the operator never GETs one)
 }
 
 GOALS = {
