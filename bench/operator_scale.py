@@ -367,7 +367,8 @@ def steady_minute(
         spent["GET metrics.k8s.io/pods (stand-in)"] = reads
     minutes = wall / 60
     made = {pool: polls_after.get(pool, 0.0) - polls_before.get(pool, 0.0) for pool in polls_after}
-    lags = sorted(wall / n - POLL_SECONDS if n else math.inf for n in made.values())
+    # A pool that caught up on a late poll in the minute makes more than its share: no lag, not a negative one.
+    lags = sorted(max(0.0, wall / n - POLL_SECONDS) if n else math.inf for n in made.values())
     expected = len(made) * wall / POLL_SECONDS
     return {
         "wall_s": wall,
