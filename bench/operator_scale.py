@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from prometheus_client.parser import text_string_to_metric_families
@@ -147,6 +148,7 @@ class KubeletStandIn:
 
     api: k8s.ApiClient
     metrics: MetricsServerStandIn
+    interval: float
     lists: int = 0
     patches: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -165,15 +167,21 @@ class KubeletStandIn:
     def _run(self) -> None:
         sampled: set[str] = set()
         while not self._stop.is_set():
-            pods = list_pods(self.api, NAMESPACE, {naming.MANAGED_BY_LABEL: naming.MANAGED_BY})
             self.lists += 1
-            self.patches += mark_ready(self.api, pods)
+            try:
+                pods = list_pods(self.api, NAMESPACE, {naming.MANAGED_BY_LABEL: naming.MANAGED_BY})
+                self.patches += mark_ready(self.api, pods)
+            except (k8s.ApiException, urllib3.exceptions.HTTPError) as error:
+                # An API server too busy to answer in time (a 504): a kubelet tries again.
+                print(f"  kubelet stand-in: {type(error).__name__}; trying again", flush=True)
+                self._stop.wait(self.interval)
+                continue
             for pod in pods:
                 metadata = pod["metadata"]
                 if metadata["name"] not in sampled:
                     self.metrics.set_usage(NAMESPACE, metadata["name"], metadata.get("labels") or {}, POD_CPU)
                     sampled.add(metadata["name"])
-            self._stop.wait(0.5)
+            self._stop.wait(self.interval)
 
 
 # -- the operator --------------------------------------------------------------------
@@ -275,9 +283,13 @@ def cold_start(
     while len(reached) < 3:
         if time.monotonic() > deadline:
             raise TimeoutError(f"not every resource reconciled and scaling after 900 s: {reached}")
-        time.sleep(0.5)
-        items = statuses(api)
+        time.sleep(kubelet.interval)
         status_lists += 1
+        try:
+            items = statuses(api)
+        except (k8s.ApiException, urllib3.exceptions.HTTPError) as error:
+            print(f"  listing the statuses: {type(error).__name__}; trying again", flush=True)
+            continue
         now = time.monotonic() - started
         observed = sum(
             1
@@ -444,7 +456,9 @@ def bench(resources: int, minute: float, controller_manager_qps: int | None) -> 
             kubeconfig = bind_operator_identity(api, plane, NAMESPACE, workdir)
             operator = OperatorProcess(kubeconfig, workdir)
             print(f"  {resources} resources created; starting the operator", flush=True)
-            cold = cold_start(api, plane, operator, KubeletStandIn(api, metrics), resources)
+            # Every 0.5 s, less often with thousands of objects: each LIST costs the API server too.
+            interval = max(0.5, resources / 500)
+            cold = cold_start(api, plane, operator, KubeletStandIn(api, metrics, interval), resources)
             # The last Events of the start, and the live figures its statuses held back, are written.
             time.sleep(LIVE_STATUS_SECONDS + 2 * POLL_SECONDS)
             print("  idle minute", flush=True)
