@@ -209,6 +209,10 @@ async def converge(
     return result
 
 
+#: A Deployment's ``spec.replicas`` when its creator names none.
+API_DEFAULT_REPLICAS = 1
+
+
 async def _apply_new_deployment(
     api: KubeApi, resource: Resource, manifest: Mapping[str, Any], ref: ObjectRef, *, surely_new: bool
 ) -> Applied:
@@ -216,12 +220,19 @@ async def _apply_new_deployment(
 
     It is created paused (the Deployment controller makes no ReplicaSet for
     a new paused Deployment), scaled to ``minReplicas`` through the scale
-    subresource, then applied as usual, which unpauses it. The watches may
+    subresource, then applied as usual, which unpauses it (a surely new one
+    whose minimum is the API's default is simply created: the pause would
+    cost a second apply for the same result). The watches may
     not have shown an existing Deployment yet (just after the operator
     starts), so unless the resource is ``surely_new``, one GET decides: an
     existing one is applied as usual, unless it is an earlier creation
     interrupted before its first scale, which is finished now.
     """
+    kind = naming.pool_of(manifest["metadata"]["labels"])
+    pool = dict(resource.spec.pools.items())[kind] if kind is not None else None
+    if surely_new and pool is not None and pool.min_replicas == API_DEFAULT_REPLICAS:
+        # The API's default is the pool's minimum: created as it is, nothing to hold back.
+        return await api.apply(ref.path, manifest, manager=naming.FIELD_MANAGER)
     if not surely_new:
         existing = await api.get(ref.path)
         if existing is not None and not still_unborn(existing):
@@ -229,9 +240,7 @@ async def _apply_new_deployment(
     paused = {**manifest, "spec": {**manifest["spec"], "paused": True}}
     first = await api.apply(ref.path, paused, manager=naming.FIELD_MANAGER)
     if first.created or still_unborn(first.body):
-        kind = naming.pool_of(manifest["metadata"]["labels"])
-        pool = dict(resource.spec.pools.items())[kind] if kind is not None else None
-        current = int((first.body.get("spec") or {}).get("replicas", 1))
+        current = int((first.body.get("spec") or {}).get("replicas", API_DEFAULT_REPLICAS))
         if pool is not None and pool.min_replicas != current:
             await _scale(api, ref, pool.min_replicas)
     final = await api.apply(ref.path, manifest, manager=naming.FIELD_MANAGER)

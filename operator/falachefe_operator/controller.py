@@ -456,13 +456,23 @@ class Controller:
             )
         return MigrationObservation(recorded.get("image"), recorded.get("schemaVersion"), name, phase, failure=failure)
 
-    async def _live_config_annotations(self, spec: FalachefeSpec) -> dict[WorkerKind, dict[str, str | None]]:
-        """Each existing pool Deployment's config annotations; read from the API when its watch has not listed it."""
+    async def _live_config_annotations(
+        self, spec: FalachefeSpec, *, first_visit: bool
+    ) -> dict[WorkerKind, dict[str, str | None]]:
+        """Each existing pool Deployment's config annotations; read from the API when its watch has not listed it.
+
+        Not on a first visit: no operator has reported on the resource, so it
+        has no running Deployment whose pods a changed hash would roll (the
+        same assumption ``apply.converge`` makes), and a cold start over many
+        new resources would otherwise GET a Deployment that is not there per pool.
+        """
         live = {
             owned.pool: {k: owned.deployment.get(k) for k in ("configDigest", "configHash")}
             for owned in self._owned.values()
             if owned.deployment is not None and owned.pool is not None
         }
+        if first_visit:
+            return live
         for kind, _ in spec.pools.items():
             if kind in live:
                 continue
@@ -497,7 +507,8 @@ class Controller:
         resource = Resource(
             self.name, self.namespace, str(body["metadata"]["uid"]), spec, worker_image, migration_adopted=self._adopted
         )
-        live = await self._live_config_annotations(spec)
+        first_visit = self._applied_generation is None and (body.get("status") or {}).get("observedGeneration") is None
+        live = await self._live_config_annotations(spec, first_visit=first_visit)
         resource = dataclasses.replace(
             resource,
             config_hashes=kept_config_hashes(
@@ -521,8 +532,7 @@ class Controller:
                                 for key, owned in self._owned.items()
                                 if owned.deployment is not None and not apply.still_unborn(owned.deployment)
                             ],
-                            first_visit=self._applied_generation is None
-                            and (body.get("status") or {}).get("observedGeneration") is None,
+                            first_visit=first_visit,
                         ),
                     )
         finally:

@@ -55,26 +55,47 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class PodIndex:
-    """Pods by namespace and name; ``observe`` is fed by the watch, ``select`` read by the autoscaler."""
+    """Pods by namespace and name; ``observe`` is fed by the watch, ``select`` read by the autoscaler.
+
+    Also by label: every pool's poll selects its few pods, and scanning
+    every pod of the namespace for each would cost pools x pods per interval.
+    """
 
     def __init__(self) -> None:
         self._pods: dict[str, dict[str, dict[str, Any]]] = {}
+        #: Names of the pods carrying each label, by (namespace, key, value).
+        self._by_label: dict[tuple[str, str, str], set[str]] = {}
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         metadata = body.get("metadata") or {}
         namespace, name = metadata.get("namespace"), metadata.get("name")
         if not namespace or not name:
             return
+        pods = self._pods.setdefault(namespace, {})
+        previous = pods.pop(name, None)
+        if previous is not None:
+            self._unlabel(namespace, name, previous["metadata"]["labels"])
         if event_type == "DELETED":
-            pods = self._pods.get(namespace)
-            if pods is not None:
-                pods.pop(name, None)
-                if not pods:
-                    del self._pods[namespace]
+            if not pods:
+                del self._pods[namespace]
             return
-        self._pods.setdefault(namespace, {})[name] = slim_pod(body)
+        pod = pods[name] = slim_pod(body)
+        for key, value in pod["metadata"]["labels"].items():
+            self._by_label.setdefault((namespace, key, value), set()).add(name)
+
+    def _unlabel(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
+        for key, value in labels.items():
+            names = self._by_label.get((namespace, key, value))
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self._by_label[(namespace, key, value)]
 
     def select(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         """The pods in ``namespace`` whose labels hold every pair of ``selector``."""
+        pods = self._pods.get(namespace, {})
         items = selector.items()
-        return [pod for pod in self._pods.get(namespace, {}).values() if items <= pod["metadata"]["labels"].items()]
+        if not items:
+            return list(pods.values())
+        fewest = min((self._by_label.get((namespace, key, value), set()) for key, value in items), key=len)
+        return [pods[name] for name in sorted(fewest) if items <= pods[name]["metadata"]["labels"].items()]

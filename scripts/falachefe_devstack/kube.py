@@ -98,6 +98,9 @@ class ControlPlane:
             for user in (ADMIN_USER, RESTRICTED_USER, node_user(NODE_NAME), KUBE_PROXY_USER, SCHEDULER_USER)
         }
     )
+    #: The controller-manager's requests per second to the API server (its default, 20, when None);
+    #: a benchmark creating thousands of pods raises it so that it measures more than that limit.
+    controller_manager_qps: int | None = None
     processes: list[ManagedProcess] = field(default_factory=list)
     #: What the API server writes to ``audit_log``: by default the reads of Secrets, with their answers.
     audit_policy: dict[str, Any] = field(default_factory=lambda: AUDIT_POLICY)
@@ -346,6 +349,9 @@ class ControlPlane:
             "--v",
             "1",
         ]
+        if self.controller_manager_qps is not None:
+            qps = self.controller_manager_qps
+            argv += ["--kube-api-qps", str(qps), "--kube-api-burst", str(2 * qps)]
         controller_manager = ManagedProcess(
             "kube-controller-manager", argv, self.workdir / "kube-controller-manager.log"
         ).start()

@@ -150,31 +150,6 @@ def owned(api: k8s.ApiClient, namespace: str, uid: str) -> dict[str, dict[str, A
     return found
 
 
-def mark_pods_ready(api: k8s.ApiClient, namespace: str, selector: dict[str, str]) -> int:
-    """Play the kubelet: every pending pod of ``selector`` becomes Running and Ready."""
-    core = k8s.CoreV1Api(api)
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    marked = 0
-    for pod in core.list_namespaced_pod(namespace, label_selector=naming.selector_string(selector)).items:
-        if pod.metadata.deletion_timestamp or (pod.status and pod.status.phase == "Running"):
-            continue
-        core.patch_namespaced_pod_status(
-            pod.metadata.name,
-            namespace,
-            {
-                "status": {
-                    "phase": "Running",
-                    "conditions": [
-                        {"type": "Ready", "status": "True", "lastTransitionTime": now},
-                        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-                    ],
-                }
-            },
-        )
-        marked += 1
-    return marked
-
-
 def finish_migration(
     api: k8s.ApiClient, namespace: str, name: str, *, exit_code: int = 0, message: str = "", timeout: float = 60
 ) -> str:

@@ -19,10 +19,11 @@ import subprocess
 from pathlib import Path
 
 from kubernetes import client as k8s
-from opkit import REPO, Operator, condition, finish_migration, mark_pods_ready, wait_condition
+from opkit import REPO, Operator, condition, finish_migration, wait_condition
 
 from falachefe_devstack.kube import ControlPlane, kubectl
 from falachefe_devstack.metrics_standin import MetricsServerStandIn
+from falachefe_devstack.pods import mark_pods_ready
 from falachefe_devstack.waiting import wait_for
 from falachefe_operator import naming
 from falachefe_runtime.config import WorkerKind

@@ -19,7 +19,6 @@ from opkit import (
     create_secrets,
     get,
     kubectl,
-    mark_pods_ready,
     owned,
     put_secret,
     sample,
@@ -27,6 +26,7 @@ from opkit import (
 )
 
 from falachefe_devstack.kube import ControlPlane
+from falachefe_devstack.pods import mark_pods_ready
 from falachefe_devstack.process import free_port
 from falachefe_devstack.waiting import wait_for
 from falachefe_operator import naming

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
-from opkit import Operator, create_secrets, mark_pods_ready, sample
+from opkit import Operator, create_secrets, sample
 from prometheus_client.parser import text_string_to_metric_families
 
-from falachefe_devstack.kube import ControlPlane, kubectl
+from falachefe_devstack.apiserver_metrics import requests_by_resource
+from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.metrics_standin import MetricsServerStandIn
+from falachefe_devstack.pods import mark_pods_ready
 from falachefe_devstack.waiting import wait_for
 from falachefe_operator import naming
 from falachefe_operator.resource import GROUP, PLURAL, VERSION
@@ -46,22 +48,6 @@ OPERATOR_RESOURCES = {
     "metrics.k8s.io/pods",
     f"{GROUP}/{PLURAL}",
 }
-
-
-def requests_by_resource(kube: ControlPlane) -> dict[str, float]:
-    """The API server's count of finished non-watch requests, by ``group/resource``."""
-    text = kubectl(kube.kubeconfig, "get", "--raw", "/metrics", timeout=60).stdout
-    counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != "apiserver_request":
-            continue
-        for point in family.samples:
-            labels = point.labels
-            if not point.name.endswith("_total") or labels.get("verb") in {"WATCH", "CONNECT"}:
-                continue
-            key = f"{labels.get('group', '')}/{labels.get('resource', '')}"
-            counts[key] = counts.get(key, 0.0) + point.value
-    return counts
 
 
 def own_counts(operator: Operator) -> tuple[dict[str, float], dict[str, float]]:

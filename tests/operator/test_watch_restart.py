@@ -27,11 +27,12 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from opkit import Operator, create_secrets, get, install_crd, mark_pods_ready, sample, wait_condition
+from opkit import Operator, create_secrets, get, install_crd, sample, wait_condition
 
 from falachefe_devstack import toolchain
 from falachefe_devstack.kube import AUDIT_POLICY, ControlPlane, temporary_namespace
 from falachefe_devstack.operator_identity import ACCOUNT, bind_operator_identity, drop_cluster_grants
+from falachefe_devstack.pods import mark_pods_ready
 from falachefe_devstack.tcp_proxy import HangingProxy
 from falachefe_devstack.waiting import wait_for
 from falachefe_operator import naming

@@ -79,7 +79,10 @@ class CpuReader:
             return MetricUnavailable("cpu", _api_error(error, namespace))
         except (aiohttp.ClientError, TimeoutError) as error:
             return MetricUnavailable("cpu", f"API server unreachable: {type(error).__name__}")
-        return utilization(pods, usage)
+        # Only the pool's own samples: parsing every sample of a shared namespace in
+        # every pool's poll would cost pools x pods per interval.
+        names = (str((pod.get("metadata") or {}).get("name", "")) for pod in pods)
+        return utilization(pods, [usage[name] for name in names if name in usage])
 
     async def _read_pods(self, namespace: str, selector: str) -> list[Mapping[str, Any]]:
         if self._pods is not None:
@@ -91,7 +94,8 @@ class CpuReader:
         )
         return list(listed.get("items") or [])
 
-    async def _read_usage(self, namespace: str, selector: str) -> list[Mapping[str, Any]]:
+    async def _read_usage(self, namespace: str, selector: str) -> Mapping[str, Mapping[str, Any]]:
+        """PodMetrics by pod name."""
         if self._metrics is not None:
             return await self._metrics.read(namespace)
         _, usage = await self._api.request(
@@ -99,13 +103,13 @@ class CpuReader:
             f"/apis/{METRICS_GROUP}/{METRICS_VERSION}/namespaces/{namespace}/pods",
             params={"labelSelector": selector},
         )
-        return list(usage.get("items") or [])
+        return {str((item.get("metadata") or {}).get("name", "")): item for item in usage.get("items") or []}
 
 
 @dataclass
 class _Reading:
     at: float
-    items: dict[str, list[Mapping[str, Any]]] | None = None  # by namespace
+    items: dict[str, dict[str, Mapping[str, Any]]] | None = None  # by namespace, then pod name
     error: BaseException | None = None
 
 
@@ -137,8 +141,8 @@ class PodMetricsCache:
         self._readings: dict[str, _Reading] = {}
         self._inflight: dict[str, asyncio.Task[_Reading]] = {}
 
-    async def read(self, namespace: str) -> list[Mapping[str, Any]]:
-        """The PodMetrics of ``namespace``'s pods (raises the read's error, as a direct read would)."""
+    async def read(self, namespace: str) -> Mapping[str, Mapping[str, Any]]:
+        """The PodMetrics of ``namespace``'s pods by name (raises the read's error, as a direct read would)."""
         scope = "" if self._all else namespace
         reading = self._readings.get(scope)
         if reading is None or self._clock() - reading.at >= self._max_age:
@@ -151,7 +155,7 @@ class PodMetricsCache:
             self._readings[scope] = reading
         if reading.error is not None:
             raise reading.error
-        return (reading.items or {}).get(namespace, [])
+        return (reading.items or {}).get(namespace, {})
 
     async def _fetch(self, scope: str) -> _Reading:
         path = f"/apis/{METRICS_GROUP}/{METRICS_VERSION}" + (f"/namespaces/{scope}" if scope else "") + "/pods"
@@ -160,9 +164,10 @@ class PodMetricsCache:
             _, body = await self._api.request("GET", path, params=params)
         except (ApiError, aiohttp.ClientError, TimeoutError) as error:
             return _Reading(self._clock(), error=error)
-        items: dict[str, list[Mapping[str, Any]]] = {}
+        items: dict[str, dict[str, Mapping[str, Any]]] = {}
         for item in body.get("items") or []:
-            items.setdefault(str((item.get("metadata") or {}).get("namespace", scope)), []).append(item)
+            metadata = item.get("metadata") or {}
+            items.setdefault(str(metadata.get("namespace", scope)), {})[str(metadata.get("name", ""))] = item
         return _Reading(self._clock(), items=items)
 
 

@@ -11,9 +11,10 @@ A step:
    when the watch has not shown it yet): ``spec.replicas`` is the current
    size (what its scale subresource reports), ``status.readyReplicas`` the
    ready one;
-2. reads the queue counts (Redis) and, if the policy targets CPU, the pods'
-   utilisation (the pod watch's index and metrics.k8s.io, read once per
-   namespace or cluster per interval and shared), concurrently;
+2. reads the queue counts (Redis) and, if the policy targets CPU and a pod
+   is Ready, the pods' utilisation (the pod watch's index and
+   metrics.k8s.io, read once per namespace or cluster per interval and
+   shared), concurrently;
 3. decides (``decision.decide``, pure);
 4. before lowering the size, sets each pod's ``pod-deletion-cost`` to the
    jobs it holds, so the ReplicaSet controller removes idle pods first
@@ -221,6 +222,11 @@ class Autoscaler:
         elif current == 0:
             # No pods, nothing to measure; not a missing metric.
             queue_result, cpu_result = await queue_read, CpuSample(0.0, 0)
+        elif ready == 0:
+            # None Ready yet (the Deployment's status): utilisation counts Ready pods only, so
+            # there is nothing to measure, and each pod counts as starting, as a read would find.
+            # No request per poll while a pool starts (its pods may not even exist yet).
+            queue_result, cpu_result = await queue_read, CpuSample(0.0, 0, unaccounted_pods=current)
         else:
             queue_result, cpu_result = await asyncio.gather(
                 queue_read, self._cpu.read(target.namespace, target.selector)
@@ -228,7 +234,7 @@ class Autoscaler:
         unavailable = tuple(r for r in (queue_result, cpu_result) if isinstance(r, MetricUnavailable))
         answered = [
             source
-            for source, result in (("queue", queue_result), ("cpu", cpu_result if current else None))
+            for source, result in (("queue", queue_result), ("cpu", cpu_result if current and ready else None))
             if isinstance(result, QueueCounts | CpuSample)
         ]
         observation = Observation(
