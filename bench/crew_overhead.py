@@ -12,7 +12,8 @@ in turns for K rounds, the median round reported:
 
 - ``llm call``: one ``crewai.LLM.call`` (one HTTP round trip to the stand-in:
   the floor any crew run pays);
-- ``bare kickoff``: the same one-agent one-task crew built and kicked off as
+- ``bare kickoff``: the same one-agent one-task crew (the stored definition's
+  texts) built and kicked off as
   CrewAI's documentation writes it from async code (``Crew.kickoff_async``,
   which runs the kickoff in a thread), at its best: one ``LLM`` built once
   and reused; ``bare, new LLM`` builds an ``LLM`` per kickoff, as the
@@ -56,6 +57,7 @@ from bench.db_pool import bench_database
 from falachefe_devstack.llm_standin import FakeOpenAI
 from falachefe_devstack.postgres import PostgresServer
 from falachefe_devstack.redis import RedisServer
+from falachefe_devstack.seed import phone, seed_tenant
 from falachefe_runtime.config import RuntimeConfig
 from falachefe_runtime.crew.definition import CrewDefinition
 from falachefe_runtime.crew.kickoff import CrewKickoff
@@ -68,39 +70,18 @@ from falachefe_runtime.worker.app import serve
 
 LLM_KEY = "sk-bench-not-a-real-key"
 GOAL_MS = 5.0
+COMPANY = "Padaria Demo"  # seed_tenant's
 
 
 async def seed(dsn: str) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
-    """A company, one user and an active one-agent crew: (company, user, session)."""
+    """The demo's tenant (one user, an active one-agent crew): (company, user, a session id)."""
+    tenant = await seed_tenant(dsn, users=1)
     sql = await asyncpg.connect(dsn)
     try:
-        company = await sql.fetchval("INSERT INTO companies (name) VALUES ('Padaria Boa Vista') RETURNING id")
-        user = await sql.fetchval(
-            "INSERT INTO users (company_id, phone_number, name) VALUES ($1, '+5511987654321', 'Ana') RETURNING id",
-            company,
-        )
-        crew = uuid.uuid4()
-        await sql.execute(
-            "INSERT INTO crews (id, company_id, name, process) VALUES ($1, $2, 'Atendimento', 'sequential')",
-            crew,
-            company,
-        )
-        agent = await sql.fetchval(
-            "INSERT INTO crew_agents (crew_id, role, goal, backstory) VALUES ($1, 'Atendente', $2, $3) RETURNING id",
-            crew,
-            "Responder os clientes da {company} com cordialidade",
-            "Você atende pelo WhatsApp.",
-        )
-        await sql.execute(
-            "INSERT INTO crew_tasks (crew_id, agent_id, description, expected_output) VALUES ($1, $2, $3, $4)",
-            crew,
-            agent,
-            "Responda à mensagem do cliente: {message}",
-            "Uma resposta curta e educada",
-        )
-        return company, user, uuid.uuid4()
+        user: uuid.UUID = await sql.fetchval("SELECT id FROM users WHERE company_id = $1", tenant.company_id)
     finally:
         await sql.close()
+    return tenant.company_id, user, uuid.uuid4()
 
 
 def config(dsn: str, redis_url: str, llm: FakeOpenAI) -> RuntimeConfig:
@@ -124,7 +105,7 @@ def crew_jobs(company: uuid.UUID, user: uuid.UUID, session: uuid.UUID, count: in
                     "companyId": str(company),
                     "userId": str(user),
                     "sessionId": str(session),
-                    "phoneNumber": "+5511987654321",
+                    "phoneNumber": phone(0),
                     "text": f"Pergunta {tag} número {n}: vocês abrem domingo?",
                     "providerMessageId": f"wamid.bench.{tag}.{n}",
                     "receivedAt": datetime.now(UTC).isoformat(),
@@ -161,11 +142,13 @@ async def one_round(
     async def llm_call(n: int) -> Any:
         return llm_api.call([{"role": "user", "content": f"Pergunta {index}.{n}: vocês abrem domingo?"}])
 
+    agent_spec, task_spec = definition.agents[0], definition.tasks[0]
+
     async def bare_kickoff(n: int, *, new_llm: bool = False) -> str:
         agent = crewai.Agent(
-            role="Atendente",
-            goal="Responder os clientes da {company} com cordialidade",
-            backstory="Você atende pelo WhatsApp.",
+            role=agent_spec.role,
+            goal=agent_spec.goal,
+            backstory=agent_spec.backstory,
             llm=crewai.LLM(model="gpt-4o-mini", provider="openai", base_url=llm.base_url, api_key=LLM_KEY)
             if new_llm
             else llm_api,
@@ -173,16 +156,16 @@ async def one_round(
             verbose=False,
         )
         task = crewai.Task(
-            description="Responda à mensagem do cliente: {message}",
-            expected_output="Uma resposta curta e educada",
+            description=task_spec.description,
+            expected_output=task_spec.expected_output,
             agent=agent,
         )
         crew = crewai.Crew(agents=[agent], tasks=[task], memory=False, cache=False, verbose=False)
-        output = await crew.kickoff_async(inputs={"message": f"Pergunta {index}.{n}", "company": "Padaria Boa Vista"})
+        output = await crew.kickoff_async(inputs={"message": f"Pergunta {index}.{n}", "company": COMPANY})
         return str(output.raw)
 
     async def our_kickoff(n: int) -> Any:
-        return await kickoff.answer(definition, message=f"Pergunta {index}.{n}", company="Padaria Boa Vista")
+        return await kickoff.answer(definition, message=f"Pergunta {index}.{n}", company=COMPANY)
 
     figures = {
         "llm call": await per_call(jobs, llm_call),

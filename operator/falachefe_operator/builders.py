@@ -74,9 +74,14 @@ class ObjectRef:
     name: str
 
     @property
-    def path(self) -> str:
+    def collection(self) -> str:
+        """The path of the kind's collection in the object's namespace."""
         group_version = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
-        return f"{group_version}/namespaces/{self.namespace}/{self.plural}/{self.name}"
+        return f"{group_version}/namespaces/{self.namespace}/{self.plural}"
+
+    @property
+    def path(self) -> str:
+        return f"{self.collection}/{self.name}"
 
     @property
     def key(self) -> tuple[str, str]:

@@ -105,7 +105,6 @@ class KubeApi:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=min(timeout_seconds, 10.0))
         self._ssl = _ssl_context(configuration)
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._max_in_flight = max_in_flight
         self._session: aiohttp.ClientSession | None = None
 
     @property

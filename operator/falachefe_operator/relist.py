@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
+from .builders import ObjectRef
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,6 @@ def tombstone(body: Mapping[str, Any]) -> dict[str, Any]:
             if key in metadata
         },
     }
-
-
-def collection_path(body: Mapping[str, Any], plural: str) -> str:
-    """The API path of a namespaced object's collection (``v1`` lives under /api, the rest under /apis)."""
-    api_version = str(body["apiVersion"])
-    root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    return f"{root}/namespaces/{body['metadata']['namespace']}/{plural}"
 
 
 @dataclass
@@ -118,7 +112,8 @@ class Relists:
         watch = self._watches[scope]
         for key, body in missing:
             try:
-                if await self._exists(collection_path(body, plural), key[1]):
+                ref = ObjectRef(str(body["apiVersion"]), str(body["kind"]), plural, *key)
+                if await self._exists(ref.collection, ref.name):
                     continue
             except Exception as error:  # the next relist (or resync) tries again
                 log.warning("could not check whether %s %s/%s still exists: %s", plural, *key, error)

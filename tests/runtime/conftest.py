@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio as redis
 from worker_harness import config_values
 
 from falachefe_devstack.llm_standin import FakeOpenAI
@@ -84,3 +85,11 @@ async def cache(redis_url: str) -> AsyncIterator[Cache]:
     async with Cache(RedisSettings(url=redis_url), CacheSettings()) as started:
         assert started.listening
         yield started
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
+    """A plain Redis client (strings decoded) on this test's database, to look at what bullmq keeps."""
+    connection = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield connection
+    await connection.aclose()

@@ -28,13 +28,6 @@ INFO = JobInfo(id="t", name="test", queue=ADMIN_QUEUE, attempt=1, max_attempts=1
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield connection
-    await connection.aclose()
-
-
-@pytest.fixture
 async def databases(app_dsn: str) -> AsyncIterator[list[Database]]:
     """Two independent pools on the same database, as two admin replicas have."""
     settings = DatabaseSettings(dsn=app_dsn, primary={"min_size": 1, "max_size": 3})

@@ -61,13 +61,6 @@ class Handler:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield connection
-    await connection.aclose()
-
-
-@pytest.fixture
 async def queue(redis_url: str) -> AsyncIterator[Queue]:
     producer = Queue(QUEUE, {"connection": redis_url})
     yield producer
