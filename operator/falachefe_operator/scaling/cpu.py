@@ -35,6 +35,7 @@ from kubernetes.utils import parse_quantity
 
 from ..kubeapi import ApiError, KubeApi
 from ..podindex import PodIndex, parse_selector
+from .deadline import responsive_timeout
 from .observation import CpuSample, MetricUnavailable
 
 METRICS_GROUP = "metrics.k8s.io"
@@ -71,7 +72,7 @@ class CpuReader:
     async def read(self, namespace: str, selector: str) -> CpuSample | MetricUnavailable:
         """The pods' utilisation, or why it cannot be known (never raises for API trouble)."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with responsive_timeout(self._timeout):
                 pods, usage = await asyncio.gather(
                     self._read_pods(namespace, selector), self._read_usage(namespace, selector)
                 )

@@ -46,6 +46,7 @@ import aiohttp
 from ..kubeapi import ApiError, KubeApi
 from ..podindex import PodIndex
 from .cpu import CpuReader, PodMetricsCache
+from .deadline import responsive_timeout
 from .decision import Decision, decide
 from .deletion_cost import mark_busy_pods
 from .history import History
@@ -264,7 +265,7 @@ class Autoscaler:
             {"op": "add", "path": "/spec/replicas", "value": replicas},
         ]
         try:
-            async with asyncio.timeout(self._timeout):
+            async with responsive_timeout(self._timeout):
                 await self._api.request("PATCH", f"{_path(target)}/scale", body=patch, content_type=JSON_PATCH)
             return None
         except ApiError as error:
@@ -280,7 +281,7 @@ class Autoscaler:
         return f"replicas changed concurrently to {replicas}; deciding again next poll"
 
     async def _read_deployment(self, target: PoolTarget) -> dict[str, Any]:
-        async with asyncio.timeout(self._timeout):
+        async with responsive_timeout(self._timeout):
             return (await self._api.request("GET", _path(target)))[1]
 
 

@@ -34,6 +34,7 @@ from redis.backoff import NoBackoff
 
 from falachefe_runtime.redact import address, redact_text, url_problem
 
+from .deadline import responsive_timeout
 from .observation import MetricUnavailable, QueueCounts
 
 #: bullmq bakes a 12-bit sequence number into the delayed set's scores.
@@ -58,6 +59,10 @@ class QueueRef:
 BATCH_WINDOW_SECONDS = 0.005
 #: Connections the reader keeps to one Redis, however many pools read it.
 MAX_CONNECTIONS_PER_REDIS = 4
+#: redis-py's own socket timeouts measure wall time, stalls of this process
+#: included: they are only a backstop, this many times the reader's timeout,
+#: which ``responsive_timeout`` enforces without charging Redis for them.
+SOCKET_TIMEOUT_FACTOR = 10
 _COMMANDS_PER_QUEUE = 8
 
 
@@ -75,6 +80,10 @@ class QueueReader:
     each other (pools polled together: an operator restart, resources made
     at once, polls that fell due in the same pass) share one MULTI/EXEC
     round trip, each queue's counts a consistent part of it.
+
+    ``timeout_seconds`` is charged to Redis only while this process's event
+    loop was running (``deadline.responsive_timeout``): an operator starved
+    of CPU reads late, it does not report Redis down.
     """
 
     def __init__(self, *, timeout_seconds: float = 3.0) -> None:
@@ -104,7 +113,7 @@ class QueueReader:
 
     async def _flush(self, url: str, batch: list[_Pending]) -> None:
         try:
-            async with asyncio.timeout(self._timeout):
+            async with responsive_timeout(self._timeout):
                 pipeline = self._client(url).pipeline(transaction=True)
                 for pending in batch:
                     _queue_commands(pipeline, pending.queue, pending.now_ms)
@@ -143,7 +152,7 @@ class QueueReader:
         """The lock token of each active job (None for a job whose lock lapsed), or why they could not be read."""
         key = f"{queue.prefix}:{queue.name}"
         try:
-            async with asyncio.timeout(self._timeout):
+            async with responsive_timeout(self._timeout):
                 client = self._client(queue.redis_url)
                 active = await client.lrange(f"{key}:active", 0, -1)
                 if not active:
@@ -162,9 +171,9 @@ class QueueReader:
                 url,
                 # Batched reads need few; more readers than this wait their turn.
                 max_connections=MAX_CONNECTIONS_PER_REDIS,
-                timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                socket_timeout=self._timeout,
+                timeout=self._timeout * SOCKET_TIMEOUT_FACTOR,
+                socket_connect_timeout=self._timeout * SOCKET_TIMEOUT_FACTOR,
+                socket_timeout=self._timeout * SOCKET_TIMEOUT_FACTOR,
                 # One retry covers a pooled connection that Redis closed
                 # (a restart); a Redis that stays down is reported, not waited on.
                 retry=Retry(NoBackoff(), 1),
