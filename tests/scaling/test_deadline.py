@@ -94,3 +94,27 @@ async def test_a_redis_that_accepts_and_never_answers_is_reported_down() -> None
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_slow_redis_gets_fewer_larger_round_trips(redis_url: str) -> None:
+    """While every connection waits for a paused Redis, later reads join one batch instead of queueing."""
+    admin = aioredis.Redis.from_url(redis_url)
+    reader = QueueReader(batch_window_seconds=0.01)
+    refs = [QueueRef(f"slow-{index}", redis_url) for index in range(20)]
+    try:
+        assert isinstance(await reader.read(refs[0]), QueueCounts)
+        before = (await admin.info("commandstats")).get("cmdstat_exec", {}).get("calls", 0)
+        await admin.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+
+        async def read_later(index: int, ref: QueueRef) -> QueueCounts | MetricUnavailable:
+            await asyncio.sleep(0.03 * index)  # each read in a window of its own
+            return await reader.read(ref)
+
+        results = await asyncio.gather(*(read_later(index, ref) for index, ref in enumerate(refs)))
+        after = (await admin.info("commandstats")).get("cmdstat_exec", {}).get("calls", 0)
+        assert all(isinstance(result, QueueCounts) for result in results), results
+        # Four round trips wait out the pause (one per connection); the other 16 reads share the next one or two.
+        assert after - before <= 6, after - before
+    finally:
+        await reader.aclose()
+        await admin.aclose()

@@ -55,8 +55,12 @@ class QueueRef:
         return address(self.redis_url)
 
 
-#: Reads of one Redis asked for within this long go in one round trip.
-BATCH_WINDOW_SECONDS = 0.005
+#: Reads of one Redis asked for within this long go in one round trip. Polls
+#: come every few seconds, so a quarter of a second costs their figures
+#: nothing, and the round trip's fixed cost (a task, MULTI/EXEC, the reply's
+#: framing) is shared: 400 queues polled every 5 s, one every 12.5 ms, cost
+#: 0.34 ms of CPU a read in batches against 0.74 ms alone (5 ms windows).
+BATCH_WINDOW_SECONDS = 0.25
 #: Connections the reader keeps to one Redis, however many pools read it.
 MAX_CONNECTIONS_PER_REDIS = 4
 #: redis-py's own socket timeouts measure wall time, stalls of this process
@@ -79,18 +83,26 @@ class QueueReader:
     Reads of the same Redis that arrive within ``BATCH_WINDOW_SECONDS`` of
     each other (pools polled together: an operator restart, resources made
     at once, polls that fell due in the same pass) share one MULTI/EXEC
-    round trip, each queue's counts a consistent part of it.
+    round trip, each queue's counts a consistent part of it. While every
+    connection to a Redis is waiting for a reply, its next batch keeps
+    growing rather than queueing for a connection: a slow Redis gets fewer,
+    larger round trips, and a read's timeout starts when its round trip does.
 
     ``timeout_seconds`` is charged to Redis only while this process's event
     loop was running (``deadline.responsive_timeout``): an operator starved
     of CPU reads late, it does not report Redis down.
     """
 
-    def __init__(self, *, timeout_seconds: float = 3.0) -> None:
+    def __init__(self, *, timeout_seconds: float = 3.0, batch_window_seconds: float = BATCH_WINDOW_SECONDS) -> None:
         self._timeout = timeout_seconds
+        self._window = batch_window_seconds
         self._clients: dict[str, aioredis.Redis] = {}
         self._batches: dict[str, list[_Pending]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
+        #: Round trips waiting for a reply, per Redis URL.
+        self._in_flight: dict[str, int] = {}
+        #: URLs whose batch window closed while every connection was waiting.
+        self._held: set[str] = set()
 
     async def read(self, queue: QueueRef, now_ms: int | None = None) -> QueueCounts | MetricUnavailable:
         """The queue's counts, or why they could not be read (never raises for Redis trouble)."""
@@ -99,17 +111,28 @@ class QueueReader:
         batch = self._batches.get(queue.redis_url)
         if batch is None:
             batch = self._batches[queue.redis_url] = []
-            loop.call_later(BATCH_WINDOW_SECONDS, self._flush_soon, queue.redis_url)
+            loop.call_later(self._window, self._flush_soon, queue.redis_url)
         pending = _Pending(queue, now_ms, loop.create_future())
         batch.append(pending)
         return await asyncio.shield(pending.result)
 
     def _flush_soon(self, url: str) -> None:
+        if self._in_flight.get(url, 0) >= MAX_CONNECTIONS_PER_REDIS:
+            self._held.add(url)  # sent when a round trip ends, with whatever joined it meanwhile
+            return
         batch = self._batches.pop(url, [])
         if batch:
+            self._in_flight[url] = self._in_flight.get(url, 0) + 1
             task = asyncio.get_running_loop().create_task(self._flush(url, batch))
             self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+            task.add_done_callback(lambda done: self._flushed(url, done))
+
+    def _flushed(self, url: str, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        self._in_flight[url] -= 1
+        if url in self._held:
+            self._held.discard(url)
+            self._flush_soon(url)
 
     async def _flush(self, url: str, batch: list[_Pending]) -> None:
         try:
@@ -184,7 +207,11 @@ class QueueReader:
         return client
 
     async def aclose(self) -> None:
-        await asyncio.gather(*self._flushing, return_exceptions=True)
+        for url in list(self._batches):  # reads still in their window are answered, not left waiting
+            self._in_flight[url] = 0
+            self._flush_soon(url)
+        while self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.aclose()
