@@ -494,6 +494,8 @@ class Controller:
     knob: float
     period_s: float
     deletion_cost = False
+    #: Pods up at time 0, when not the size the opening load needs.
+    initial_replicas: int | None = None
 
     def desired(self, view: View) -> int:
         raise NotImplementedError
@@ -654,7 +656,7 @@ class Keda(Hpa):
 
 
 class Static(Controller):
-    """A pool held at ``maxReplicas`` from the start: the floor.
+    """A pool at ``maxReplicas`` all along, up at time 0: the floor.
 
     With FIFO jobs whose service times are drawn in advance, more servers never start a job later, so no
     policy capped at ``maxReplicas`` waits less than this. Not a baseline: a reference for what is possible.
@@ -667,6 +669,7 @@ class Static(Controller):
         self.knob = w.max_replicas
         self.name = f"static {w.max_replicas} (floor)"
         self.w = w
+        self.initial_replicas = w.max_replicas
 
     def desired(self, view: View) -> int:
         return self.w.max_replicas
@@ -697,7 +700,7 @@ def ablations(w: Workload) -> list[Controller]:
 
 def simulate(w: Workload, jobs: list[Job], initial: int, controller: Controller, duration: float, seed: int) -> Run:
     cluster = Cluster(w, jobs, deletion_cost=controller.deletion_cost, seed=seed)
-    cluster.start_warm(initial)
+    cluster.start_warm(initial if controller.initial_replicas is None else controller.initial_replicas)
     now = 0.0
     ticks_per_poll = round(controller.period_s / TICK_S)
     ticks_per_scrape = round(METRICS_RESOLUTION_S / TICK_S)
