@@ -903,6 +903,36 @@ def print_ablations(rows: list[Row], policy: str) -> None:
                 f"   vs full: viol {r.slo_violation_s - full.slo_violation_s:+.0f}s,"
                 f" pod-h {(r.pod_seconds - full.pod_seconds) / 3600:+.2f}"
             )
+    held_out = {t.name for t in unseen_traces(3600.0, 1)}
+    print("\nablations summed over traces and seeds (variant minus the full policy; rev, cut, scales: variant/full)")
+    for group, members in (
+        ("tuned-on", lambda name: name not in held_out),
+        ("held-out", lambda name: name in held_out),
+    ):
+        pairs = {(r.trace, r.seed) for r in rows if members(r.trace)}
+        if not pairs:
+            continue
+        full = {(r.trace, r.seed): r for r in rows if r.policy == policy and (r.trace, r.seed) in pairs}
+        variants = dict.fromkeys(
+            r.policy for r in rows if r.policy.startswith("ours ") and not r.policy.startswith("ours wait")
+        )
+        for variant in variants:
+            mine = [r for r in rows if r.policy == variant and (r.trace, r.seed) in pairs]
+            base = [full[(r.trace, r.seed)] for r in mine]
+            moved = [
+                f"{r.trace} s{r.seed} {r.slo_violation_s - f.slo_violation_s:+.0f}s"
+                for r, f in zip(mine, base, strict=True)
+                if abs(r.slo_violation_s - f.slo_violation_s) >= 1
+            ]
+            print(
+                f"{group:<9} {len(pairs):>2} pairs {variant:<24}"
+                f" viol {sum(r.slo_violation_s - f.slo_violation_s for r, f in zip(mine, base, strict=True)):+5.0f}s"
+                f" pod-h {sum(r.pod_seconds - f.pod_seconds for r, f in zip(mine, base, strict=True)) / 3600:+7.2f}"
+                f" rev {sum(r.reversals for r in mine)}/{sum(f.reversals for f in base)}"
+                f" cut {sum(r.cut_jobs for r in mine)}/{sum(f.cut_jobs for f in base)}"
+                f" scales {sum(r.actions for r in mine)}/{sum(f.actions for f in base)}"
+                f"  {'; '.join(moved)}"
+            )
 
 
 COLORS = {"ours": "tab:green", "hpa-cpu": "tab:red", "keda": "tab:blue"}
