@@ -625,7 +625,12 @@ class Controller:
         for (kind, pool), outcome in zip(due, outcomes, strict=True):
             self._targets[kind] = targets[kind]
             self._scaling[kind] = autoscaling.report(outcome, self._scaling.get(kind), stamp)
-            self._next_poll[kind] = self._clock() + pool.autoscaling.polling_interval_seconds
+            # Polls keep their rate, however long a step took (a queue read waits
+            # for its batch window); a step longer than the interval skips the
+            # polls it missed rather than running them back to back.
+            interval = pool.autoscaling.polling_interval_seconds
+            after = self._clock()
+            self._next_poll[kind] = now + interval if now + interval > after else after + interval
             if outcome.queue is None:
                 self._next_secrets = min(self._next_secrets, self._clock() + SECRETS_RECHECK_SECONDS)
             for change in outcome.transitions:
