@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import hashlib
 import json
 import os
 import signal
@@ -64,6 +65,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +73,7 @@ from typing import Any
 
 import redis.asyncio as redis
 import uvloop
-from bullmq import Job, Worker
+from bullmq import Job, Worker, redis_connection
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio.connection import AbstractConnection
 
@@ -119,17 +121,41 @@ VARIANTS = (
 TWO_TRIPS = " 2rt"
 #: Requests redis-py has sent from this process (``--serve``): one a round trip, a pipeline one.
 _sent = [0]
+#: The commands inside them, by name (a bullmq script by its name, any other script as ``EVALSHA``).
+_commands: Counter[str] = Counter()
+
+
+def _script_names() -> dict[bytes, str]:
+    """bullmq's Lua scripts by SHA1, as redis-py sends them (``EVALSHA <sha>``)."""
+    names = {}
+    for name, filename in redis_connection.SCRIPT_DEFINITIONS.items():
+        text = redis_connection.loadScript(filename)
+        names[hashlib.sha1(text.encode()).hexdigest().encode()] = name
+    return names
 
 
 def count_round_trips() -> None:
-    """Count every request this process sends to Redis (the worker's, the handler's, bullmq's)."""
+    """Count every request this process sends to Redis (the worker's, the handler's, bullmq's), and its commands."""
     send = AbstractConnection.send_packed_command
+    pack = AbstractConnection.pack_command
+    scripts = _script_names()
 
     async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         _sent[0] += 1
         await send(self, command, check_health)
 
+    def tallied(self: AbstractConnection, *args: Any) -> list[bytes]:
+        name = args[0].encode() if isinstance(args[0], str) else bytes(args[0])
+        name = name.split()[0].upper()
+        if name == b"EVALSHA" and len(args) > 1:
+            sha = args[1].encode() if isinstance(args[1], str) else bytes(args[1])
+            _commands[scripts.get(sha, "EVALSHA")] += 1
+        else:
+            _commands[name.decode()] += 1
+        return pack(self, *args)
+
     AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    AbstractConnection.pack_command = tallied  # type: ignore[method-assign]
 
 
 # -- the Python worker process (``--serve``) -------------------------------------------
@@ -163,7 +189,9 @@ async def _serve_until_sigterm(profiler: cProfile.Profile | None, profile: str |
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps({"round_trips": _sent[0]}), flush=True))
+    loop.add_signal_handler(
+        signal.SIGUSR1, lambda: print(json.dumps({"round_trips": _sent[0], "commands": _commands}), flush=True)
+    )
     print(json.dumps({"ready": True}), flush=True)
     if profiler is not None:
         profiler.enable()
@@ -255,7 +283,11 @@ class Round:
     #: ... and PostgreSQL's server processes.
     db_cpu_seconds: float
     #: Requests the worker process sent to Redis over the measured drain (None: not counted, the Node worker).
-    round_trips: int | None
+    requests: Requests | None
+
+    @property
+    def round_trips(self) -> int | None:
+        return None if self.requests is None else self.requests.round_trips
 
     @property
     def cpu_ms_per_job(self) -> float:
@@ -275,6 +307,28 @@ class Round:
 
     def percentile_ms(self, fraction: float) -> float:
         return percentile(self.latencies_ms, fraction)
+
+
+@dataclass
+class Requests:
+    """What a worker process sent to Redis: requests (round trips) and the commands in them, by name."""
+
+    round_trips: int
+    commands: Counter[str]
+
+    def __sub__(self, before: Requests) -> Requests:
+        return Requests(self.round_trips - before.round_trips, self.commands - before.commands)
+
+
+def since(after: Requests | None, before: Requests | None) -> Requests | None:
+    return None if after is None or before is None else after - before
+
+
+def commands_per_job(requests: Requests | None, jobs: int) -> str:
+    """``requests``' commands per job, most frequent first (bullmq scripts by name)."""
+    if requests is None:
+        return "-"
+    return ", ".join(f"{name} {count / jobs:.2f}" for name, count in requests.commands.most_common())
 
 
 class WorkerProcess:
@@ -308,13 +362,14 @@ class WorkerProcess:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.popen.pid)
 
-    def round_trips(self) -> int | None:
-        """The Redis requests the (Python) worker has sent so far."""
+    def requests(self) -> Requests | None:
+        """The Redis requests the (Python) worker has sent so far, and their commands."""
         if self.variant == "node no-op":
             return None
         assert self.popen.stdout is not None
         self.popen.send_signal(signal.SIGUSR1)
-        return int(json.loads(self.popen.stdout.readline())["round_trips"])
+        answer = json.loads(self.popen.stdout.readline())
+        return Requests(int(answer["round_trips"]), Counter(answer["commands"]))
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -371,14 +426,13 @@ async def measure(
     try:
         await drain(queues, queue, messages(company, USERS, f"{index}.warm"))
         await queues.queue(queue).clean(0, 0, "completed")
-        trips_before = worker.round_trips()
+        trips_before = worker.requests()
         cpu_before = worker.cpu_seconds()
         db_before = process_cpu_seconds(postmaster, with_children=True)
         seconds = await drain(queues, queue, messages(company, jobs, f"{index}.run"))
         cpu_seconds = worker.cpu_seconds() - cpu_before
         db_cpu_seconds = process_cpu_seconds(postmaster, with_children=True) - db_before
-        trips_after = worker.round_trips()
-        round_trips = None if trips_before is None or trips_after is None else trips_after - trips_before
+        round_trips = since(worker.requests(), trips_before)
         done = await queues.queue(queue).getJobs(["completed"], 0, -1, True)
         failed = await queues.counts(queue)
         if len(done) != jobs or failed["failed"]:
@@ -427,7 +481,11 @@ class Load:
     #: The worker process's CPU (user + system) from the first add until the queue was empty.
     cpu_seconds: float
     #: Its Redis requests over the same span (None: not counted, the Node worker).
-    round_trips: int | None
+    requests: Requests | None
+
+    @property
+    def round_trips(self) -> int | None:
+        return None if self.requests is None else self.requests.round_trips
 
     @property
     def cpu_ms_per_job(self) -> float:
@@ -487,7 +545,7 @@ async def measure_latency(
         await queues.queue(queue).clean(0, 0, "completed")
         for fraction, jobs in zip(fractions, counts, strict=True):
             rate = fraction * saturation
-            trips_before = worker.round_trips()
+            trips_before = worker.requests()
             cpu_before = worker.cpu_seconds()
             add_seconds, lag_ms = await produce(queues, queue, company, rate, jobs, f"latency.{fraction}", tick_s)
             added = time.perf_counter()
@@ -495,8 +553,7 @@ async def measure_latency(
                 await asyncio.sleep(0.005)
             tail_seconds = time.perf_counter() - added
             cpu_seconds = worker.cpu_seconds() - cpu_before
-            trips_after = worker.round_trips()
-            trips = None if trips_before is None or trips_after is None else trips_after - trips_before
+            trips = since(worker.requests(), trips_before)
             done = await queues.queue(queue).getJobs(["completed"], 0, -1, True)
             failed = await queues.counts(queue)
             if len(done) != jobs or failed["failed"]:
@@ -555,6 +612,10 @@ def report_latency(loads: list[Load], seconds: float, tick_s: float) -> None:
         "tail: seconds from the last add until the queue was empty; CPU and Redis RT: the worker process's "
         "over the run, per job"
     )
+    print("Redis commands per job, by command (bullmq's scripts by name; a pipeline is one round trip):")
+    for load in loads:
+        if load.requests is not None:
+            print(f"  {load.variant} at {load.fraction:.0%}: {commands_per_job(load.requests, load.jobs)}")
     for load in loads:
         if load.variant == "auth cached" and load.fraction == 0.5:
             p99 = percentile(load.end_to_end_ms, 0.99)
@@ -677,16 +738,19 @@ def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds:
         )
     spread = {v: [round(r.per_second) for r in rs] for v, rs in results.items()}
     print("jobs/s per round:", json.dumps(spread))
-    for label, per_job in (
+    for label, field in (
         ("worker CPU ms", "cpu_ms_per_job"),
         ("PostgreSQL CPU ms", "db_cpu_ms_per_job"),
         ("Redis round trips", "round_trips_per_job"),
     ):
         values = {
-            v: [round(getattr(r, per_job), 2) for r in rs if getattr(r, per_job) is not None]
-            for v, rs in results.items()
+            v: [round(getattr(r, field), 2) for r in rs if getattr(r, field) is not None] for v, rs in results.items()
         }
         print(f"{label} per job, per round:", json.dumps({v: x for v, x in values.items() if x}))
+    print("Redis commands per job in the median round, by command (bullmq's scripts by name):")
+    for variant, result in median.items():
+        if result.requests is not None:
+            print(f"  {variant}: {commands_per_job(result.requests, result.jobs)}")
 
 
 def main() -> None:
