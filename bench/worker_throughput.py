@@ -116,9 +116,13 @@ VARIANTS = (
     "auth uncached",
     "python no-op 2rt",
     "auth cached 2rt",
+    "python no-op all-fetch",
+    "auth cached all-fetch",
 )
 #: The variants that are another with ``fetch_next`` off.
 TWO_TRIPS = " 2rt"
+#: ... and with ``one_waiter`` off: every free slot fetches, as in bullmq's loop.
+ALL_FETCH = " all-fetch"
 #: Requests redis-py has sent from this process (``--serve``): one a round trip, a pipeline one.
 _sent = [0]
 #: The commands inside them, by name (a bullmq script by its name, any other script as ``EVALSHA``).
@@ -203,8 +207,8 @@ async def _serve_until_sigterm(profiler: cProfile.Profile | None, profile: str |
 
 async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency: int) -> None:
     count_round_trips()
-    name, fetch_next = variant, not variant.endswith(TWO_TRIPS)
-    variant = variant.removesuffix(TWO_TRIPS)
+    name, fetch_next, one_waiter = variant, not variant.endswith(TWO_TRIPS), not variant.endswith(ALL_FETCH)
+    variant = variant.removesuffix(TWO_TRIPS).removesuffix(ALL_FETCH)
     profile = os.environ.get(PROFILE_ENV)
     profiler = cProfile.Profile(time.process_time) if profile else None
     closers: list[Callable[[], Awaitable[Any]]] = []
@@ -254,7 +258,13 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
         )
         routes = {PROCESS_MESSAGE: Route(ProcessMessage, auth.handle_message)}
     worker = QueueWorker(
-        queue, routes, redis_url=redis_url, concurrency=concurrency, settings=QueueSettings(), fetch_next=fetch_next
+        queue,
+        routes,
+        redis_url=redis_url,
+        concurrency=concurrency,
+        settings=QueueSettings(),
+        fetch_next=fetch_next,
+        one_waiter=one_waiter,
     )
     await worker.start()
     await _serve_until_sigterm(profiler, profile, name)
@@ -612,6 +622,18 @@ def report_latency(loads: list[Load], seconds: float, tick_s: float) -> None:
         "tail: seconds from the last add until the queue was empty; CPU and Redis RT: the worker process's "
         "over the run, per job"
     )
+    by_run = {(load.variant, load.fraction): load for load in loads}
+    for (variant, fraction), on in by_run.items():
+        off = by_run.get((variant + ALL_FETCH, fraction))
+        if off is None or not on.round_trips or not off.round_trips:
+            continue
+        print(
+            f"one waiter on / off, {variant} at {fraction:.0%}: "
+            f"Redis RT/job {on.round_trips / on.jobs:.2f} / {off.round_trips / off.jobs:.2f} "
+            f"= {(on.round_trips / on.jobs) / (off.round_trips / off.jobs):.2f}x; "
+            f"worker CPU/job {on.cpu_ms_per_job:.2f} / {off.cpu_ms_per_job:.2f} ms "
+            f"= {on.cpu_ms_per_job / off.cpu_ms_per_job:.2f}x"
+        )
     print("Redis commands per job, by command (bullmq's scripts by name; a pipeline is one round trip):")
     for load in loads:
         if load.requests is not None:
@@ -718,24 +740,26 @@ def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds:
         ratio("PostgreSQL CPU/job", db_of, "auth cached", "auth uncached"),
     ]
     print("ratios (CPU: medians of rounds):", "; ".join(r for r in ratios if r is not None))
-    # One round trip per job against two: the same worker with fetch_next on and off, paired within each round.
-    for variant in ("python no-op", "auth cached"):
-        off = variant + TWO_TRIPS
-        if variant not in results or off not in results:
-            continue
-        pairs = list(zip(results[variant], results[off], strict=True))
-        paired = {
-            "Redis RT/job": [on.round_trips_per_job / two.round_trips_per_job for on, two in pairs],  # type: ignore[operator]
-            "worker CPU/job": [on.cpu_ms_per_job / two.cpu_ms_per_job for on, two in pairs],
-            "jobs/s": [on.per_second / two.per_second for on, two in pairs],
-        }
-        print(
-            f"fetch next on / off, {variant}, median of the rounds' ratios (per round):",
-            "; ".join(
-                f"{label} {statistics.median(values):.2f}x {[round(v, 2) for v in values]}"
-                for label, values in paired.items()
-            ),
-        )
+    # Each idea against the same worker without it, paired within each round: fetch next (one round trip per
+    # job against two), one waiter (one free slot waiting for all against every free slot fetching).
+    for suffix, idea in ((TWO_TRIPS, "fetch next"), (ALL_FETCH, "one waiter")):
+        for variant in ("python no-op", "auth cached"):
+            off = variant + suffix
+            if variant not in results or off not in results:
+                continue
+            pairs = list(zip(results[variant], results[off], strict=True))
+            paired = {
+                "Redis RT/job": [on.round_trips_per_job / two.round_trips_per_job for on, two in pairs],  # type: ignore[operator]
+                "worker CPU/job": [on.cpu_ms_per_job / two.cpu_ms_per_job for on, two in pairs],
+                "jobs/s": [on.per_second / two.per_second for on, two in pairs],
+            }
+            print(
+                f"{idea} on / off, {variant}, median of the rounds' ratios (per round):",
+                "; ".join(
+                    f"{label} {statistics.median(values):.2f}x {[round(v, 2) for v in values]}"
+                    for label, values in paired.items()
+                ),
+            )
     spread = {v: [round(r.per_second) for r in rs] for v, rs in results.items()}
     print("jobs/s per round:", json.dumps(spread))
     for label, field in (
