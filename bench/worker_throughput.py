@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import redis.asyncio as redis
 import uvloop
 from bullmq import Job, Worker, redis_connection
@@ -108,6 +109,10 @@ NODE_SCRIPT = REPO / "tests" / "node" / "bullmq.mjs"
 USERS = 100
 #: Set to a directory, each Python worker process dumps a CPU-time profile (cProfile) there.
 PROFILE_ENV = "FALACHEFE_BENCH_PROFILE"
+#: Set to a directory, each auth worker writes there when each of its user lookups reached PostgreSQL
+#: (``lookups-<variant>.json``, monotonic seconds): how often lookups from concurrent jobs come close
+#: enough together to be coalesced (``--coalescing-window-ms``).
+LOOKUPS_ENV = "FALACHEFE_BENCH_LOOKUPS"
 VARIANTS = (
     "node no-op",
     "bullmq no-op",
@@ -118,7 +123,14 @@ VARIANTS = (
     "auth cached 2rt",
     "python no-op all-fetch",
     "auth cached all-fetch",
+    "auth cached quiet",
+    "auth cached no-reset",
 )
+#: Measurement-only ablations of ``auth cached`` (not options of the runtime): ``quiet`` logs at WARNING
+#: (the job's INFO line is not written); ``no-reset`` has asyncpg's pool release a connection without
+#: its reset query (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``, a
+#: PostgreSQL round trip per release).
+ABLATIONS = (" quiet", " no-reset")
 #: The variants that are another with ``fetch_next`` off.
 TWO_TRIPS = " 2rt"
 #: ... and with ``one_waiter`` off: every free slot fetches, as in bullmq's loop.
@@ -169,6 +181,35 @@ class AnyPayload(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class TimedStore(AuthStore):
+    """``AuthStore`` noting when each user lookup is sent to PostgreSQL (for ``LOOKUPS_ENV``)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.lookups: list[float] = []
+
+    async def user_by_phone(self, company_id: uuid.UUID, phone_number: str) -> Any:
+        self.lookups.append(time.monotonic())
+        return await super().user_by_phone(company_id, phone_number)
+
+
+def batches(times: list[float], window_s: float, most: int) -> list[int]:
+    """The batch sizes of a loader that, from a lookup it is not yet sending, waits ``window_s`` for others.
+
+    Greedy, in time order: a batch takes the lookups begun within ``window_s`` of its first, at most ``most``.
+    """
+    ordered = sorted(times)
+    sizes = []
+    index = 0
+    while index < len(ordered):
+        end = index + 1
+        while end < len(ordered) and end - index < most and ordered[end] <= ordered[index] + window_s:
+            end += 1
+        sizes.append(end - index)
+        index = end
+    return sizes
+
+
 class PassThroughCache:
     """The cache switched off: every lookup goes to the loader (PostgreSQL)."""
 
@@ -208,12 +249,15 @@ async def _serve_until_sigterm(profiler: cProfile.Profile | None, profile: str |
 async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency: int) -> None:
     count_round_trips()
     name, fetch_next, one_waiter = variant, not variant.endswith(TWO_TRIPS), not variant.endswith(ALL_FETCH)
-    variant = variant.removesuffix(TWO_TRIPS).removesuffix(ALL_FETCH)
+    ablation = next((a for a in ABLATIONS if variant.endswith(a)), "")
+    variant = variant.removesuffix(TWO_TRIPS).removesuffix(ALL_FETCH).removesuffix(ablation)
     profile = os.environ.get(PROFILE_ENV)
     profiler = cProfile.Profile(time.process_time) if profile else None
     closers: list[Callable[[], Awaitable[Any]]] = []
     # Production's logging: one JSON line per job on stderr (the driver sends it to /dev/null).
-    configure_logging("INFO", "json")
+    configure_logging("WARNING" if ablation == " quiet" else "INFO", "json")
+    if ablation == " no-reset":
+        asyncpg.Connection.get_reset_query = lambda self: ""  # type: ignore[method-assign]
     if variant == "bullmq no-op":
 
         async def bare(job: Job, token: str) -> None:
@@ -247,8 +291,16 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
         closers.append(client.aclose)
         queues = Queues(redis_url)
         closers.append(queues.close)
+        store = TimedStore(db)
+        if lookups_dir := os.environ.get(LOOKUPS_ENV):
+
+            async def dump_lookups() -> None:
+                path = Path(lookups_dir, f"lookups-{name.replace(' ', '-')}.json")
+                path.write_text(json.dumps(store.lookups))  # noqa: ASYNC240 - once, as the process ends
+
+            closers.append(dump_lookups)
         auth = AuthService(
-            store=AuthStore(db),
+            store=store,
             companies=Companies(db, cache),
             cache=cache,
             queues=queues,
@@ -654,11 +706,15 @@ async def run(
     latency_loads: tuple[float, ...] = LATENCY_LOADS,
     latency_seconds: float = 10.0,
     latency_tick_s: float = 0.005,
+    coalescing_window_s: float = 0.002,
 ) -> None:
     """The rounds at saturation; then, unless ``latency_variants`` is empty, latency below it."""
     started_load = os.getloadavg()
     loads: list[Load] = []
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as workdir:
+        lookups_dir = Path(workdir) / "lookups"
+        lookups_dir.mkdir()
+        os.environ[LOOKUPS_ENV] = str(lookups_dir)  # the workers' environment (``_env``)
         pg = PostgresServer(Path(workdir) / "pg").start()
         cache = RedisServer(Path(workdir) / "redis").start()
         try:
@@ -685,7 +741,10 @@ async def run(
         finally:
             cache.stop()
             pg.stop()
+        coalescing = lookup_coincidences(lookups_dir, coalescing_window_s, concurrency)
     report(results, jobs, concurrency, rounds)
+    for line in coalescing:
+        print(line)
     if loads:
         report_latency(loads, latency_seconds, latency_tick_s)
     ended_load = os.getloadavg()
@@ -696,6 +755,25 @@ async def run(
         " ".join(f"{x:.2f}" for x in ended_load),
         f"({os.cpu_count()} CPUs)",
     )
+
+
+def lookup_coincidences(lookups_dir: Path, window_s: float, most: int) -> list[str]:
+    """How close together the auth workers' user lookups reached PostgreSQL (each variant's last process)."""
+    lines = []
+    for path in sorted(lookups_dir.glob("lookups-*.json")):
+        times = json.loads(path.read_text())
+        if len(times) < 2:
+            continue
+        sizes = batches(times, window_s, most)
+        variant = path.stem.removeprefix("lookups-").replace("-", " ")
+        shares = {k: sum(k for size in sizes if size == k) / len(times) for k in range(1, most + 1)}
+        lines.append(
+            f"user lookups sent to PostgreSQL by {variant} (its last process, warm-up included): {len(times)}; "
+            f"a loader waiting {1000 * window_s:g} ms for others would send {len(sizes)} queries "
+            f"({len(sizes) / len(times):.2f} per lookup); lookups by the size of their batch: "
+            + ", ".join(f"{k}: {share:.0%}" for k, share in shares.items())
+        )
+    return lines
 
 
 def _median_round(rounds: list[Round]) -> Round:
@@ -742,7 +820,9 @@ def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds:
     print("ratios (CPU: medians of rounds):", "; ".join(r for r in ratios if r is not None))
     # Each idea against the same worker without it, paired within each round: fetch next (one round trip per
     # job against two), one waiter (one free slot waiting for all against every free slot fetching).
-    for suffix, idea in ((TWO_TRIPS, "fetch next"), (ALL_FETCH, "one waiter")):
+    # The measurement-only ablations: the job's log line, asyncpg's reset query on each release.
+    ideas = ((TWO_TRIPS, "fetch next"), (ALL_FETCH, "one waiter"), (" quiet", "log line"), (" no-reset", "pool reset"))
+    for suffix, idea in ideas:
         for variant in ("python no-op", "auth cached"):
             off = variant + suffix
             if variant not in results or off not in results:
@@ -753,10 +833,14 @@ def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds:
                 "worker CPU/job": [on.cpu_ms_per_job / two.cpu_ms_per_job for on, two in pairs],
                 "jobs/s": [on.per_second / two.per_second for on, two in pairs],
             }
+            if all(two.db_cpu_seconds > 0 for _, two in pairs):
+                paired["PostgreSQL CPU/job"] = [on.db_cpu_seconds / two.db_cpu_seconds for on, two in pairs]
+            paired["worker CPU ms/job, on - off"] = [on.cpu_ms_per_job - two.cpu_ms_per_job for on, two in pairs]
             print(
                 f"{idea} on / off, {variant}, median of the rounds' ratios (per round):",
                 "; ".join(
-                    f"{label} {statistics.median(values):.2f}x {[round(v, 2) for v in values]}"
+                    f"{label} {statistics.median(values):.2f}{'' if ' - ' in label else 'x'} "
+                    f"{[round(v, 2) for v in values]}"
                     for label, values in paired.items()
                 ),
             )
@@ -799,6 +883,12 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="how long jobs are added at each load")
     parser.add_argument("--latency-tick-ms", type=float, default=5.0, help="the producer adds the jobs due this often")
     parser.add_argument("--no-latency", action="store_true", help="saturation only: skip the latency phase")
+    parser.add_argument(
+        "--coalescing-window-ms",
+        type=float,
+        default=2.0,
+        help="report how a loader waiting this long for other user lookups (cache misses) would batch them",
+    )
     parser.add_argument("--serve", choices=VARIANTS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
@@ -831,6 +921,7 @@ def main() -> None:
                 loads,
                 arguments.latency_seconds,
                 arguments.latency_tick_ms / 1000,
+                arguments.coalescing_window_ms / 1000,
             )
         )
 
