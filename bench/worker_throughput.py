@@ -20,7 +20,13 @@ worker process with the same concurrency, consuming its own queue:
   pass-through (every lookup is a PostgreSQL query);
 - ``python no-op 2rt`` and ``auth cached 2rt``: the same two with
   ``fetch_next`` off, the ablation of one round trip per job: completing a
-  job and taking the next in two Redis calls, as bullmq's own worker does.
+  job and taking the next in two Redis calls, as bullmq's own worker does;
+- ``python no-op all-fetch`` and ``auth cached all-fetch``: the same two with
+  ``one_waiter`` off, every free slot fetching as bullmq's loop does (it
+  matters on trickle arrivals: see the latency phase);
+- ``auth cached quiet`` and ``auth cached no-reset``: measurement-only
+  ablations (``ABLATIONS``): the job's log line not written; asyncpg's
+  reset query on each pool release not sent.
 
 The auth variants do the real work of an authorized message: lookups, one
 transaction (claim the message id, log the attempt) and the hand-off to
@@ -31,7 +37,8 @@ started, and the queue resumed; throughput is N over the time until the
 queue is drained. Latency is each job's ``finishedOn - processedOn``
 (BullMQ's own millisecond timestamps, the same for both languages). Redis
 round trips per job are counted in each Python worker process, as redis-py
-sends requests (a pipeline is one); the Node worker's are not counted. Jobs
+sends requests (a pipeline is one), with the commands in them by name
+(bullmq's scripts by SHA1); the Node worker's are not counted. Jobs
 are kept after completion (``removeOnComplete: false``) so every one can be
 read back. A warm-up batch of one message per user runs before the measured
 one. Variants take turns for K rounds; the median round is reported, and
@@ -296,7 +303,7 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
 
             async def dump_lookups() -> None:
                 path = Path(lookups_dir, f"lookups-{name.replace(' ', '-')}.json")
-                path.write_text(json.dumps(store.lookups))  # noqa: ASYNC240 - once, as the process ends
+                path.write_text(json.dumps({"variant": name, "lookups": store.lookups}))  # noqa: ASYNC240 - once, at exit
 
             closers.append(dump_lookups)
         auth = AuthService(
@@ -761,11 +768,11 @@ def lookup_coincidences(lookups_dir: Path, window_s: float, most: int) -> list[s
     """How close together the auth workers' user lookups reached PostgreSQL (each variant's last process)."""
     lines = []
     for path in sorted(lookups_dir.glob("lookups-*.json")):
-        times = json.loads(path.read_text())
+        noted = json.loads(path.read_text())
+        variant, times = noted["variant"], noted["lookups"]
         if len(times) < 2:
             continue
         sizes = batches(times, window_s, most)
-        variant = path.stem.removeprefix("lookups-").replace("-", " ")
         shares = {k: sum(k for size in sizes if size == k) / len(times) for k in range(1, most + 1)}
         lines.append(
             f"user lookups sent to PostgreSQL by {variant} (its last process, warm-up included): {len(times)}; "
