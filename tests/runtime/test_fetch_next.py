@@ -352,3 +352,37 @@ async def test_jobs_arriving_one_at_a_time_cost_one_wait_and_three_scripts_each(
         assert blocks <= jobs + 1, blocks
     else:
         assert scripts >= 2 * 3 * jobs, scripts
+
+
+async def test_a_pair_of_jobs_at_an_idle_worker_is_taken_by_two_fetches_the_other_slots_waiting(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    """Two jobs appear at once (a resumed queue): the woken slot takes one and learns one is left; one slot
+    fetches it while the three others wait for that fetch, instead of all four asking Redis."""
+    done: list[int] = []
+
+    async def handle(payload: Payload, info: JobInfo) -> JobResult:
+        await asyncio.sleep(0.2)  # both jobs are taken before either completes (a completion could take one)
+        done.append(payload.n)
+        return {"done": payload.n}
+
+    consumer = QueueWorker(
+        QUEUE, {"task": Route(Payload, handle)}, redis_url=redis_url, concurrency=5, settings=QueueSettings()
+    )
+    await consumer.start()
+    try:
+        await asyncio.sleep(0.5)  # the worker finds the queue empty; one slot waits on the marker
+        await queue.pause()
+        produce(redis_url, {"n": 1}, {"n": 2})
+        scripts, blocks = await script_calls(client), await command_calls(client, "bzpopmin")
+        await queue.resume()  # one script, here; both jobs become waiting at once, one marker
+        await eventually(lambda: asyncio.sleep(0, len(done) == 2), "both jobs done")
+        await asyncio.sleep(0.3)
+        scripts = await script_calls(client) - scripts - 1
+        blocks = await command_calls(client, "bzpopmin") - blocks
+    finally:
+        await consumer.stop(5)
+    assert sorted(done) == [1, 2]
+    # Two takes (moveToActive and SETTLE each) and two completions; one wake-up (the resume's marker).
+    assert scripts == 6, scripts
+    assert blocks == 1, blocks
