@@ -386,3 +386,19 @@ async def test_a_pair_of_jobs_at_an_idle_worker_is_taken_by_two_fetches_the_othe
     # Two takes (moveToActive and SETTLE each) and two completions; one wake-up (the resume's marker).
     assert scripts == 6, scripts
     assert blocks == 1, blocks
+
+
+async def test_a_take_loads_the_scripts_again_when_redis_has_lost_them(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    """A restarted (or flushed) Redis answers NOSCRIPT: the take loads both scripts and asks once more."""
+    first, second = produce(redis_url, {"n": 1}, {"n": 2})
+    async with intake(redis_url, Processor(), fetch_next=False) as worker:
+        assert await worker.getNextJob(f"{worker.id}:1") is not None
+        await client.script_flush()
+        job = await worker.getNextJob(f"{worker.id}:2")
+        assert job is not None and str(job.id) == second
+        assert worker.left == 0 and worker.drained
+    # Each job taken once: the first attempt (NOSCRIPT) took nothing.
+    assert await queue.getJobState(first) == await queue.getJobState(second) == "active"
+    assert await client.llen(f"bull:{QUEUE}:active") == 2
