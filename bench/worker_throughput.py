@@ -20,7 +20,13 @@ worker process with the same concurrency, consuming its own queue:
   pass-through (every lookup is a PostgreSQL query);
 - ``python no-op 2rt`` and ``auth cached 2rt``: the same two with
   ``fetch_next`` off, the ablation of one round trip per job: completing a
-  job and taking the next in two Redis calls, as bullmq's own worker does.
+  job and taking the next in two Redis calls, as bullmq's own worker does;
+- ``python no-op all-fetch`` and ``auth cached all-fetch``: the same two with
+  ``one_waiter`` off, every free slot fetching as bullmq's loop does (it
+  matters on trickle arrivals: see the latency phase);
+- ``auth cached quiet`` and ``auth cached no-reset``: measurement-only
+  ablations (``ABLATIONS``): the job's log line not written; asyncpg's
+  reset query on each pool release not sent.
 
 The auth variants do the real work of an authorized message: lookups, one
 transaction (claim the message id, log the attempt) and the hand-off to
@@ -31,7 +37,8 @@ started, and the queue resumed; throughput is N over the time until the
 queue is drained. Latency is each job's ``finishedOn - processedOn``
 (BullMQ's own millisecond timestamps, the same for both languages). Redis
 round trips per job are counted in each Python worker process, as redis-py
-sends requests (a pipeline is one); the Node worker's are not counted. Jobs
+sends requests (a pipeline is one), with the commands in them by name
+(bullmq's scripts by SHA1); the Node worker's are not counted. Jobs
 are kept after completion (``removeOnComplete: false``) so every one can be
 read back. A warm-up batch of one message per user runs before the measured
 one. Variants take turns for K rounds; the median round is reported, and
@@ -55,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import hashlib
 import json
 import os
 import signal
@@ -64,14 +72,16 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import redis.asyncio as redis
 import uvloop
-from bullmq import Job, Worker
+from bullmq import Job, Worker, redis_connection
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio.connection import AbstractConnection
 
@@ -106,6 +116,10 @@ NODE_SCRIPT = REPO / "tests" / "node" / "bullmq.mjs"
 USERS = 100
 #: Set to a directory, each Python worker process dumps a CPU-time profile (cProfile) there.
 PROFILE_ENV = "FALACHEFE_BENCH_PROFILE"
+#: Set to a directory, each auth worker writes there when each of its user lookups reached PostgreSQL
+#: (``lookups-<variant>.json``, monotonic seconds): how often lookups from concurrent jobs come close
+#: enough together to be coalesced (``--coalescing-window-ms``).
+LOOKUPS_ENV = "FALACHEFE_BENCH_LOOKUPS"
 VARIANTS = (
     "node no-op",
     "bullmq no-op",
@@ -114,22 +128,57 @@ VARIANTS = (
     "auth uncached",
     "python no-op 2rt",
     "auth cached 2rt",
+    "python no-op all-fetch",
+    "auth cached all-fetch",
+    "auth cached quiet",
+    "auth cached no-reset",
 )
+#: Measurement-only ablations of ``auth cached`` (not options of the runtime): ``quiet`` logs at WARNING
+#: (the job's INFO line is not written); ``no-reset`` has asyncpg's pool release a connection without
+#: its reset query (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``, a
+#: PostgreSQL round trip per release).
+ABLATIONS = (" quiet", " no-reset")
 #: The variants that are another with ``fetch_next`` off.
 TWO_TRIPS = " 2rt"
+#: ... and with ``one_waiter`` off: every free slot fetches, as in bullmq's loop.
+ALL_FETCH = " all-fetch"
 #: Requests redis-py has sent from this process (``--serve``): one a round trip, a pipeline one.
 _sent = [0]
+#: The commands inside them, by name (a bullmq script by its name, any other script as ``EVALSHA``).
+_commands: Counter[str] = Counter()
+
+
+def _script_names() -> dict[bytes, str]:
+    """bullmq's Lua scripts by SHA1, as redis-py sends them (``EVALSHA <sha>``)."""
+    names = {}
+    for name, filename in redis_connection.SCRIPT_DEFINITIONS.items():
+        text = redis_connection.loadScript(filename)
+        names[hashlib.sha1(text.encode()).hexdigest().encode()] = name
+    return names
 
 
 def count_round_trips() -> None:
-    """Count every request this process sends to Redis (the worker's, the handler's, bullmq's)."""
+    """Count every request this process sends to Redis (the worker's, the handler's, bullmq's), and its commands."""
     send = AbstractConnection.send_packed_command
+    pack = AbstractConnection.pack_command
+    scripts = _script_names()
 
     async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         _sent[0] += 1
         await send(self, command, check_health)
 
+    def tallied(self: AbstractConnection, *args: Any) -> list[bytes]:
+        name = args[0].encode() if isinstance(args[0], str) else bytes(args[0])
+        name = name.split()[0].upper()
+        if name == b"EVALSHA" and len(args) > 1:
+            sha = args[1].encode() if isinstance(args[1], str) else bytes(args[1])
+            _commands[scripts.get(sha, "EVALSHA")] += 1
+        else:
+            _commands[name.decode()] += 1
+        return pack(self, *args)
+
     AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    AbstractConnection.pack_command = tallied  # type: ignore[method-assign]
 
 
 # -- the Python worker process (``--serve``) -------------------------------------------
@@ -137,6 +186,35 @@ def count_round_trips() -> None:
 
 class AnyPayload(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+class TimedStore(AuthStore):
+    """``AuthStore`` noting when each user lookup is sent to PostgreSQL (for ``LOOKUPS_ENV``)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.lookups: list[float] = []
+
+    async def user_by_phone(self, company_id: uuid.UUID, phone_number: str) -> Any:
+        self.lookups.append(time.monotonic())
+        return await super().user_by_phone(company_id, phone_number)
+
+
+def batches(times: list[float], window_s: float, most: int) -> list[int]:
+    """The batch sizes of a loader that, from a lookup it is not yet sending, waits ``window_s`` for others.
+
+    Greedy, in time order: a batch takes the lookups begun within ``window_s`` of its first, at most ``most``.
+    """
+    ordered = sorted(times)
+    sizes = []
+    index = 0
+    while index < len(ordered):
+        end = index + 1
+        while end < len(ordered) and end - index < most and ordered[end] <= ordered[index] + window_s:
+            end += 1
+        sizes.append(end - index)
+        index = end
+    return sizes
 
 
 class PassThroughCache:
@@ -163,7 +241,9 @@ async def _serve_until_sigterm(profiler: cProfile.Profile | None, profile: str |
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps({"round_trips": _sent[0]}), flush=True))
+    loop.add_signal_handler(
+        signal.SIGUSR1, lambda: print(json.dumps({"round_trips": _sent[0], "commands": _commands}), flush=True)
+    )
     print(json.dumps({"ready": True}), flush=True)
     if profiler is not None:
         profiler.enable()
@@ -175,13 +255,16 @@ async def _serve_until_sigterm(profiler: cProfile.Profile | None, profile: str |
 
 async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency: int) -> None:
     count_round_trips()
-    name, fetch_next = variant, not variant.endswith(TWO_TRIPS)
-    variant = variant.removesuffix(TWO_TRIPS)
+    name, fetch_next, one_waiter = variant, not variant.endswith(TWO_TRIPS), not variant.endswith(ALL_FETCH)
+    ablation = next((a for a in ABLATIONS if variant.endswith(a)), "")
+    variant = variant.removesuffix(TWO_TRIPS).removesuffix(ALL_FETCH).removesuffix(ablation)
     profile = os.environ.get(PROFILE_ENV)
     profiler = cProfile.Profile(time.process_time) if profile else None
     closers: list[Callable[[], Awaitable[Any]]] = []
     # Production's logging: one JSON line per job on stderr (the driver sends it to /dev/null).
-    configure_logging("INFO", "json")
+    configure_logging("WARNING" if ablation == " quiet" else "INFO", "json")
+    if ablation == " no-reset":
+        asyncpg.Connection.get_reset_query = lambda self: ""  # type: ignore[method-assign]
     if variant == "bullmq no-op":
 
         async def bare(job: Job, token: str) -> None:
@@ -215,8 +298,16 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
         closers.append(client.aclose)
         queues = Queues(redis_url)
         closers.append(queues.close)
+        store = TimedStore(db)
+        if lookups_dir := os.environ.get(LOOKUPS_ENV):
+
+            async def dump_lookups() -> None:
+                path = Path(lookups_dir, f"lookups-{name.replace(' ', '-')}.json")
+                path.write_text(json.dumps({"variant": name, "lookups": store.lookups}))  # noqa: ASYNC240 - once, at exit
+
+            closers.append(dump_lookups)
         auth = AuthService(
-            store=AuthStore(db),
+            store=store,
             companies=Companies(db, cache),
             cache=cache,
             queues=queues,
@@ -226,7 +317,13 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
         )
         routes = {PROCESS_MESSAGE: Route(ProcessMessage, auth.handle_message)}
     worker = QueueWorker(
-        queue, routes, redis_url=redis_url, concurrency=concurrency, settings=QueueSettings(), fetch_next=fetch_next
+        queue,
+        routes,
+        redis_url=redis_url,
+        concurrency=concurrency,
+        settings=QueueSettings(),
+        fetch_next=fetch_next,
+        one_waiter=one_waiter,
     )
     await worker.start()
     await _serve_until_sigterm(profiler, profile, name)
@@ -255,7 +352,11 @@ class Round:
     #: ... and PostgreSQL's server processes.
     db_cpu_seconds: float
     #: Requests the worker process sent to Redis over the measured drain (None: not counted, the Node worker).
-    round_trips: int | None
+    requests: Requests | None
+
+    @property
+    def round_trips(self) -> int | None:
+        return None if self.requests is None else self.requests.round_trips
 
     @property
     def cpu_ms_per_job(self) -> float:
@@ -275,6 +376,28 @@ class Round:
 
     def percentile_ms(self, fraction: float) -> float:
         return percentile(self.latencies_ms, fraction)
+
+
+@dataclass
+class Requests:
+    """What a worker process sent to Redis: requests (round trips) and the commands in them, by name."""
+
+    round_trips: int
+    commands: Counter[str]
+
+    def __sub__(self, before: Requests) -> Requests:
+        return Requests(self.round_trips - before.round_trips, self.commands - before.commands)
+
+
+def since(after: Requests | None, before: Requests | None) -> Requests | None:
+    return None if after is None or before is None else after - before
+
+
+def commands_per_job(requests: Requests | None, jobs: int) -> str:
+    """``requests``' commands per job, most frequent first (bullmq scripts by name)."""
+    if requests is None:
+        return "-"
+    return ", ".join(f"{name} {count / jobs:.2f}" for name, count in requests.commands.most_common())
 
 
 class WorkerProcess:
@@ -308,13 +431,14 @@ class WorkerProcess:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.popen.pid)
 
-    def round_trips(self) -> int | None:
-        """The Redis requests the (Python) worker has sent so far."""
+    def requests(self) -> Requests | None:
+        """The Redis requests the (Python) worker has sent so far, and their commands."""
         if self.variant == "node no-op":
             return None
         assert self.popen.stdout is not None
         self.popen.send_signal(signal.SIGUSR1)
-        return int(json.loads(self.popen.stdout.readline())["round_trips"])
+        answer = json.loads(self.popen.stdout.readline())
+        return Requests(int(answer["round_trips"]), Counter(answer["commands"]))
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -371,14 +495,13 @@ async def measure(
     try:
         await drain(queues, queue, messages(company, USERS, f"{index}.warm"))
         await queues.queue(queue).clean(0, 0, "completed")
-        trips_before = worker.round_trips()
+        trips_before = worker.requests()
         cpu_before = worker.cpu_seconds()
         db_before = process_cpu_seconds(postmaster, with_children=True)
         seconds = await drain(queues, queue, messages(company, jobs, f"{index}.run"))
         cpu_seconds = worker.cpu_seconds() - cpu_before
         db_cpu_seconds = process_cpu_seconds(postmaster, with_children=True) - db_before
-        trips_after = worker.round_trips()
-        round_trips = None if trips_before is None or trips_after is None else trips_after - trips_before
+        round_trips = since(worker.requests(), trips_before)
         done = await queues.queue(queue).getJobs(["completed"], 0, -1, True)
         failed = await queues.counts(queue)
         if len(done) != jobs or failed["failed"]:
@@ -427,7 +550,11 @@ class Load:
     #: The worker process's CPU (user + system) from the first add until the queue was empty.
     cpu_seconds: float
     #: Its Redis requests over the same span (None: not counted, the Node worker).
-    round_trips: int | None
+    requests: Requests | None
+
+    @property
+    def round_trips(self) -> int | None:
+        return None if self.requests is None else self.requests.round_trips
 
     @property
     def cpu_ms_per_job(self) -> float:
@@ -487,7 +614,7 @@ async def measure_latency(
         await queues.queue(queue).clean(0, 0, "completed")
         for fraction, jobs in zip(fractions, counts, strict=True):
             rate = fraction * saturation
-            trips_before = worker.round_trips()
+            trips_before = worker.requests()
             cpu_before = worker.cpu_seconds()
             add_seconds, lag_ms = await produce(queues, queue, company, rate, jobs, f"latency.{fraction}", tick_s)
             added = time.perf_counter()
@@ -495,8 +622,7 @@ async def measure_latency(
                 await asyncio.sleep(0.005)
             tail_seconds = time.perf_counter() - added
             cpu_seconds = worker.cpu_seconds() - cpu_before
-            trips_after = worker.round_trips()
-            trips = None if trips_before is None or trips_after is None else trips_after - trips_before
+            trips = since(worker.requests(), trips_before)
             done = await queues.queue(queue).getJobs(["completed"], 0, -1, True)
             failed = await queues.counts(queue)
             if len(done) != jobs or failed["failed"]:
@@ -555,6 +681,22 @@ def report_latency(loads: list[Load], seconds: float, tick_s: float) -> None:
         "tail: seconds from the last add until the queue was empty; CPU and Redis RT: the worker process's "
         "over the run, per job"
     )
+    by_run = {(load.variant, load.fraction): load for load in loads}
+    for (variant, fraction), on in by_run.items():
+        off = by_run.get((variant + ALL_FETCH, fraction))
+        if off is None or not on.round_trips or not off.round_trips:
+            continue
+        print(
+            f"one waiter on / off, {variant} at {fraction:.0%}: "
+            f"Redis RT/job {on.round_trips / on.jobs:.2f} / {off.round_trips / off.jobs:.2f} "
+            f"= {(on.round_trips / on.jobs) / (off.round_trips / off.jobs):.2f}x; "
+            f"worker CPU/job {on.cpu_ms_per_job:.2f} / {off.cpu_ms_per_job:.2f} ms "
+            f"= {on.cpu_ms_per_job / off.cpu_ms_per_job:.2f}x"
+        )
+    print("Redis commands per job, by command (bullmq's scripts by name; a pipeline is one round trip):")
+    for load in loads:
+        if load.requests is not None:
+            print(f"  {load.variant} at {load.fraction:.0%}: {commands_per_job(load.requests, load.jobs)}")
     for load in loads:
         if load.variant == "auth cached" and load.fraction == 0.5:
             p99 = percentile(load.end_to_end_ms, 0.99)
@@ -571,11 +713,15 @@ async def run(
     latency_loads: tuple[float, ...] = LATENCY_LOADS,
     latency_seconds: float = 10.0,
     latency_tick_s: float = 0.005,
+    coalescing_window_s: float = 0.002,
 ) -> None:
     """The rounds at saturation; then, unless ``latency_variants`` is empty, latency below it."""
     started_load = os.getloadavg()
     loads: list[Load] = []
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as workdir:
+        lookups_dir = Path(workdir) / "lookups"
+        lookups_dir.mkdir()
+        os.environ[LOOKUPS_ENV] = str(lookups_dir)  # the workers' environment (``_env``)
         pg = PostgresServer(Path(workdir) / "pg").start()
         cache = RedisServer(Path(workdir) / "redis").start()
         try:
@@ -602,7 +748,10 @@ async def run(
         finally:
             cache.stop()
             pg.stop()
+        coalescing = lookup_coincidences(lookups_dir, coalescing_window_s, concurrency)
     report(results, jobs, concurrency, rounds)
+    for line in coalescing:
+        print(line)
     if loads:
         report_latency(loads, latency_seconds, latency_tick_s)
     ended_load = os.getloadavg()
@@ -613,6 +762,25 @@ async def run(
         " ".join(f"{x:.2f}" for x in ended_load),
         f"({os.cpu_count()} CPUs)",
     )
+
+
+def lookup_coincidences(lookups_dir: Path, window_s: float, most: int) -> list[str]:
+    """How close together the auth workers' user lookups reached PostgreSQL (each variant's last process)."""
+    lines = []
+    for path in sorted(lookups_dir.glob("lookups-*.json")):
+        noted = json.loads(path.read_text())
+        variant, times = noted["variant"], noted["lookups"]
+        if len(times) < 2:
+            continue
+        sizes = batches(times, window_s, most)
+        shares = {k: sum(k for size in sizes if size == k) / len(times) for k in range(1, most + 1)}
+        lines.append(
+            f"user lookups sent to PostgreSQL by {variant} (its last process, warm-up included): {len(times)}; "
+            f"a loader waiting {1000 * window_s:g} ms for others would send {len(sizes)} queries "
+            f"({len(sizes) / len(times):.2f} per lookup); lookups by the size of their batch: "
+            + ", ".join(f"{k}: {share:.0%}" for k, share in shares.items())
+        )
+    return lines
 
 
 def _median_round(rounds: list[Round]) -> Round:
@@ -657,36 +825,47 @@ def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds:
         ratio("PostgreSQL CPU/job", db_of, "auth cached", "auth uncached"),
     ]
     print("ratios (CPU: medians of rounds):", "; ".join(r for r in ratios if r is not None))
-    # One round trip per job against two: the same worker with fetch_next on and off, paired within each round.
-    for variant in ("python no-op", "auth cached"):
-        off = variant + TWO_TRIPS
-        if variant not in results or off not in results:
-            continue
-        pairs = list(zip(results[variant], results[off], strict=True))
-        paired = {
-            "Redis RT/job": [on.round_trips_per_job / two.round_trips_per_job for on, two in pairs],  # type: ignore[operator]
-            "worker CPU/job": [on.cpu_ms_per_job / two.cpu_ms_per_job for on, two in pairs],
-            "jobs/s": [on.per_second / two.per_second for on, two in pairs],
-        }
-        print(
-            f"fetch next on / off, {variant}, median of the rounds' ratios (per round):",
-            "; ".join(
-                f"{label} {statistics.median(values):.2f}x {[round(v, 2) for v in values]}"
-                for label, values in paired.items()
-            ),
-        )
+    # Each idea against the same worker without it, paired within each round: fetch next (one round trip per
+    # job against two), one waiter (one free slot waiting for all against every free slot fetching).
+    # The measurement-only ablations: the job's log line, asyncpg's reset query on each release.
+    ideas = ((TWO_TRIPS, "fetch next"), (ALL_FETCH, "one waiter"), (" quiet", "log line"), (" no-reset", "pool reset"))
+    for suffix, idea in ideas:
+        for variant in ("python no-op", "auth cached"):
+            off = variant + suffix
+            if variant not in results or off not in results:
+                continue
+            pairs = list(zip(results[variant], results[off], strict=True))
+            paired = {
+                "Redis RT/job": [on.round_trips_per_job / two.round_trips_per_job for on, two in pairs],  # type: ignore[operator]
+                "worker CPU/job": [on.cpu_ms_per_job / two.cpu_ms_per_job for on, two in pairs],
+                "jobs/s": [on.per_second / two.per_second for on, two in pairs],
+            }
+            if all(two.db_cpu_seconds > 0 for _, two in pairs):
+                paired["PostgreSQL CPU/job"] = [on.db_cpu_seconds / two.db_cpu_seconds for on, two in pairs]
+            paired["worker CPU ms/job, on - off"] = [on.cpu_ms_per_job - two.cpu_ms_per_job for on, two in pairs]
+            print(
+                f"{idea} on / off, {variant}, median of the rounds' ratios (per round):",
+                "; ".join(
+                    f"{label} {statistics.median(values):.2f}{'' if ' - ' in label else 'x'} "
+                    f"{[round(v, 2) for v in values]}"
+                    for label, values in paired.items()
+                ),
+            )
     spread = {v: [round(r.per_second) for r in rs] for v, rs in results.items()}
     print("jobs/s per round:", json.dumps(spread))
-    for label, per_job in (
+    for label, field in (
         ("worker CPU ms", "cpu_ms_per_job"),
         ("PostgreSQL CPU ms", "db_cpu_ms_per_job"),
         ("Redis round trips", "round_trips_per_job"),
     ):
         values = {
-            v: [round(getattr(r, per_job), 2) for r in rs if getattr(r, per_job) is not None]
-            for v, rs in results.items()
+            v: [round(getattr(r, field), 2) for r in rs if getattr(r, field) is not None] for v, rs in results.items()
         }
         print(f"{label} per job, per round:", json.dumps({v: x for v, x in values.items() if x}))
+    print("Redis commands per job in the median round, by command (bullmq's scripts by name):")
+    for variant, result in median.items():
+        if result.requests is not None:
+            print(f"  {variant}: {commands_per_job(result.requests, result.jobs)}")
 
 
 def main() -> None:
@@ -711,6 +890,12 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="how long jobs are added at each load")
     parser.add_argument("--latency-tick-ms", type=float, default=5.0, help="the producer adds the jobs due this often")
     parser.add_argument("--no-latency", action="store_true", help="saturation only: skip the latency phase")
+    parser.add_argument(
+        "--coalescing-window-ms",
+        type=float,
+        default=2.0,
+        help="report how a loader waiting this long for other user lookups (cache misses) would batch them",
+    )
     parser.add_argument("--serve", choices=VARIANTS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
@@ -743,6 +928,7 @@ def main() -> None:
                 loads,
                 arguments.latency_seconds,
                 arguments.latency_tick_ms / 1000,
+                arguments.coalescing_window_ms / 1000,
             )
         )
 

@@ -218,3 +218,187 @@ async def test_a_running_worker_takes_each_next_job_with_the_completion_of_the_l
     assert len(tokens) == 1, locks
     token = tokens.pop()
     assert token is not None and token.startswith(POD + LOCK_HOLDER_SEPARATOR)
+
+
+# -- one slot waits for all (``one_waiter``) ---------------------------------------------
+
+
+async def command_calls(client: redis.Redis, command: str) -> int:
+    """How many times Redis has run ``command`` (rejected and failed calls not counted)."""
+    stat = (await client.info("commandstats")).get(f"cmdstat_{command}", {})
+    return int(stat.get("calls", 0)) - int(stat.get("rejected_calls", 0)) - int(stat.get("failed_calls", 0))
+
+
+async def test_a_take_says_how_many_jobs_are_left_and_clears_the_marker_once_none_are(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    first, second = produce(redis_url, {"n": 1}, {"n": 2, "priority": 1})
+    marker = f"bull:{QUEUE}:marker"
+    async with intake(redis_url, Processor(), fetch_next=False) as worker:
+        assert worker.one_waiter
+        job = await worker.getNextJob(f"{worker.id}:1")
+        assert job is not None and str(job.id) == first
+        # One left (in the prioritized set): bullmq's script set the marker again for it, and it stays.
+        assert worker.left == 1 and not worker.drained
+        assert await client.zscore(marker, "0") is not None
+
+        job = await worker.getNextJob(f"{worker.id}:2")
+        assert job is not None and str(job.id) == second
+        # None left: the marker bullmq's script set again on taking it is gone, and the worker knows it is drained.
+        assert worker.left == 0 and worker.drained and worker.blockUntil == 0
+        assert await client.zscore(marker, "0") is None
+    assert await queue.getJobState(first) == await queue.getJobState(second) == "active"
+
+
+async def test_bullmq_sets_the_marker_again_on_every_take_even_with_nothing_left(
+    redis_url: str, client: redis.Redis
+) -> None:
+    """What ``one_waiter`` corrects: with bullmq's own fetch the next slot to wait wakes at once, for nothing."""
+    (only,) = produce(redis_url, {"n": 1})
+    async with intake(redis_url, Processor(), fetch_next=False) as worker:
+        worker.one_waiter = False
+        job = await worker.getNextJob(f"{worker.id}:1")
+        assert job is not None and str(job.id) == only
+        assert await client.zscore(f"bull:{QUEUE}:marker", "0") is not None
+        assert not worker.drained
+
+
+async def test_with_nothing_left_but_a_delayed_job_the_worker_waits_until_it_is_due(
+    redis_url: str, queue: Queue
+) -> None:
+    due = int(time.time() * 1000) + 60_000
+    first, later = produce(redis_url, {"n": 1}, {"n": 2, "delay": 60_000})
+    async with intake(redis_url, Processor(), fetch_next=False) as worker:
+        job = await worker.getNextJob(f"{worker.id}:1")
+        assert job is not None and str(job.id) == first
+        assert worker.left == 0 and worker.drained
+        assert abs(worker.blockUntil - due) < 5_000
+    assert await queue.getJobState(later) == "delayed"
+
+
+async def test_a_job_added_once_the_queue_is_drained_wakes_the_waiting_slot_at_once(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    first, *_ = produce(redis_url, {"n": 1})
+    async with intake(redis_url, Processor(), fetch_next=False) as worker:
+        assert await worker.getNextJob(f"{worker.id}:1") is not None
+        assert worker.drained and await client.zscore(f"bull:{QUEUE}:marker", "0") is None
+        waiting = asyncio.create_task(worker.getNextJob(f"{worker.id}:2"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done() and worker.waiting is not None
+        # A second free slot while one waits: it makes no call and takes nothing.
+        scripts, blocks = await script_calls(client), await command_calls(client, "bzpopmin")
+        assert await worker.getNextJob(f"{worker.id}:3") is None
+        assert (await script_calls(client), await command_calls(client, "bzpopmin")) == (scripts, blocks)
+
+        started = time.monotonic()
+        (second,) = produce(redis_url, {"n": 2})
+        job = await asyncio.wait_for(waiting, 5)
+        # Woken by the producer's marker, well before the 5 s the worker would block for without it.
+        assert job is not None and str(job.id) == second
+        assert time.monotonic() - started < 3
+    assert await queue.getJobState(first) == "active"
+
+
+@pytest.mark.parametrize("one_waiter", [True, False], ids=["one waiter", "every free slot fetches"])
+async def test_jobs_arriving_one_at_a_time_cost_one_wait_and_three_scripts_each(
+    redis_url: str, client: redis.Redis, queue: Queue, one_waiter: bool
+) -> None:
+    """Concurrency 5 through ``QueueWorker``: per job one BZPOPMIN, and moveToActive, SETTLE, moveToFinished.
+
+    With bullmq's fetch (``one_waiter`` off) the four other free slots each call moveToActive after every
+    wake-up: the same jobs cost more than twice the scripts.
+    """
+    done: list[int] = []
+
+    async def handle(payload: Payload, info: JobInfo) -> JobResult:
+        done.append(payload.n)
+        return {"done": payload.n}
+
+    consumer = QueueWorker(
+        QUEUE,
+        {"task": Route(Payload, handle)},
+        redis_url=redis_url,
+        concurrency=5,
+        settings=QueueSettings(),
+        one_waiter=one_waiter,
+    )
+    await consumer.start()
+    jobs = 6
+    try:
+        produce(redis_url, {"n": 0})  # the first: the slots find the queue drained after it
+        await eventually(lambda: asyncio.sleep(0, len(done) == 1), "the first job done")
+        await asyncio.sleep(0.3)
+        scripts, blocks = await script_calls(client), await command_calls(client, "bzpopmin")
+        for n in range(1, jobs + 1):
+            produce(redis_url, {"n": n})
+            await eventually(lambda n=n: asyncio.sleep(0, len(done) == n + 1), f"job {n} done")
+            await asyncio.sleep(0.2)  # the worker settles: its slots idle, one waiting
+        scripts = await script_calls(client) - scripts - jobs  # the producer's one script per add
+        blocks = await command_calls(client, "bzpopmin") - blocks
+
+        # A burst at an idle worker: every job is taken and done (slots beyond what is left wait, then fetch).
+        ids = produce(redis_url, *({"n": n} for n in range(jobs + 1, jobs + 13)))
+
+        async def burst_done() -> bool:
+            return [await queue.getJobState(job_id) for job_id in ids] == ["completed"] * len(ids)
+
+        await eventually(burst_done, "the burst done")
+    finally:
+        await consumer.stop(5)
+    assert sorted(done) == list(range(jobs + 13))
+    if one_waiter:
+        assert scripts <= 3 * jobs, scripts
+        assert blocks <= jobs + 1, blocks
+    else:
+        assert scripts >= 2 * 3 * jobs, scripts
+
+
+async def test_a_pair_of_jobs_at_an_idle_worker_is_taken_by_two_fetches_the_other_slots_waiting(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    """Two jobs appear at once (a resumed queue): the woken slot takes one and learns one is left; one slot
+    fetches it while the three others wait for that fetch, instead of all four asking Redis."""
+    done: list[int] = []
+
+    async def handle(payload: Payload, info: JobInfo) -> JobResult:
+        await asyncio.sleep(0.2)  # both jobs are taken before either completes (a completion could take one)
+        done.append(payload.n)
+        return {"done": payload.n}
+
+    consumer = QueueWorker(
+        QUEUE, {"task": Route(Payload, handle)}, redis_url=redis_url, concurrency=5, settings=QueueSettings()
+    )
+    await consumer.start()
+    try:
+        await asyncio.sleep(0.5)  # the worker finds the queue empty; one slot waits on the marker
+        await queue.pause()
+        produce(redis_url, {"n": 1}, {"n": 2})
+        scripts, blocks = await script_calls(client), await command_calls(client, "bzpopmin")
+        await queue.resume()  # one script, here; both jobs become waiting at once, one marker
+        await eventually(lambda: asyncio.sleep(0, len(done) == 2), "both jobs done")
+        await asyncio.sleep(0.3)
+        scripts = await script_calls(client) - scripts - 1
+        blocks = await command_calls(client, "bzpopmin") - blocks
+    finally:
+        await consumer.stop(5)
+    assert sorted(done) == [1, 2]
+    # Two takes (moveToActive and SETTLE each) and two completions; one wake-up (the resume's marker).
+    assert scripts == 6, scripts
+    assert blocks == 1, blocks
+
+
+async def test_a_take_loads_the_scripts_again_when_redis_has_lost_them(
+    redis_url: str, client: redis.Redis, queue: Queue
+) -> None:
+    """A restarted (or flushed) Redis answers NOSCRIPT: the take loads both scripts and asks once more."""
+    first, second = produce(redis_url, {"n": 1}, {"n": 2})
+    async with intake(redis_url, Processor(), fetch_next=False) as worker:
+        assert await worker.getNextJob(f"{worker.id}:1") is not None
+        await client.script_flush()
+        job = await worker.getNextJob(f"{worker.id}:2")
+        assert job is not None and str(job.id) == second
+        assert worker.left == 0 and worker.drained
+    # Each job taken once: the first attempt (NOSCRIPT) took nothing.
+    assert await queue.getJobState(first) == await queue.getJobState(second) == "active"
+    assert await client.llen(f"bull:{QUEUE}:active") == 2

@@ -30,44 +30,160 @@ and a paused one would hold it unprocessed until its lock expired.
 Only the completion fetches: a failed job still takes two round trips
 (failures are rare, and bullmq's failure path retries and delays as well).
 
-The override follows bullmq's code, not a public API: it is used only on
-the version it was written against (``WRITTEN_AGAINST``); any other version
-runs bullmq's own ``processJob`` and says so. ``tests/runtime/
-test_fetch_next.py`` fails when the installed version, or the script's
-answer, changes.
+One slot waits for all of them (``one_waiter``, on by default). bullmq's
+run loop starts a fetch for every free slot at once; when the queue has run
+dry the first blocks on the queue's marker (``BZPOPMIN``) and every other
+one, finding that slot already waiting, calls ``moveToActive`` anyway and
+comes back empty. After each wake-up it does it again: on jobs arriving one
+at a time a job cost 6 ``moveToActive`` calls (bench ``worker_throughput``,
+auth at half of saturation). Here, while the queue is drained, a slot that
+finds another waiting takes nothing and makes no call; the run loop starts
+no other fetch until the waiting one returns.
+
+And each ``moveToActive`` says how many jobs it left behind: the same round
+trip (a pipeline) runs ``SETTLE``, which counts what is left in ``wait`` and
+``prioritized`` and, when nothing is, removes the queue's base marker
+(``"0"``), and gives the next delayed job's time. bullmq's script re-adds
+that marker whenever it takes a job, whether or not another is left, so that
+a worker blocked on it wakes to look; when nothing is left that wake-up is a
+wasted ``BZPOPMIN`` and ``moveToActive``. ``SETTLE`` runs atomically: a job
+added after it sets the marker again (every add does), so no wake-up is
+lost. With the count, the worker knows the queue is drained (the next fetch
+waits on the marker at once) or how many jobs are left (that many slots
+fetch; the others wait for them).
+
+The overrides follow bullmq's code, not a public API: they are used only on
+the version they were written against (``WRITTEN_AGAINST``); any other
+version runs bullmq's own ``processJob``, ``getNextJob`` and
+``moveToActive`` and says so. ``tests/runtime/test_fetch_next.py`` fails
+when the installed version, or the scripts' answers, change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 import bullmq
+import msgpack  # type: ignore[import-untyped]  # bullmq packs its scripts' options with it
 from bullmq import DelayedError, UnrecoverableError, Worker
 from bullmq.custom_errors import WaitingChildrenError
 from bullmq.job import Job
+from bullmq.scripts import raw2NextJobData
+from redis.exceptions import NoScriptError
 
 log = logging.getLogger(__name__)
 
-#: The bullmq version whose ``Worker.processJob`` and ``moveToFinished`` script this module follows.
+#: The bullmq version whose ``Worker.processJob``, ``getNextJob``, ``moveToActive`` and
+#: ``moveToFinished``/``moveToActive`` scripts this module follows.
 WRITTEN_AGAINST = "3.4.4"
+
+#: After a ``moveToActive``, in the same round trip: the jobs left to take (``wait`` and
+#: ``prioritized``), the queue's base marker removed when there are none, and the next delayed
+#: job's time (ms, 0 if none; bullmq stores ``timestamp * 0x1000 + n`` as the score).
+#: KEYS: wait, prioritized, marker, delayed.
+SETTLE = """
+local left = redis.call("LLEN", KEYS[1]) + redis.call("ZCARD", KEYS[2])
+if left == 0 then
+  redis.call("ZREM", KEYS[3], "0")
+end
+local delayed = redis.call("ZRANGE", KEYS[4], 0, 0, "WITHSCORES")
+local next_delayed = 0
+if delayed[2] then
+  next_delayed = math.floor(tonumber(delayed[2]) / 0x1000)
+end
+return {left, next_delayed}
+"""
 
 
 class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
     """A bullmq ``Worker`` whose completion of a job also takes the next one (``fetch_next``, on by default)."""
 
-    def __init__(self, *args: Any, fetch_next: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_next: bool = True, one_waiter: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if fetch_next and bullmq.__version__ != WRITTEN_AGAINST:
+        if (fetch_next or one_waiter) and bullmq.__version__ != WRITTEN_AGAINST:
             log.warning(
-                "bullmq is not the version the one-round-trip completion was written against; "
-                "completing and fetching separately",
+                "bullmq is not the version the one-round-trip completion and fetch were written against; "
+                "completing and fetching as bullmq does",
                 extra={"bullmq": bullmq.__version__, "written_against": WRITTEN_AGAINST},
             )
-            fetch_next = False
+            fetch_next = one_waiter = False
         #: Whether completing a job takes the next one (off: bullmq's two round trips).
         self.fetch_next = fetch_next
+        #: Whether one free slot waits for jobs for all (off: bullmq's fetch by every free slot).
+        self.one_waiter = one_waiter
+        #: Jobs the last ``moveToActive`` left to take (None: not known, e.g. after a completion took one).
+        self.left: int | None = None
+        #: ``moveToActive`` calls in flight, and what a slot waiting for one of them to return waits on.
+        self._fetching = 0
+        self._fetched = asyncio.Event()
+        self._settle = self.backend.conn.register_script(SETTLE) if one_waiter else None
+
+    async def getNextJob(self, token: str) -> Job | None:  # bullmq's name
+        if not self.one_waiter:
+            return await super().getNextJob(token)
+        if self.drained and self.waiting is not None:
+            return None  # another slot waits on the marker, and takes the next job; no call from this one
+        if not self.drained and self.left is not None and 0 < self.left <= self._fetching:
+            # As many fetches under way as jobs were left: wait for one to return, then the run loop asks again.
+            await self._fetched.wait()
+            return None
+        # bullmq's: wait on the marker while drained, then take a job (``moveToActive`` below).
+        return await super().getNextJob(token)
+
+    async def moveToActive(self, token: str) -> Job | None:  # bullmq's name
+        if not self.one_waiter:
+            return await super().moveToActive(token)
+        self._fetching += 1
+        try:
+            taken, left, next_delayed = await self._take(token)
+        finally:
+            self._fetching -= 1
+            fetched, self._fetched = self._fetched, asyncio.Event()
+            fetched.set()
+        # bullmq 3.4.4's Worker.moveToActive from here, then what SETTLE said.
+        job_data, job_id, limit_until, delay_until = raw2NextJobData(taken)
+        job: Job | None = await self.nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+        self.left = left
+        if job is not None and left == 0:  # what bullmq's next moveToActive would have found out
+            self.drained = True
+            self.blockUntil = next_delayed
+        return job
+
+    async def _take(self, token: str) -> tuple[list[Any], int | None, int]:
+        """bullmq's ``moveToActive`` script, then ``SETTLE``, in one round trip: its answer, jobs left, next delayed."""
+        assert self._settle is not None
+        scripts = self.backend.scripts
+        # bullmq 3.4.4's Scripts.moveToActive, the keys and arguments.
+        names = ["wait", "active", "prioritized", "events", "stalled", "limiter", "delayed", "paused", "meta", "pc"]
+        keys = scripts.getKeys([*names, "marker"])
+        packed = msgpack.packb(
+            {"token": token, "lockDuration": self.opts.get("lockDuration", 0), "limiter": self.opts.get("limiter")},
+            use_bin_type=True,
+        )
+        args = [scripts.keys[""], round(time.time() * 1000), packed]
+        settle_keys = [keys[0], keys[2], keys[10], keys[6]]
+        move = scripts.commands["moveToActive"]
+        for attempt in (1, 2):
+            # EVALSHA by hand: redis-py's scripts in a pipeline cost a SCRIPT EXISTS round trip each time.
+            pipe = self.backend.conn.pipeline(transaction=False)
+            pipe.evalsha(move.sha, len(keys), *keys, *args)
+            pipe.evalsha(self._settle.sha, len(settle_keys), *settle_keys)
+            taken, settled = await pipe.execute(raise_on_error=False)
+            if isinstance(taken, NoScriptError) and attempt == 1:  # a new or restarted Redis: load and ask again
+                await self.backend.conn.script_load(move.script)
+                await self.backend.conn.script_load(self._settle.script)
+                continue
+            if isinstance(taken, Exception):
+                raise taken
+            if isinstance(settled, Exception):  # the job is taken all the same; what is left is not known
+                if isinstance(settled, NoScriptError):
+                    await self.backend.conn.script_load(self._settle.script)
+                return taken, None, 0
+            return taken, int(settled[0]), int(settled[1])
+        raise AssertionError("unreachable")
 
     async def processJob(self, job: Job, token: str) -> Job | None:  # bullmq's name
         if not self.fetch_next:
@@ -144,6 +260,7 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
             return None
         if job is None:
             return None
+        self.left = None  # the completion took a job: what is behind it is not known
         if self.closing or self.paused:
             await self._give_back(str(job.id), token)
             return None

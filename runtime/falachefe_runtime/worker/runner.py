@@ -36,6 +36,9 @@ Why the options are what they are (bullmq 3.x, checked against its source):
   the Node worker does (``fetch_next``; bullmq 3.x's Python worker makes
   a second one): the next job keeps the slot, and the lock token, of the
   one that completed.
+- While the queue is drained, one free slot waits for jobs for the others
+  (``one_waiter``): bullmq's loop has every free slot ask Redis, most
+  coming back empty; see ``fetch_next``.
 - Jobs are taken through ``JobIntake``: one whose stored fields do not
   decode fails at once, naming the field, instead of staying in ``active``;
   every failed job is kept ``queues.failed_retention_days``, whatever its
@@ -96,6 +99,7 @@ class QueueWorker:
         job_timeout_s: float | None = None,
         holder: str | None = None,
         fetch_next: bool = True,
+        one_waiter: bool = True,
     ) -> None:
         self.queue = queue
         self._routes = routes
@@ -117,6 +121,8 @@ class QueueWorker:
         self._holder = holder
         #: Completing a job takes the next in the same round trip (``fetch_next``); off only to measure it.
         self._fetch_next = fetch_next
+        #: While the queue is drained one free slot waits for jobs for all (``one_waiter``); off only to measure it.
+        self._one_waiter = one_waiter
         # By job id (bullmq 3 may give jobs fetched together one token): the job, its lock
         # token and the task running its handler, which may be cancelled (``_end``).
         self._handlers: dict[str, tuple[Job, str, asyncio.Future[JobResult]]] = {}
@@ -149,6 +155,7 @@ class QueueWorker:
             keep_failed=settings.keep_failed,
             holder=self._holder,
             fetch_next=self._fetch_next,
+            one_waiter=self._one_waiter,
         )
         worker.on("error", self._on_error)
         worker.on("stalled", self._on_stalled)
