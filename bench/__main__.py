@@ -18,6 +18,7 @@ BENCHMARKS = (
     "autoscale_sim",
     "worker_throughput",
     "handoff_batching",
+    "lookup_coalescing",
     "crew_overhead",
     "db_pool",
     "cache_layers",
