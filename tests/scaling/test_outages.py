@@ -75,3 +75,11 @@ def test_events_alternate_and_count_the_outages(polls: list[tuple[float, dict[st
             if isinstance(down, SourceDown) and isinstance(back, SourceBack):
                 assert back.down_seconds == came - went
         assert (source in state) == (last_word.get(source) == "down")
+
+
+def test_a_source_down_without_a_separate_cause_is_explained_by_its_message() -> None:
+    """A CPU read says what went wrong in its message alone (it names no address): the Event must carry it."""
+    _, transitions = track(
+        {}, unavailable=[MetricUnavailable("cpu", "API server unreachable: TimeoutError")], answered=[], now=1.0
+    )
+    assert transitions == (SourceDown("cpu", "API server unreachable: TimeoutError"),)

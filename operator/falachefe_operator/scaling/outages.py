@@ -54,5 +54,5 @@ def track(
     for missing in unavailable:
         if missing.source not in state:
             state[missing.source] = now
-            transitions.append(SourceDown(missing.source, missing.cause))
+            transitions.append(SourceDown(missing.source, missing.public_cause))
     return state, tuple(transitions)
