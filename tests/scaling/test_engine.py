@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.process import free_port
 from falachefe_devstack.redis import RedisServer
-from falachefe_operator.scaling.engine import Autoscaler, PoolTarget, StepOutcome
+from falachefe_operator.scaling.engine import OUTAGE_POLLS, Autoscaler, PoolTarget, StepOutcome
 from falachefe_operator.scaling.metrics import ScalingMetrics
 from falachefe_operator.scaling.outages import SourceBack, SourceDown
 from falachefe_operator.scaling.policy import RuleType, ScalingPolicy, ScalingRule, ScalingRules
@@ -242,8 +242,10 @@ async def test_after_a_redis_outage_the_pool_keeps_its_size_for_a_whole_window(
                 clock[0] = float(second)
                 outage.append(await autoscaler.step(target))
             assert [o.desired for o in outage] == [10] * len(outage)
-            assert outage[0].transitions == (SourceDown("queue", "cannot connect to Redis"),)
-            assert all(o.transitions == () for o in outage[1:])  # one Event's worth, not one per poll
+            # Announced on the OUTAGE_POLLS-th failed poll in a row, once: one Event's worth, not one per poll.
+            announced = [index for index, o in enumerate(outage) if o.transitions]
+            assert announced == [OUTAGE_POLLS - 1]
+            assert outage[OUTAGE_POLLS - 1].transitions == (SourceDown("queue", "cannot connect to Redis"),)
 
             redis.start()
             flush = Queue(QUEUE, {"connection": url})

@@ -52,13 +52,17 @@ from .deletion_cost import mark_busy_pods
 from .history import History
 from .metrics import ScalingMetrics, default_metrics
 from .observation import CpuSample, MetricUnavailable, Observation, QueueCounts
-from .outages import Transition, track
+from .outages import Failing, Transition, track
 from .policy import ScalingPolicy
 from .queue import QueueReader, QueueRef
 
 #: What a request to the API server may fail with: reported, never raised.
 _API_TROUBLE = (ApiError, aiohttp.ClientError, TimeoutError)
 JSON_PATCH = "application/json-patch+json"
+#: Polls in a row a metric source must fail before its outage is announced
+#: (a Warning Event, and a Normal one when it is back): 10-15 s at the
+#: default interval. The pool holds its size from the first failed poll.
+OUTAGE_POLLS = 3
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class Autoscaler:
         self._timeout = timeout_seconds
         self._histories: dict[tuple[str, str, str], History] = {}
         #: Per pool, the metric sources down and since when (this engine's clock).
-        self._outages: dict[tuple[str, str, str], dict[str, float]] = {}
+        self._outages: dict[tuple[str, str, str], dict[str, Failing]] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     async def step(self, target: PoolTarget, deployment: Mapping[str, Any] | None = None) -> StepOutcome:
@@ -171,7 +175,11 @@ class Autoscaler:
         observation, answered = await self._observe(target, current, ready)
         now = self._clock()
         self._outages[target.labels], transitions = track(
-            self._outages.get(target.labels, {}), unavailable=observation.unavailable, answered=answered, now=now
+            self._outages.get(target.labels, {}),
+            unavailable=observation.unavailable,
+            answered=answered,
+            now=now,
+            threshold=OUTAGE_POLLS,
         )
         decision = decide(target.policy, observation, self._histories.get(target.labels, History()), now)
         history = decision.history

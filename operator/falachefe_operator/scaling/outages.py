@@ -5,6 +5,14 @@ source goes and one Normal Event when it is back, not from one per poll:
 so the engine keeps, per pool, since when each source has been down, and
 ``track`` turns one poll into the transitions worth an Event.
 
+A read that fails once is not an outage: one slow answer of a shared read
+(metrics.k8s.io for a whole namespace, read once for every pool in it)
+would otherwise post two Events for every pool, 4,000 at 1,000 resources.
+A source is announced down when it has failed ``threshold`` polls in a row,
+and announced back only if it was announced down; its outage is dated from
+its first failed poll. The decision does not wait for the announcement: a
+pool whose metric is missing holds its size from the first failed poll.
+
 A source neither read nor reported down in a poll (CPU on a pool of zero
 replicas, or a poll that could not read the Deployment) keeps its state:
 that poll says nothing about it.
@@ -37,22 +45,35 @@ class SourceBack:
 Transition = SourceDown | SourceBack
 
 
+@dataclass(frozen=True)
+class Failing:
+    """A source failing since ``since``, for ``polls`` polls in a row; ``announced`` once it counts as down."""
+
+    since: float
+    polls: int = 1
+    announced: bool = False
+
+
 def track(
-    down_since: Mapping[str, float],
+    failing: Mapping[str, Failing],
     *,
     unavailable: Sequence[MetricUnavailable],
     answered: Iterable[str],
     now: float,
-) -> tuple[dict[str, float], tuple[Transition, ...]]:
-    """The sources down after this poll (with since when), and what changed in it."""
-    state = dict(down_since)
+    threshold: int = 1,
+) -> tuple[dict[str, Failing], tuple[Transition, ...]]:
+    """The sources failing after this poll, and the transitions worth an Event in it."""
+    state = dict(failing)
     transitions: list[Transition] = []
     for source in sorted(set(answered)):
-        since = state.pop(source, None)
-        if since is not None:
-            transitions.append(SourceBack(source, now - since))
+        was = state.pop(source, None)
+        if was is not None and was.announced:
+            transitions.append(SourceBack(source, now - was.since))
     for missing in unavailable:
-        if missing.source not in state:
-            state[missing.source] = now
+        was = state.get(missing.source)
+        now_failing = Failing(now) if was is None else Failing(was.since, was.polls + 1, was.announced)
+        if not now_failing.announced and now_failing.polls >= threshold:
+            now_failing = Failing(now_failing.since, now_failing.polls, announced=True)
             transitions.append(SourceDown(missing.source, missing.public_cause))
+        state[missing.source] = now_failing
     return state, tuple(transitions)
