@@ -270,7 +270,9 @@ async def test_a_database_outage_pauses_the_worker_and_hands_the_job_back_withou
         # The outage must hit a running worker, not its start-up (which would
         # fail fast and leave the restart to Kubernetes): one message through first.
         warm_up = await queues.enqueue(WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.up"))
-        assert (await finished_job(queues, WHATSAPP_QUEUE, warm_up)).returnvalue["outcome"] == "authorized"
+        warmed = await finished_job(queues, WHATSAPP_QUEUE, warm_up)
+        assert warmed.returnvalue is not None, f"the warm-up job failed: {warmed.failedReason}"
+        assert warmed.returnvalue["outcome"] == "authorized"
         async with database_outage(pg_server, app_dsn):
             job_id = await queues.enqueue(
                 WHATSAPP_QUEUE, PROCESS_MESSAGE, inbound(tenant, provider_message_id="wamid.outage")
