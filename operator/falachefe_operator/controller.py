@@ -185,6 +185,7 @@ class Controller:
         scaler: Scaler,
         resync_seconds: float,
         slots: asyncio.Semaphore,
+        secrets: apply.SecretReads,
     ) -> None:
         self.namespace = namespace
         self.name = name
@@ -192,6 +193,7 @@ class Controller:
         self._scaler = scaler
         self._resync = resync_seconds
         self._slots = slots
+        self._secrets = secrets
         self._clock = asyncio.get_running_loop().time
         self._body: dict[str, Any] | None = None
         self._owned: dict[tuple[str, str], Owned] = {}
@@ -220,6 +222,8 @@ class Controller:
         self._next_poll: dict[WorkerKind, float] = {}
         self._written_status: dict[str, Any] | None = None
         self._written_at = 0.0
+        #: When figures a pass held back from the status are to be written (``_write_status``).
+        self._held_status_due = float("inf")
         self._spec: tuple[int, FalachefeSpec] | None = None
         self._invalid = False
         #: The image the last apply gave the workers, and what each finished migration Job reported.
@@ -324,14 +328,11 @@ class Controller:
         if self._wake.is_set():
             return self._clock()
         body = self._body
-        if (
-            body is None
-            or body["metadata"].get("deletionTimestamp")
-            or (body.get("spec") or {}).get("paused")
-            or self._invalid
-        ):
-            return float("inf")  # until the resource changes
-        return min([self._next_apply, self._next_secrets, *self._next_poll.values()])
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return float("inf")  # nothing more to do for it
+        if (body.get("spec") or {}).get("paused") or self._invalid:
+            return self._held_status_due  # until the resource changes (or held-back figures are due)
+        return min([self._next_apply, self._next_secrets, self._held_status_due, *self._next_poll.values()])
 
     def _retry_later(self) -> None:
         delay = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]
@@ -522,7 +523,7 @@ class Controller:
             async with self._slots:
                 with metrics.RECONCILE_SECONDS.time():
                     secrets, result = await asyncio.gather(
-                        apply.check_secrets(self._api, self.namespace, spec),
+                        apply.check_secrets(self._secrets, self.namespace, spec),
                         apply.converge(
                             self._api,
                             resource,
@@ -583,7 +584,7 @@ class Controller:
         return self._secret_problems + self._apply_problems
 
     async def _read_secrets(self, body: dict[str, Any], spec: FalachefeSpec) -> None:
-        self._take_secrets(await apply.check_secrets(self._api, self.namespace, spec))
+        self._take_secrets(await apply.check_secrets(self._secrets, self.namespace, spec))
         self._announce(self._problems, body)
 
     def _take_secrets(self, secrets: apply.SecretsCheck) -> None:
@@ -658,13 +659,16 @@ class Controller:
         previous = self._written_status if self._written_status is not None else body.get("status") or {}
         status = summarize(observation, previous, now=datetime.now(UTC))
         if status == previous:
+            self._held_status_due = float("inf")
             return
         if (
             self._written_status is not None
             and self._clock() - self._written_at < LIVE_STATUS_SECONDS
             and without_live_figures(status) == without_live_figures(previous)
         ):
-            return  # only live figures moved: they wait for a meaningful change or the interval
+            # Only figures moved: they wait for a meaningful change or the interval (a pass is due then).
+            self._held_status_due = self._written_at + LIVE_STATUS_SECONDS
+            return
         manifest = {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -680,6 +684,7 @@ class Controller:
         metrics.STATUS_WRITES.inc()
         self._written_status = status
         self._written_at = self._clock()
+        self._held_status_due = float("inf")
 
     def _announce(self, problems: list[Problem], body: dict[str, Any]) -> None:
         """One Warning Event per new set of problems, not one per retry."""
@@ -734,6 +739,8 @@ class Fleet:
         # Reconciles hold every object they applied until they finish: bounding
         # them bounds the memory a burst (an operator restart) takes.
         self._slots = asyncio.Semaphore(concurrent_reconciles)
+        # Resources sharing Secrets share their reads (an operator start reads each once, not once per resource).
+        self._secrets = apply.SecretReads(api)
         self._controllers: dict[tuple[str, str], Controller] = {}
         self._stopped = False
 
@@ -742,7 +749,13 @@ class Fleet:
         controller = self._controllers.get(key)
         if controller is None:
             controller = Controller(
-                namespace, name, api=self._api, scaler=self._scaler, resync_seconds=self._resync, slots=self._slots
+                namespace,
+                name,
+                api=self._api,
+                scaler=self._scaler,
+                resync_seconds=self._resync,
+                slots=self._slots,
+                secrets=self._secrets,
             )
             self._controllers[key] = controller
             metrics.RESOURCES.set(len(self._controllers))
