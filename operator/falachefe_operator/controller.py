@@ -55,7 +55,7 @@ from .conditions import rfc3339
 from .kubeapi import ApiError, KubeApi
 from .resource import API_VERSION, GROUP, KIND, status_path
 from .scaling.engine import PoolTarget, StepOutcome
-from .spec import FalachefeSpec
+from .spec import FalachefeSpec, PoolSpec
 from .status import (
     LIVE_STATUS_SECONDS,
     MigrationObservation,
@@ -219,6 +219,9 @@ class Controller:
         self._redis_url: str | None = None
         self._scaling: dict[WorkerKind, ScalingReport] = {}
         self._targets: dict[WorkerKind, PoolTarget] = {}
+        self._built_targets: dict[WorkerKind, tuple[FalachefeSpec, str, PoolTarget]] = {}
+        #: The last status worked out: from which previous status and observation (``_write_status``).
+        self._summary: tuple[Mapping[str, Any], Observation, dict[str, Any]] | None = None
         self._next_poll: dict[WorkerKind, float] = {}
         self._written_status: dict[str, Any] | None = None
         self._written_at = 0.0
@@ -616,12 +619,7 @@ class Controller:
                 )
                 self._next_poll[kind] = now + pool.autoscaling.polling_interval_seconds
             return
-        targets = {
-            kind: autoscaling.pool_target(
-                namespace=self.namespace, name=self.name, spec=spec, kind=kind, pool=pool, redis_url=self._redis_url
-            )
-            for kind, pool in due
-        }
+        targets = {kind: self._target(spec, kind, pool, self._redis_url) for kind, pool in due}
         # Replicas as the Deployment watch shows them: no GET per poll.
         watched = {owned.pool: owned.deployment for owned in self._owned.values() if owned.deployment is not None}
         outcomes = await asyncio.gather(
@@ -638,6 +636,17 @@ class Controller:
                 self._event(body, *autoscaling.source_event(kind, change, outcome, pool))
             if outcome.scaled:
                 self._event(body, "Normal", "Scaled", autoscaling.scale_message(kind, outcome), pool=kind)
+
+    def _target(self, spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec, redis_url: str) -> PoolTarget:
+        """The pool's autoscaler target, built once per parsed spec and Redis URL (not on every poll)."""
+        built = self._built_targets.get(kind)
+        if built is not None and built[0] is spec and built[1] == redis_url:
+            return built[2]
+        target = autoscaling.pool_target(
+            namespace=self.namespace, name=self.name, spec=spec, kind=kind, pool=pool, redis_url=redis_url
+        )
+        self._built_targets[kind] = (spec, redis_url, target)
+        return target
 
     def _observation(self, spec: FalachefeSpec, generation: int, *, paused: bool = False) -> Observation:
         deployments = {
@@ -662,7 +671,11 @@ class Controller:
 
     async def _write_status(self, body: dict[str, Any], observation: Observation) -> None:
         previous = self._written_status if self._written_status is not None else body.get("status") or {}
-        status = summarize(observation, previous, now=datetime.now(UTC))
+        if self._summary is not None and self._summary[0] is previous and self._summary[1] == observation:
+            status = self._summary[2]  # an idle poll: the same observation gives the same status
+        else:
+            status = summarize(observation, previous, now=datetime.now(UTC))
+            self._summary = (previous, observation, status)
         if status == previous:
             self._held_status_due = float("inf")
             return
