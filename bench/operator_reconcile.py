@@ -71,6 +71,8 @@ SPEC: dict[str, Any] = {
         "auth": {"minReplicas": 1, "maxReplicas": 3, "autoscaling": {"enabled": False}},
         "crew": {"minReplicas": 0, "maxReplicas": 3, "autoscaling": {"enabled": False}},
     },
+    # No kubelet runs a migration Job here (with migrations on, the workers wait for it forever).
+    "migrations": {"enabled": False},
 }
 
 

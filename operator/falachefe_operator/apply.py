@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +64,47 @@ class SecretsCheck:
     redis_url: str | None = field(repr=False)
 
 
-async def check_secrets(api: KubeApi, namespace: str, spec: FalachefeSpec) -> SecretsCheck:
+class SecretReads:
+    """Reads of Secrets shared by every resource: one request per Secret per ``ttl_seconds``, not per resource.
+
+    Resources of one namespace often reference the same Secrets (one
+    database, one Redis), and an operator start reconciles them all at
+    once: each used to read every Secret it references, three requests a
+    resource. Here a read of a Secret that another resource read less than
+    ``ttl_seconds`` ago (or is reading now) takes that answer. Only an
+    existing Secret's answer is kept (a missing or unreadable one is asked
+    again by the next check), so a change to a Secret shows at most
+    ``ttl_seconds`` later; the default is no longer than a controller's
+    first retry after a problem (``controller.RETRY_SECONDS``).
+    """
+
+    def __init__(self, api: KubeApi, *, ttl_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._reads: dict[tuple[str, str, str | None], tuple[float, asyncio.Future[_Read]]] = {}
+
+    async def read(self, namespace: str, name: str, redis_key: str | None) -> _Read:
+        """What ``_read_secret`` says of the Secret, from the last read if it is recent (or still running)."""
+        key = (namespace, name, redis_key)
+        now = self._clock()
+        held = self._reads.get(key)
+        if held is None or (held[1].done() and now - held[0] >= self._ttl):
+            if len(self._reads) >= 1024:
+                self._reads = {k: v for k, v in self._reads.items() if not v[1].done() or now - v[0] < self._ttl}
+            held = (now, asyncio.ensure_future(_read_secret(self._api, namespace, name, redis_key)))
+            self._reads[key] = held
+            held[1].add_done_callback(functools.partial(self._settled, key))
+        # Shielded: one reader cancelled (its resource deleted) cancels no one else's read.
+        return await asyncio.shield(held[1])
+
+    def _settled(self, key: tuple[str, str, str | None], read: asyncio.Future[_Read]) -> None:
+        kept = not read.cancelled() and read.exception() is None and isinstance(read.result(), _Found)
+        if not kept and self._reads.get(key, (0.0, None))[1] is read:
+            del self._reads[key]
+
+
+async def check_secrets(secrets: SecretReads, namespace: str, spec: FalachefeSpec) -> SecretsCheck:
     """Whether every Secret the workers reference exists (a pod cannot start without it), and the Redis URL.
 
     The Redis URL is the one secret value the operator needs. The API has no
@@ -76,12 +118,12 @@ async def check_secrets(api: KubeApi, namespace: str, spec: FalachefeSpec) -> Se
     refs = builders.secret_refs(spec)
     names = sorted({ref.name for _, ref in refs})
     fetched = await asyncio.gather(
-        *(_read_secret(api, namespace, name, redis_ref.key if name == redis_ref.name else None) for name in names)
+        *(secrets.read(namespace, name, redis_ref.key if name == redis_ref.name else None) for name in names)
     )
-    secrets = dict(zip(names, fetched, strict=True))
+    by_name = dict(zip(names, fetched, strict=True))
     problems = []
     for field_path, ref in refs:
-        secret = secrets[ref.name]
+        secret = by_name[ref.name]
         if isinstance(secret, _Unreadable):
             problems.append(
                 Problem("SecretUnreadable", f"Secret {namespace}/{ref.name} ({field_path}): {secret.reason}")
@@ -95,7 +137,7 @@ async def check_secrets(api: KubeApi, namespace: str, spec: FalachefeSpec) -> Se
                     f"Secret {namespace}/{ref.name} has no key {ref.key!r} ({field_path}.key)",
                 )
             )
-    redis_secret = secrets[redis_ref.name]
+    redis_secret = by_name[redis_ref.name]
     redis_url = redis_secret.redis_url if isinstance(redis_secret, _Found) else None
     if redis_url is not None and (problem := url_problem(redis_url)):
         # Neither the autoscaler nor the workers could use it: say so now, naming the key and not the value.
@@ -116,6 +158,9 @@ class _Found:
 @dataclass(frozen=True)
 class _Unreadable:
     reason: str
+
+
+_Read = _Found | _Unreadable | None
 
 
 async def _read_secret(api: KubeApi, namespace: str, name: str, redis_key: str | None) -> _Found | _Unreadable | None:

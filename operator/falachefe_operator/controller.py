@@ -55,7 +55,7 @@ from .conditions import rfc3339
 from .kubeapi import ApiError, KubeApi
 from .resource import API_VERSION, GROUP, KIND, status_path
 from .scaling.engine import PoolTarget, StepOutcome
-from .spec import FalachefeSpec
+from .spec import FalachefeSpec, PoolSpec
 from .status import (
     LIVE_STATUS_SECONDS,
     MigrationObservation,
@@ -185,6 +185,7 @@ class Controller:
         scaler: Scaler,
         resync_seconds: float,
         slots: asyncio.Semaphore,
+        secrets: apply.SecretReads,
     ) -> None:
         self.namespace = namespace
         self.name = name
@@ -192,6 +193,7 @@ class Controller:
         self._scaler = scaler
         self._resync = resync_seconds
         self._slots = slots
+        self._secrets = secrets
         self._clock = asyncio.get_running_loop().time
         self._body: dict[str, Any] | None = None
         self._owned: dict[tuple[str, str], Owned] = {}
@@ -217,9 +219,14 @@ class Controller:
         self._redis_url: str | None = None
         self._scaling: dict[WorkerKind, ScalingReport] = {}
         self._targets: dict[WorkerKind, PoolTarget] = {}
+        self._built_targets: dict[WorkerKind, tuple[FalachefeSpec, str, PoolTarget]] = {}
+        #: The last status worked out: from which previous status and observation (``_write_status``).
+        self._summary: tuple[Mapping[str, Any], Observation, dict[str, Any]] | None = None
         self._next_poll: dict[WorkerKind, float] = {}
         self._written_status: dict[str, Any] | None = None
         self._written_at = 0.0
+        #: When figures a pass held back from the status are to be written (``_write_status``).
+        self._held_status_due = float("inf")
         self._spec: tuple[int, FalachefeSpec] | None = None
         self._invalid = False
         #: The image the last apply gave the workers, and what each finished migration Job reported.
@@ -324,14 +331,11 @@ class Controller:
         if self._wake.is_set():
             return self._clock()
         body = self._body
-        if (
-            body is None
-            or body["metadata"].get("deletionTimestamp")
-            or (body.get("spec") or {}).get("paused")
-            or self._invalid
-        ):
-            return float("inf")  # until the resource changes
-        return min([self._next_apply, self._next_secrets, *self._next_poll.values()])
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return float("inf")  # nothing more to do for it
+        if (body.get("spec") or {}).get("paused") or self._invalid:
+            return self._held_status_due  # until the resource changes (or held-back figures are due)
+        return min([self._next_apply, self._next_secrets, self._held_status_due, *self._next_poll.values()])
 
     def _retry_later(self) -> None:
         delay = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]
@@ -522,7 +526,7 @@ class Controller:
             async with self._slots:
                 with metrics.RECONCILE_SECONDS.time():
                     secrets, result = await asyncio.gather(
-                        apply.check_secrets(self._api, self.namespace, spec),
+                        apply.check_secrets(self._secrets, self.namespace, spec),
                         apply.converge(
                             self._api,
                             resource,
@@ -560,10 +564,15 @@ class Controller:
             self._next_apply = self._clock() + self._resync * random.uniform(0.9, 1.1)
         if not result.problems:
             # After an operator restart every resource is applied again; only
-            # a new generation or a created object is news worth an Event.
+            # a new generation or a created object is news worth an Event. A
+            # new resource's first reconcile is in its status (observedGeneration,
+            # Progressing) and the log, not in an Event: at an operator start
+            # over many new resources, that Event was a request per resource.
             recorded = (body.get("status") or {}).get("observedGeneration")
             if generation != self._applied_generation and (generation != recorded or result.created):
-                self._event(body, "Normal", "Reconciled", _reconciled_message(generation, result))
+                self._event(
+                    body, "Normal", "Reconciled", _reconciled_message(generation, result), post=recorded is not None
+                )
             elif drifted:
                 for kind in sorted(drifted):
                     metrics.DRIFT_CORRECTIONS.labels(kind).inc()
@@ -583,7 +592,7 @@ class Controller:
         return self._secret_problems + self._apply_problems
 
     async def _read_secrets(self, body: dict[str, Any], spec: FalachefeSpec) -> None:
-        self._take_secrets(await apply.check_secrets(self._api, self.namespace, spec))
+        self._take_secrets(await apply.check_secrets(self._secrets, self.namespace, spec))
         self._announce(self._problems, body)
 
     def _take_secrets(self, secrets: apply.SecretsCheck) -> None:
@@ -610,12 +619,7 @@ class Controller:
                 )
                 self._next_poll[kind] = now + pool.autoscaling.polling_interval_seconds
             return
-        targets = {
-            kind: autoscaling.pool_target(
-                namespace=self.namespace, name=self.name, spec=spec, kind=kind, pool=pool, redis_url=self._redis_url
-            )
-            for kind, pool in due
-        }
+        targets = {kind: self._target(spec, kind, pool, self._redis_url) for kind, pool in due}
         # Replicas as the Deployment watch shows them: no GET per poll.
         watched = {owned.pool: owned.deployment for owned in self._owned.values() if owned.deployment is not None}
         outcomes = await asyncio.gather(
@@ -637,6 +641,17 @@ class Controller:
                 self._event(body, *autoscaling.source_event(kind, change, outcome, pool))
             if outcome.scaled:
                 self._event(body, "Normal", "Scaled", autoscaling.scale_message(kind, outcome), pool=kind)
+
+    def _target(self, spec: FalachefeSpec, kind: WorkerKind, pool: PoolSpec, redis_url: str) -> PoolTarget:
+        """The pool's autoscaler target, built once per parsed spec and Redis URL (not on every poll)."""
+        built = self._built_targets.get(kind)
+        if built is not None and built[0] is spec and built[1] == redis_url:
+            return built[2]
+        target = autoscaling.pool_target(
+            namespace=self.namespace, name=self.name, spec=spec, kind=kind, pool=pool, redis_url=redis_url
+        )
+        self._built_targets[kind] = (spec, redis_url, target)
+        return target
 
     def _observation(self, spec: FalachefeSpec, generation: int, *, paused: bool = False) -> Observation:
         deployments = {
@@ -661,15 +676,22 @@ class Controller:
 
     async def _write_status(self, body: dict[str, Any], observation: Observation) -> None:
         previous = self._written_status if self._written_status is not None else body.get("status") or {}
-        status = summarize(observation, previous, now=datetime.now(UTC))
+        if self._summary is not None and self._summary[0] is previous and self._summary[1] == observation:
+            status = self._summary[2]  # an idle poll: the same observation gives the same status
+        else:
+            status = summarize(observation, previous, now=datetime.now(UTC))
+            self._summary = (previous, observation, status)
         if status == previous:
+            self._held_status_due = float("inf")
             return
         if (
             self._written_status is not None
             and self._clock() - self._written_at < LIVE_STATUS_SECONDS
             and without_live_figures(status) == without_live_figures(previous)
         ):
-            return  # only live figures moved: they wait for a meaningful change or the interval
+            # Only figures moved: they wait for a meaningful change or the interval (a pass is due then).
+            self._held_status_due = self._written_at + LIVE_STATUS_SECONDS
+            return
         manifest = {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -685,6 +707,7 @@ class Controller:
         metrics.STATUS_WRITES.inc()
         self._written_status = status
         self._written_at = self._clock()
+        self._held_status_due = float("inf")
 
     def _announce(self, problems: list[Problem], body: dict[str, Any]) -> None:
         """One Warning Event per new set of problems, not one per retry."""
@@ -694,9 +717,16 @@ class Controller:
         self._announced = messages
 
     def _event(
-        self, body: Mapping[str, Any], type_: str, reason: str, message: str, pool: WorkerKind | None = None
+        self,
+        body: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        pool: WorkerKind | None = None,
+        *,
+        post: bool = True,
     ) -> None:
-        """Post an Event and log it: a Warning Event is a warning in the log too.
+        """Post an Event (unless not ``post``) and log it: a Warning Event is a warning in the log too.
 
         The resource's namespace and name come from the task's log context
         (``name`` could not be an ``extra``: LogRecord keeps it for the logger).
@@ -706,7 +736,8 @@ class Controller:
         if pool is not None:
             fields["pool"] = pool.value
         log.log(logging.WARNING if type_ == "Warning" else logging.INFO, "%s", message, extra=fields)
-        kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=type_, reason=reason, message=message)
+        if post:
+            kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=type_, reason=reason, message=message)
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -739,6 +770,8 @@ class Fleet:
         # Reconciles hold every object they applied until they finish: bounding
         # them bounds the memory a burst (an operator restart) takes.
         self._slots = asyncio.Semaphore(concurrent_reconciles)
+        # Resources sharing Secrets share their reads (an operator start reads each once, not once per resource).
+        self._secrets = apply.SecretReads(api)
         self._controllers: dict[tuple[str, str], Controller] = {}
         self._stopped = False
 
@@ -747,7 +780,13 @@ class Fleet:
         controller = self._controllers.get(key)
         if controller is None:
             controller = Controller(
-                namespace, name, api=self._api, scaler=self._scaler, resync_seconds=self._resync, slots=self._slots
+                namespace,
+                name,
+                api=self._api,
+                scaler=self._scaler,
+                resync_seconds=self._resync,
+                slots=self._slots,
+                secrets=self._secrets,
             )
             self._controllers[key] = controller
             metrics.RESOURCES.set(len(self._controllers))

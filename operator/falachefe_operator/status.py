@@ -239,25 +239,36 @@ def summarize(observation: Observation, previous: Mapping[str, Any], now: dateti
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-#: Status fields that change on every poll: written with the next meaningful change, or at most this often.
+#: Status figures (see ``without_live_figures``): written with the next meaningful change, or at most this often.
 LIVE_STATUS_SECONDS = 60.0
+
+#: Conditions whose message carries live figures; their status and reason are meaningful, their wording is not.
+_FIGURES_IN_MESSAGE = frozenset({conditions.READY, conditions.PROGRESSING, conditions.SCALING_ACTIVE})
 
 
 def without_live_figures(status: Mapping[str, Any]) -> dict[str, Any]:
-    """``status`` less what every poll changes: queue depths, CPU, and ScalingActive's wording.
+    """``status`` less its figures: queue depths, CPU, replica counts, and the wording that repeats them.
 
-    Two statuses equal under this differ only in live figures, which the
-    controller writes at most every ``LIVE_STATUS_SECONDS`` (they are in the
-    operator's metrics as they change). Replicas, decisions, conditions'
-    status and reason, and every other condition's message are meaningful.
+    Two statuses equal under this differ only in figures that move as
+    pools poll and pods start, which the controller writes at most every
+    ``LIVE_STATUS_SECONDS`` (they are in the operator's metrics, and the
+    Deployments carry their replicas, as they change). Meaningful, written
+    at once: the observed generation, every condition's status and reason,
+    Degraded's message (the problems), each pool's decision and last
+    scale, the migration. So a new resource's status is written when it is
+    first reconciled and when it turns Ready, not as each pod starts.
     """
-    kept = {key: value for key, value in status.items() if key not in {"queueDepth", "poolSummary", "pools"}}
+    kept = {key: value for key, value in status.items() if key not in {"queueDepth", "poolSummary", "pools", "workers"}}
     kept["pools"] = {
-        name: {key: value for key, value in pool.items() if key not in {"queueDepth", "cpuUtilization"}}
+        name: {
+            key: value
+            for key, value in pool.items()
+            if key not in {"queueDepth", "cpuUtilization", "replicas", "readyReplicas"}
+        }
         for name, pool in (status.get("pools") or {}).items()
     }
     kept["conditions"] = [
-        {**condition, "message": ""} if condition.get("type") == conditions.SCALING_ACTIVE else condition
+        {**condition, "message": ""} if condition.get("type") in _FIGURES_IN_MESSAGE else condition
         for condition in status.get("conditions") or []
     ]
     return kept

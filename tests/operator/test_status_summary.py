@@ -14,6 +14,7 @@ from falachefe_operator.status import (
     Problem,
     ScalingReport,
     summarize,
+    without_live_figures,
 )
 from falachefe_runtime.config import WorkerKind
 
@@ -185,3 +186,35 @@ def test_an_unchanged_observation_gives_an_identical_status() -> None:
     )
     first = summarize(observation, previous={}, now=T0)
     assert summarize(observation, previous=first, now=T1) == first
+
+
+def test_pods_starting_are_figures_and_turning_ready_is_meaningful() -> None:
+    """What the controller writes at once (meaningful) and what waits for the interval (``without_live_figures``)."""
+
+    def status(auth: tuple[int, int], crew: tuple[int, int], *, desired: int = 1, problem: bool = False) -> Any:
+        report = ScalingReport(desired, 0, None, True, "ok")
+        return summarize(
+            Observation(
+                generation=1,
+                applied_generation=1,
+                pools=pools(
+                    auth=PoolObservation(autoscaling=True, deployment=deployment(*auth), scaling=report),
+                    crew=PoolObservation(autoscaling=True, deployment=deployment(*crew), scaling=report),
+                ),
+                problems=[Problem("SecretNotFound", "Secret x/db not found")] if problem else [],
+            ),
+            previous={},
+            now=T0,
+        )
+
+    starting = status((1, 0), (1, 0))
+    # One pool's pod Ready: counts and the Ready condition's wording move, nothing meaningful.
+    halfway = status((1, 1), (1, 0))
+    assert halfway != starting
+    assert without_live_figures(halfway) == without_live_figures(starting)
+    # Every pod Ready: Ready turns True.
+    ready = status((1, 1), (1, 1))
+    assert without_live_figures(ready) != without_live_figures(halfway)
+    # A scale decision, and a problem, are meaningful too.
+    assert without_live_figures(status((1, 1), (1, 1), desired=2)) != without_live_figures(ready)
+    assert without_live_figures(status((1, 1), (1, 1), problem=True)) != without_live_figures(ready)
