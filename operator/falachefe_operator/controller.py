@@ -564,15 +564,10 @@ class Controller:
             self._next_apply = self._clock() + self._resync * random.uniform(0.9, 1.1)
         if not result.problems:
             # After an operator restart every resource is applied again; only
-            # a new generation or a created object is news worth an Event. A
-            # new resource's first reconcile is in its status (observedGeneration,
-            # Progressing) and the log, not in an Event: at an operator start
-            # over many new resources, that Event was a request per resource.
+            # a new generation or a created object is news worth an Event.
             recorded = (body.get("status") or {}).get("observedGeneration")
             if generation != self._applied_generation and (generation != recorded or result.created):
-                self._event(
-                    body, "Normal", "Reconciled", _reconciled_message(generation, result), post=recorded is not None
-                )
+                self._event(body, "Normal", "Reconciled", _reconciled_message(generation, result))
             elif drifted:
                 for kind in sorted(drifted):
                     metrics.DRIFT_CORRECTIONS.labels(kind).inc()
@@ -717,16 +712,9 @@ class Controller:
         self._announced = messages
 
     def _event(
-        self,
-        body: Mapping[str, Any],
-        type_: str,
-        reason: str,
-        message: str,
-        pool: WorkerKind | None = None,
-        *,
-        post: bool = True,
+        self, body: Mapping[str, Any], type_: str, reason: str, message: str, pool: WorkerKind | None = None
     ) -> None:
-        """Post an Event (unless not ``post``) and log it: a Warning Event is a warning in the log too.
+        """Post an Event and log it: a Warning Event is a warning in the log too.
 
         The resource's namespace and name come from the task's log context
         (``name`` could not be an ``extra``: LogRecord keeps it for the logger).
@@ -736,8 +724,7 @@ class Controller:
         if pool is not None:
             fields["pool"] = pool.value
         log.log(logging.WARNING if type_ == "Warning" else logging.INFO, "%s", message, extra=fields)
-        if post:
-            kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=type_, reason=reason, message=message)
+        kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=type_, reason=reason, message=message)
 
 
 def describe_validation_error(error: ValidationError) -> str:
