@@ -16,9 +16,13 @@ groups of K, the worker's concurrency, through the runtime's ``Database``
   missing the cache make today (K queries);
 - ``coalesced``: the K keys in one query (``unnest`` of the two arrays,
   joined to ``users``), as a coalescing loader would at its best, every
-  job of the group arriving within its window.
+  job of the group arriving within its window;
+- ``single reset``: ``single`` with asyncpg's reset query sent on every
+  release to the pool again (``SELECT pg_advisory_unlock_all(); CLOSE ALL;
+  UNLISTEN *; RESET ALL;``): the ablation of the runtime's pool, which
+  sends none (``db.database.NoResetConnection``), one statement per lookup.
 
-The two take turns for R rounds; it prints the CPU time per lookup of the
+The three take turns for R rounds; it prints the CPU time per lookup of the
 benchmark process and of PostgreSQL's processes, median of rounds, and the
 ratios. This is the ceiling: it assumes every lookup finds K - 1 others in
 its window, and does not count the window's own wait.
@@ -43,8 +47,11 @@ from falachefe_devstack.process import cpu_seconds
 from falachefe_runtime.auth.store import AuthStore
 from falachefe_runtime.config import DatabaseSettings, PoolSettings
 from falachefe_runtime.db import Database
+from falachefe_runtime.db.database import NoResetConnection
 
 USERS_PER_COMPANY = 100
+#: The runtime's own (empty) reset query, put back after each ``single reset`` run.
+_NO_RESET = NoResetConnection.get_reset_query
 COALESCED = (
     "SELECT k.company_id, k.phone_number, u.id, u.is_active, u.is_blocked"
     " FROM unnest($1::uuid[], $2::text[]) AS k (company_id, phone_number)"
@@ -75,10 +82,12 @@ async def one_way(
 ) -> tuple[float, float]:
     """CPU ms per lookup (this process, PostgreSQL) for ``lookups`` lookups, ``group`` at a time."""
     keys = [(companies[n % len(companies)], f"+55119{(n * 7) % USERS_PER_COMPANY:08d}") for n in range(lookups)]
+    if mode == "single reset":  # measurement only: asyncpg's own reset query on each release, as before
+        NoResetConnection.get_reset_query = asyncpg.Connection.get_reset_query  # type: ignore[method-assign]
     started, db_started = time.process_time(), cpu_seconds(postmaster, with_children=True)
     for start in range(0, lookups, group):
         batch = keys[start : start + group]
-        if mode == "single":
+        if mode.startswith("single"):
             found = await asyncio.gather(*(store.user_by_phone(c, p) for c, p in batch))
             assert all(user is not None for user in found)
         else:
@@ -88,6 +97,8 @@ async def one_way(
             assert len(rows) == len(batch) and all(row["id"] is not None for row in rows)
     worker = 1000 * (time.process_time() - started) / lookups
     server = 1000 * (cpu_seconds(postmaster, with_children=True) - db_started) / lookups
+    if mode == "single reset":
+        NoResetConnection.get_reset_query = _NO_RESET  # type: ignore[method-assign]
     return worker, server
 
 
@@ -96,13 +107,14 @@ async def measure(server: PostgresServer, lookups: int, group: int, rounds: int,
     ids = await seed(dsn, companies)
     assert server.process is not None and server.process.popen is not None
     postmaster = server.process.popen.pid
-    cpu: dict[str, list[tuple[float, float]]] = {"single": [], "coalesced": []}
+    cpu: dict[str, list[tuple[float, float]]] = {"single": [], "coalesced": [], "single reset": []}
     async with Database(DatabaseSettings(dsn=dsn, primary=PoolSettings(min_size=group, max_size=group))) as db:
         store = AuthStore(db)
         await one_way(db, store, "single", ids, 500, group, postmaster)  # warm the pool and the statement caches
         await one_way(db, store, "coalesced", ids, 500, group, postmaster)
+        modes = tuple(cpu)
         for index in range(rounds):
-            for mode in ("single", "coalesced") if index % 2 == 0 else ("coalesced", "single"):
+            for mode in modes if index % 2 == 0 else modes[::-1]:
                 cpu[mode].append(await one_way(db, store, mode, ids, lookups, group, postmaster))
     median = {mode: tuple(statistics.median(v[i] for v in values) for i in (0, 1)) for mode, values in cpu.items()}
     single, coalesced = median["single"], median["coalesced"]
@@ -110,11 +122,17 @@ async def measure(server: PostgresServer, lookups: int, group: int, rounds: int,
         f"{lookups} user lookups per round, {companies} companies, groups of {group}, median of {rounds} rounds "
         "(PostgreSQL local, through Database)"
     )
-    print(f"{'':<10} {'worker CPU ms/lookup':>21} {'PostgreSQL CPU ms/lookup':>25}")
+    print(f"{'':<12} {'worker CPU ms/lookup':>19} {'PostgreSQL CPU ms/lookup':>25}")
     for mode, (worker, pg) in median.items():
-        print(f"{mode:<10} {worker:>21.3f} {pg:>25.3f}")
+        print(f"{mode:<12} {worker:>19.3f} {pg:>25.3f}")
     print(
         f"ratio, coalesced / single: worker {coalesced[0] / single[0]:.2f}x, PostgreSQL {coalesced[1] / single[1]:.2f}x"
+    )
+    reset = median["single reset"]
+    print(
+        f"ratio, single / single reset (no reset query / asyncpg's): worker {single[0] / reset[0]:.2f}x, "
+        f"PostgreSQL {single[1] / reset[1]:.2f}x; per lookup, reset - none: worker {reset[0] - single[0]:.3f} ms, "
+        f"PostgreSQL {reset[1] - single[1]:.3f} ms"
     )
     print("per round (worker, PostgreSQL):", {m: [(round(a, 3), round(b, 3)) for a, b in v] for m, v in cpu.items()})
 

@@ -24,9 +24,12 @@ worker process with the same concurrency, consuming its own queue:
 - ``python no-op all-fetch`` and ``auth cached all-fetch``: the same two with
   ``one_waiter`` off, every free slot fetching as bullmq's loop does (it
   matters on trickle arrivals: see the latency phase);
-- ``auth cached quiet`` and ``auth cached no-reset``: measurement-only
-  ablations (``ABLATIONS``): the job's log line not written; asyncpg's
-  reset query on each pool release not sent.
+- ``auth cached quiet``, ``auth cached reset`` and ``auth cached
+  full-redact``: measurement-only ablations (``ABLATIONS``): the job's log
+  line not written; asyncpg's reset query sent on each pool release again
+  (the runtime's pool sends none: ``db.database.NoResetConnection``); the
+  log formatter running the full redaction on every string field (the
+  runtime skips text holding no ``://`` and no password keyword).
 
 The auth variants do the real work of an authorized message: lookups, one
 transaction (claim the message id, log the attempt) and the hand-off to
@@ -89,6 +92,7 @@ from bench.db_pool import bench_database, seed_users
 from falachefe_devstack.postgres import PostgresServer
 from falachefe_devstack.process import cpu_seconds as process_cpu_seconds
 from falachefe_devstack.redis import RedisServer
+from falachefe_runtime import redact
 from falachefe_runtime.auth.rate_limit import FixedWindowLimiter
 from falachefe_runtime.auth.service import AuthService
 from falachefe_runtime.auth.store import AuthStore
@@ -104,7 +108,9 @@ from falachefe_runtime.config import (
     RedisSettings,
 )
 from falachefe_runtime.db import Database
+from falachefe_runtime.db.database import NoResetConnection
 from falachefe_runtime.interfaces import ReadThroughCache
+from falachefe_runtime.observability import logging as observability_logging
 from falachefe_runtime.observability.logging import configure_logging
 from falachefe_runtime.payloads import PROCESS_MESSAGE, ProcessMessage
 from falachefe_runtime.queues import CREW_QUEUE, SEED_JOB_OPTIONS, WHATSAPP_QUEUE, Queues
@@ -131,13 +137,15 @@ VARIANTS = (
     "python no-op all-fetch",
     "auth cached all-fetch",
     "auth cached quiet",
-    "auth cached no-reset",
+    "auth cached reset",
+    "auth cached full-redact",
 )
 #: Measurement-only ablations of ``auth cached`` (not options of the runtime): ``quiet`` logs at WARNING
-#: (the job's INFO line is not written); ``no-reset`` has asyncpg's pool release a connection without
-#: its reset query (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``, a
-#: PostgreSQL round trip per release).
-ABLATIONS = (" quiet", " no-reset")
+#: (the job's INFO line is not written); ``reset`` has asyncpg's pool send its reset query on each
+#: release again (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``, a PostgreSQL
+#: round trip per release, which the runtime's pool does not send); ``full-redact`` has the log
+#: formatter run the full redaction on every string field, without ``redact_text``'s shortcut.
+ABLATIONS = (" quiet", " reset", " full-redact")
 #: The variants that are another with ``fetch_next`` off.
 TWO_TRIPS = " 2rt"
 #: ... and with ``one_waiter`` off: every free slot fetches, as in bullmq's loop.
@@ -263,8 +271,10 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
     closers: list[Callable[[], Awaitable[Any]]] = []
     # Production's logging: one JSON line per job on stderr (the driver sends it to /dev/null).
     configure_logging("WARNING" if ablation == " quiet" else "INFO", "json")
-    if ablation == " no-reset":
-        asyncpg.Connection.get_reset_query = lambda self: ""  # type: ignore[method-assign]
+    if ablation == " reset":
+        NoResetConnection.get_reset_query = asyncpg.Connection.get_reset_query  # type: ignore[method-assign]
+    if ablation == " full-redact":
+        observability_logging.redact_text = lambda text: redact._redact(text, ())
     if variant == "bullmq no-op":
 
         async def bare(job: Job, token: str) -> None:
@@ -828,7 +838,13 @@ def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds:
     # Each idea against the same worker without it, paired within each round: fetch next (one round trip per
     # job against two), one waiter (one free slot waiting for all against every free slot fetching).
     # The measurement-only ablations: the job's log line, asyncpg's reset query on each release.
-    ideas = ((TWO_TRIPS, "fetch next"), (ALL_FETCH, "one waiter"), (" quiet", "log line"), (" no-reset", "pool reset"))
+    ideas = (
+        (TWO_TRIPS, "fetch next"),
+        (ALL_FETCH, "one waiter"),
+        (" quiet", "log line"),
+        (" reset", "no reset query"),
+        (" full-redact", "redaction shortcut"),
+    )
     for suffix, idea in ideas:
         for variant in ("python no-op", "auth cached"):
             off = variant + suffix

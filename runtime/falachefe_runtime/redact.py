@@ -43,6 +43,10 @@ _PASSWORD_PAIR = re.compile(
 _BLANK = re.compile(r"\s")
 _NOT_A_USER = re.compile(r"[@/?#=&]")
 _QUERY_PASSWORD = re.compile(r"[?&](?:ssl)?pass(?:word|wd)\s*=", re.IGNORECASE)
+#: What any text ``redact_text`` changes must hold (without ``secrets``): a URL's ``://`` or a password
+#: keyword, matched with the same case rules as the patterns above. One C-level scan of a log field
+#: (3 us a string through the full redaction, 0.2 us through this), and most fields hold neither.
+_MAY_HOLD_A_PASSWORD = re.compile(r"://|pass(?:word|wd)", re.IGNORECASE)
 
 
 def _split(url: str) -> tuple[str, str | None, str]:
@@ -94,6 +98,13 @@ def redact_text(text: str, *secrets: str | None) -> str:
     wherever they appear, even outside any URL (a library quoting a piece
     of one).
     """
+    if not secrets and not _MAY_HOLD_A_PASSWORD.search(text):
+        return text
+    return _redact(text, secrets)
+
+
+def _redact(text: str, secrets: tuple[str | None, ...]) -> str:
+    """``redact_text`` without its shortcut for text that cannot hold a password."""
     pieces = []
     position = 0
     for match in _URL_START.finditer(text):

@@ -17,6 +17,7 @@ from falachefe_devstack.process import free_port
 from falachefe_devstack.waiting import async_wait_for
 from falachefe_runtime.config import DatabaseSettings, PoolSettings
 from falachefe_runtime.db import Database, migrate
+from falachefe_runtime.db.fingerprint import session_state
 
 APP = "falachefe-test"
 
@@ -294,3 +295,77 @@ async def test_start_retries_an_unreachable_server_then_fails_without_leaking_th
 def test_a_database_needs_a_dsn() -> None:
     with pytest.raises(ValueError, match=r"database\.dsn is required"):
         Database(DatabaseSettings())
+
+
+# -- no reset query between checkouts --------------------------------------------
+
+SESSION_STATE = [
+    "SET statement_timeout = 0",
+    "set search_path to public",
+    "SET SESSION work_mem = '64MB'",
+    "SELECT set_config('statement_timeout', '0', false)",
+    "SELECT set_config('statement_timeout', $1, $2)",
+    "SELECT pg_advisory_lock(42)",
+    "SELECT pg_try_advisory_lock_shared(42)",
+    "LISTEN cache",
+    "PREPARE lookup AS SELECT 1",
+    "DECLARE rows CURSOR WITH HOLD FOR SELECT 1",
+    "CREATE TEMP TABLE scratch (id int)",
+    "SELECT 1; SET role = 'postgres'",
+]
+TRANSACTION_SCOPED = [
+    "UPDATE users SET name = $1 WHERE id = $2",
+    "SET LOCAL statement_timeout = '5s'",
+    "SELECT set_config('statement_timeout', '5s', true)",
+    "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
+    "DECLARE rows CURSOR FOR SELECT 1",
+    "CREATE TEMPORARY TABLE scratch (id int) ON COMMIT DROP",
+    "SELECT 'SET statement_timeout = 0', 'LISTEN x'",
+]
+
+
+@pytest.mark.parametrize("sql", SESSION_STATE)
+def test_statements_that_outlive_their_transaction_are_recognised(sql: str) -> None:
+    assert session_state(sql) is not None
+
+
+@pytest.mark.parametrize("sql", TRANSACTION_SCOPED)
+def test_transaction_scoped_statements_are_not_session_state(sql: str) -> None:
+    assert session_state(sql) is None
+
+
+async def last_statement(dsn: str) -> str:
+    """What the pool's one connection ran last, as PostgreSQL's activity view says."""
+    rows = await admin_execute(dsn, "SELECT query FROM pg_stat_activity WHERE application_name = $1", APP)
+    assert len(rows) == 1, rows
+    return str(rows[0]["query"])
+
+
+async def test_a_released_connection_gets_no_reset_query_and_keeps_nothing_from_its_last_checkout(pg_dsn: str) -> None:
+    one = PoolSettings(min_size=1, max_size=1, statement_timeout_s=30)
+    async with Database(settings(pg_dsn, primary=one)) as db:
+        # The release sent nothing after the statement (asyncpg's default sends its reset query here).
+        assert await db.fetchval("SELECT 41 + 1") == 42
+        assert await last_statement(pg_dsn) == "SELECT 41 + 1"
+        pid = await db.fetchval("SELECT pg_backend_pid()")
+        async with db.transaction() as tx:
+            await tx.execute("SET LOCAL statement_timeout = '1234ms'")
+            await tx.fetchval("SELECT pg_advisory_xact_lock(4242)")
+            assert await tx.fetchval("SHOW statement_timeout") == "1234ms"
+        assert await last_statement(pg_dsn) == "COMMIT;"
+        # The same connection, next checkout: the pool's own setting, no lock left.
+        assert await db.fetchval("SELECT pg_backend_pid()") == pid
+        assert await db.fetchval("SHOW statement_timeout") == "30s"
+        held = await admin_execute(
+            pg_dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1", pid
+        )
+        assert held[0][0] == 0
+        # What would outlive the checkout is refused before it is sent, outside a transaction or in one.
+        for sql in ("SET statement_timeout = 0", "SELECT pg_advisory_lock(4242)", "LISTEN cache"):
+            with pytest.raises(ValueError, match="outlives its transaction"):
+                await db.execute(sql)
+            with pytest.raises(ValueError, match="outlives its transaction"):
+                async with db.transaction() as tx:
+                    await tx.execute(sql)
+        assert await db.fetchval("SHOW statement_timeout") == "30s"
+        assert await db.fetchval("SELECT pg_backend_pid()") == pid

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from falachefe_runtime.redact import MASK, address, passwords, redact_text, redact_url, url_problem
+from falachefe_runtime.redact import MASK, _redact, address, passwords, redact_text, redact_url, url_problem
 
 #: User and host names: plain, so a password (which holds something else) can never be one of their substrings.
 NAMES = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
@@ -80,3 +80,31 @@ def test_a_url_whose_password_breaks_parsers_is_refused_naming_no_part_of_it() -
 def test_text_without_secrets_is_left_alone() -> None:
     text = "redis://127.0.0.1:6379/0 is down; queue bull:whatsapp-processing; user@example.com wrote"
     assert redact_text(text) == text
+
+
+#: Text near what the redaction looks for: pieces of schemes, password keywords in any case, and the
+#: characters case-insensitive matching takes for their letters (U+017F, the long s, for "s";
+#: U+212A, the Kelvin sign, for "k").
+NEAR_MISSES = st.lists(
+    st.one_of(
+        st.sampled_from(
+            ["://", ":/", "redis", "postgres", "pass", "PassWord", "passwd", "pas\u017fwd", "=", " = ", "@"]
+        ),
+        st.sampled_from(["'", "\u017f", "\u212a", "s", "S", "w", "W", "o", "r", "d", " ", ":", "/", "?", "&"]),
+        st.text(max_size=4),
+    ),
+    max_size=12,
+).map("".join)
+
+
+@given(NEAR_MISSES)
+def test_the_shortcut_for_text_without_a_password_changes_no_result(text: str) -> None:
+    # redact_text skips the redaction when the text holds no "://" and no password keyword: the
+    # full redaction must leave every such text as it is, and redact_text must agree with it on all text.
+    assert redact_text(text) == _redact(text, ())
+
+
+def test_the_shortcut_is_taken_only_without_secrets() -> None:
+    assert redact_text("hunter2 was typed", "redis://:hunter2@h/0") == f"{MASK} was typed"
+    assert redact_text("PASSWORD=x y") == f"PASSWORD={MASK} y"
+    assert redact_text("pa\u017fsword=x y") == f"pa\u017fsword={MASK} y"  # as the patterns read it

@@ -69,3 +69,32 @@ def loggable(sql: str) -> str:
     if len(text) > LOGGED_SQL_CHARS:
         return text[: LOGGED_SQL_CHARS - 1] + "…"
     return text
+
+
+#: Statements that leave state in the session, past their transaction: the pool hands its connections
+#: from job to job without a reset query (``database.NoResetConnection``), so the next job would
+#: inherit it. Their transaction-scoped forms (``SET LOCAL``, ``set_config(..., true)``,
+#: ``pg_advisory_xact_lock``, a cursor without ``WITH HOLD``, a temporary table ``ON COMMIT DROP``) end
+#: with the transaction and are allowed. Matched on the normalised text (no literal can fake one).
+_SESSION_STATE = (
+    (re.compile(r"(?:^|;)\s*set\s+(?!local\b)", re.IGNORECASE), "SET without LOCAL"),
+    (re.compile(r"\bset_config\s*\((?![^()]*,\s*true\s*\))", re.IGNORECASE), "set_config(..., is_local) not true"),
+    (re.compile(r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.IGNORECASE), "a session-level advisory lock"),
+    (re.compile(r"(?:^|;)\s*listen\b", re.IGNORECASE), "LISTEN"),
+    (re.compile(r"(?:^|;)\s*prepare\b", re.IGNORECASE), "PREPARE"),
+    (re.compile(r"(?:^|;)\s*declare\b[^;]*\bwith\s+hold\b", re.IGNORECASE), "a cursor WITH HOLD"),
+    (
+        re.compile(r"\bcreate\s+(?:(?:global|local)\s+)?temp(?:orary)?\s+table\b(?![^;]*\bon\s+commit\s+drop\b)", re.I),
+        "a temporary table without ON COMMIT DROP",
+    ),
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def session_state(sql: str) -> str | None:
+    """What session state ``sql`` would leave behind its transaction, or ``None`` (memoised)."""
+    text = normalize(sql)
+    for pattern, what in _SESSION_STATE:
+        if pattern.search(text):
+            return what
+    return None

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from .fingerprint import loggable, query_label
+from .fingerprint import loggable, query_label, session_state
 from .metrics import QUERY_DURATION, QUERY_ERRORS, SLOW_QUERIES
 
 T = TypeVar("T")
@@ -33,6 +33,11 @@ class QueryMonitor:
 
     async def run(self, sql: str, name: str | None, param_count: int, call: Callable[[], Awaitable[T]]) -> T:
         label = query_label(sql, name)
+        if (state := session_state(sql)) is not None:
+            raise ValueError(
+                f"{label}: {state} outlives its transaction, and the pool's connections are not reset between "
+                "checkouts; use the transaction-scoped form (SET LOCAL, pg_advisory_xact_lock, ...)"
+            )
         started = time.perf_counter()
         try:
             return await call()
