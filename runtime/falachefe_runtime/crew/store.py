@@ -6,7 +6,7 @@ a message processed twice, or by two workers at once, is stored once.
 Both rows get the transaction's ``now()`` as ``created_at``, which is how a
 repeat finds the reply that was stored for its message (``stored_reply``).
 The transaction is one call of a server-side function (migration 4,
-``falachefe_store_crew_exchange``): one round trip instead of seven.
+``falachefe_store_crew_exchange``): one round trip instead of six or seven.
 """
 
 from __future__ import annotations

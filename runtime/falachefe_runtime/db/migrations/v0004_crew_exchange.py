@@ -1,8 +1,9 @@
 """The crew worker's exchange (claim, user lock, conversation, both messages) as one server-side call.
 
-Sent statement by statement, storing an exchange took seven round trips
+Sent statement by statement, storing an exchange took six round trips
 (``BEGIN``, the claim, the user's lock, the conversation, the messages,
-``COMMIT``); called as a function it takes one, and the statement is its
+``COMMIT``; seven when it started a conversation); called as a function it
+takes one, and the statement is its
 own transaction. The steps and their order are the ones the worker ran
 before (see ``falachefe_runtime.crew.store``):
 
