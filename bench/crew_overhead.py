@@ -26,6 +26,13 @@ in turns for K rounds, the median round reported:
   from the first job taken to the last one finished (bullmq's timestamps)
   divided by N.
 
+Ablation of the exchange (the crew worker's write after a kickoff), on the
+same database, the two ways alternating call by call (median per call): ``exchange, one call`` is
+``CrewStore.store_exchange`` (one call of migration 4's server-side
+function); ``exchange, statements`` sends the same steps as separate
+statements in a transaction, as the worker did before (``BEGIN``, claim,
+user lock, conversation, messages, ``COMMIT``).
+
 The worker's overhead around a kickoff is ``crew job`` minus ``kickoff in
 job`` (the worker's own kickoff histogram, over the same jobs)
 (fetching and completing the job, validation, the crew and company lookups,
@@ -61,10 +68,10 @@ from falachefe_devstack.seed import phone, seed_tenant
 from falachefe_runtime.config import RuntimeConfig
 from falachefe_runtime.crew.definition import CrewDefinition
 from falachefe_runtime.crew.kickoff import CrewKickoff
-from falachefe_runtime.crew.store import CrewStore
+from falachefe_runtime.crew.store import CREW_STAGE, CrewStore
 from falachefe_runtime.db import Database
 from falachefe_runtime.observability.logging import configure_logging
-from falachefe_runtime.payloads import PROCESS_CREW
+from falachefe_runtime.payloads import PROCESS_CREW, CrewRequest
 from falachefe_runtime.queues import CREW_QUEUE, SEED_JOB_OPTIONS, Queues
 from falachefe_runtime.worker.app import serve
 
@@ -117,6 +124,77 @@ def crew_jobs(company: uuid.UUID, user: uuid.UUID, session: uuid.UUID, count: in
     ]
 
 
+async def exchange_as_statements(db: Database, request: CrewRequest, crew_id: uuid.UUID, reply: str) -> bool:
+    """The exchange as the crew worker stored it before migration 4: one statement per step, in a transaction."""
+    async with db.transaction() as tx:
+        claimed = await tx.fetchval(
+            "INSERT INTO processed_messages (company_id, provider_message_id, stage) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING RETURNING true",
+            request.company_id,
+            request.provider_message_id,
+            CREW_STAGE,
+        )
+        if not claimed:
+            return False
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", str(request.user_id))
+        conversation = await tx.fetchval(
+            "UPDATE conversations SET updated_at = now() WHERE id = ("
+            " SELECT id FROM conversations WHERE user_id = $1 AND crew_id = $2 ORDER BY updated_at DESC LIMIT 1"
+            ") RETURNING id",
+            request.user_id,
+            crew_id,
+        )
+        if conversation is None:
+            conversation = await tx.fetchval(
+                "INSERT INTO conversations (company_id, user_id, crew_id) VALUES ($1, $2, $3) RETURNING id",
+                request.company_id,
+                request.user_id,
+                crew_id,
+            )
+        await tx.execute(
+            "INSERT INTO messages (conversation_id, company_id, role, content, provider_message_id)"
+            " VALUES ($1, $2, 'user', $3, $4), ($1, $2, 'assistant', $5, NULL)",
+            conversation,
+            request.company_id,
+            request.text,
+            request.provider_message_id,
+            reply,
+        )
+    return True
+
+
+async def exchanges(
+    index: int, count: int, db: Database, ids: tuple[uuid.UUID, uuid.UUID, uuid.UUID], crew_id: uuid.UUID
+) -> dict[str, float]:
+    """Median milliseconds per exchange stored, each way, the two ways alternating call by call.
+
+    Alternating (and the median) keeps a burst of load on a shared machine
+    from landing on one way only. The same user and crew as the crew jobs.
+    """
+    company, user, session = ids
+    store = CrewStore(db)
+
+    def request(way: str, n: int) -> CrewRequest:
+        return CrewRequest.model_validate(
+            crew_jobs(company, user, session, 1, f"{index}.{way}.{n}")[0]["data"]["crewData"]
+        )
+
+    ways = {
+        "exchange, one call": lambda n: store.store_exchange(request("call", n), crew_id, "Abrimos às 8h."),
+        "exchange, statements": lambda n: exchange_as_statements(
+            db, request("statements", n), crew_id, "Abrimos às 8h."
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for n in range(-2, count):  # two to warm up
+        for name, way in ways.items():
+            started = time.perf_counter()
+            assert await way(n)
+            if n >= 0:
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 async def per_call(count: int, call: Callable[[int], Awaitable[Any]]) -> float:
     """Mean milliseconds of ``call(n)`` over ``count`` sequential calls (after two to warm up)."""
     for n in range(2):
@@ -136,7 +214,8 @@ async def one_round(
     crewai = kickoff._crewai
     async with Database(cfg.database) as db:
         definition: CrewDefinition | None = await CrewStore(db).active_crew(company)
-    assert definition is not None
+        assert definition is not None
+        stored = await exchanges(index, jobs, db, ids, definition.id)
     llm_api = crewai.LLM(model="gpt-4o-mini", provider="openai", base_url=llm.base_url, api_key=LLM_KEY)
 
     async def llm_call(n: int) -> Any:
@@ -174,6 +253,7 @@ async def one_round(
         "our kickoff": await per_call(jobs, our_kickoff),
     }
     kickoff.close()
+    figures.update(stored)
 
     queues = Queues(redis_url)
     queue = queues.queue(CREW_QUEUE)
@@ -232,9 +312,9 @@ async def run(jobs: int, rounds: int) -> None:
         f"{jobs} kickoffs per variant, one at a time, median of {rounds} rounds (LLM stand-in answers at once); "
         f"load average {load} on {os.cpu_count()} CPUs"
     )
-    print(f"{'variant':<14} {'ms per kickoff':>15} {'x llm call':>11}")
+    print(f"{'variant':<21} {'ms each':>8} {'x llm call':>11}")
     for name, value in median.items():
-        print(f"{name:<14} {value:>15.2f} {value / median['llm call']:>10.2f}x")
+        print(f"{name:<21} {value:>8.2f} {value / median['llm call']:>10.2f}x")
     worker = [r["crew job"] - r["kickoff in job"] for r in results]
     build = [r["our kickoff"] - r["bare kickoff"] for r in results]
     crewai_own = [r["bare kickoff"] - r["llm call"] for r in results]
@@ -243,6 +323,11 @@ async def run(jobs: int, rounds: int) -> None:
         f"(goal: under {GOAL_MS:.0f} ms; rounds {[round(w, 2) for w in worker]}); "
         f"our build and thread hop: {statistics.median(build):.2f} ms; "
         f"CrewAI's own cost beyond the LLM call: {statistics.median(crewai_own):.2f} ms"
+    )
+    statements = [r["exchange, statements"] / r["exchange, one call"] for r in results]
+    print(
+        f"the exchange as statements / as one call: {statistics.median(statements):.2f}x "
+        f"({statistics.median(r['exchange, statements'] - r['exchange, one call'] for r in results):.2f} ms per job)"
     )
     reuse = [r["bare, new LLM"] / r["bare kickoff"] for r in results]
     print(f"an LLM built per kickoff / one kept: {statistics.median(reuse):.2f}x the time of a bare kickoff")

@@ -73,10 +73,10 @@ def test_migrate_enqueue_queues_and_failed(monkeypatch: pytest.MonkeyPatch, pg_d
     monkeypatch.setenv("FALACHEFE_REDIS__URL", redis_url)
 
     code, out = cli(["migrate"])
-    assert code == 0 and json.loads(out)["applied"] == [1, 2, 3]
+    assert code == 0 and json.loads(out)["applied"] == [1, 2, 3, 4]
     code, out = cli(["migrate"])
     assert code == 0 and json.loads(out) == {
-        "schema_version": 3,
+        "schema_version": 4,
         "applied": [],
         "created_indexes": [],
         "rebuilt_indexes": [],

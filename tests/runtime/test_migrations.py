@@ -71,7 +71,7 @@ async def indexes(dsn: str) -> dict[str, tuple[bool, str]]:
 
 async def test_migrate_creates_the_schema_and_a_second_run_is_a_no_op(pg_dsn: str) -> None:
     first = await migrate(pg_dsn)
-    assert first.applied == [1, 2, 3]
+    assert first.applied == [1, 2, 3, 4]
     tables = {
         row["tablename"] for row in await query(pg_dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
@@ -86,6 +86,7 @@ async def test_migrate_creates_the_schema_and_a_second_run_is_a_no_op(pg_dsn: st
         (1, "core_tables"),
         (2, "seed_indexes"),
         (3, "admin_indexes"),
+        (4, "crew_exchange_function"),
     ]
 
 
@@ -105,11 +106,11 @@ async def test_every_seed_index_exists_valid_and_without_now_in_a_predicate(pg_d
 async def test_concurrent_migrations_all_succeed_and_apply_once(pg_dsn: str) -> None:
     reports = await asyncio.gather(*(migrate(pg_dsn) for _ in range(3)))
     applied = sorted(report.applied for report in reports)
-    assert applied == [[], [], [1, 2, 3]]
+    assert applied == [[], [], [1, 2, 3, 4]]
     found = await indexes(pg_dsn)
     assert all(valid for valid, _ in found.values())
     assert set(found) >= SEED_INDEX_NAMES
-    assert len(await query(pg_dsn, "SELECT version FROM schema_migrations")) == 3
+    assert len(await query(pg_dsn, "SELECT version FROM schema_migrations")) == 4
 
 
 async def test_an_invalid_index_left_by_a_failed_concurrent_build_is_rebuilt(pg_dsn: str) -> None:
@@ -162,7 +163,7 @@ async def test_migrate_gives_up_waiting_for_a_stuck_lock_holder(pg_dsn: str) -> 
             await migrate(pg_dsn, lock_wait_s=0.5)
     finally:
         await holder.close()
-    assert (await migrate(pg_dsn)).applied == [1, 2, 3]
+    assert (await migrate(pg_dsn)).applied == [1, 2, 3, 4]
 
 
 async def test_bulk_insert_allow_list_matches_the_schema(pg_dsn: str) -> None:

@@ -531,12 +531,10 @@ class Cache:
     ) -> str:
         """Load a missing entry, unless another process is already loading it (then wait for its value)."""
         lock_key, token = KeySpace.lock(entry_key), uuid.uuid4().hex
-        locked = await self._try_lock(lock_key, token)
-        loaded_elsewhere: str | _Unavailable | None = None
-        if locked:
-            # Our miss may predate a load that finished just before we took the lock.
-            loaded_elsewhere = await self._l2_get(entry_key)
-            if isinstance(loaded_elsewhere, str):
+        # Our miss may predate a load that finished just before we took the lock: read again, in the same trip.
+        locked, loaded_elsewhere = await self._lock_and_reread(entry_key, lock_key, token)
+        if isinstance(loaded_elsewhere, str):
+            if locked:
                 await self._unlock(lock_key, token)
         elif locked is False:
             loaded_elsewhere = await self._wait_for_other_loader(entry_key, lock_key)
@@ -591,14 +589,22 @@ class Cache:
         self._health.succeeded()
         return True
 
-    async def _try_lock(self, lock_key: str, token: str) -> bool | None:
-        """``True`` if we hold the load lock, ``False`` if another process does, ``None`` if Redis failed."""
+    async def _lock_and_reread(self, entry_key: str, lock_key: str, token: str) -> tuple[bool | None, str | None]:
+        """Try the load lock and read the entry again, in one round trip: (locked, the entry if stored now).
+
+        ``locked`` is ``True`` if we hold the load lock, ``False`` if another
+        process does, ``None`` if Redis failed.
+        """
         lock_ms = int(self.settings.load_lock_s * 1000)
         try:
-            return bool(await self._client().set(lock_key, token, nx=True, px=lock_ms))
+            async with self._client().pipeline(transaction=False) as pipe:
+                pipe.set(lock_key, token, nx=True, px=lock_ms)
+                pipe.get(entry_key)
+                locked, found = await pipe.execute()
         except REDIS_FAILURES as error:
             self._health.failed("lock", error)
-            return None
+            return None, None
+        return bool(locked), cast(str | None, found)
 
     async def _unlock(self, lock_key: str, token: str) -> None:
         try:

@@ -50,6 +50,11 @@ def reply_job_id(company_id: UUID, provider_message_id: str) -> str:
     return f"reply-{digest}"
 
 
+def _crew(cached: dict[str, Any]) -> CrewDefinition | None:
+    """A cached ``crew_config`` entry as the (frozen) definition: validated once per L1 entry, not per job."""
+    return CrewDefinition.model_validate(cached["crew"]) if cached["crew"] else None
+
+
 class CrewService:
     def __init__(
         self,
@@ -90,14 +95,14 @@ class CrewService:
             crew = await self._store.active_crew(company_id)
             return {"crew": crew.model_dump(mode="json") if crew else None}
 
-        cached = await self._cache.get_or_load(
-            CacheKind.CREW_CONFIG, "active", load, scope=Scope(company_id=company_id)
+        crew: CrewDefinition | None = await self._cache.get_or_load(
+            CacheKind.CREW_CONFIG, "active", load, scope=Scope(company_id=company_id), parse=_crew
         )
-        if not cached["crew"]:
+        if crew is None:
             raise PermanentJobError(
                 "no_active_crew", f"company {company_id} has no active crew with active agents and tasks"
             )
-        return CrewDefinition.model_validate(cached["crew"])
+        return crew
 
     async def _answer(self, crew: CrewDefinition, text: str, company: str) -> tuple[str, str]:
         """The reply and where it came from: ``kickoff`` (this call ran the crew) or ``cache``."""

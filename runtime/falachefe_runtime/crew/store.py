@@ -5,6 +5,8 @@ transaction together with the ``crew`` claim of the provider message id:
 a message processed twice, or by two workers at once, is stored once.
 Both rows get the transaction's ``now()`` as ``created_at``, which is how a
 repeat finds the reply that was stored for its message (``stored_reply``).
+The transaction is one call of a server-side function (migration 4,
+``falachefe_store_crew_exchange``): one round trip instead of six or seven.
 """
 
 from __future__ import annotations
@@ -78,49 +80,24 @@ class CrewStore:
         return reply
 
     async def store_exchange(self, request: CrewRequest, crew_id: UUID, reply: str) -> bool:
-        """Store the message and its reply in the user's conversation; False if already stored."""
-        async with self._db.transaction() as tx:
-            claimed = await tx.fetchval(
-                "INSERT INTO processed_messages (company_id, provider_message_id, stage) VALUES ($1, $2, $3)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                request.company_id,
-                request.provider_message_id,
-                CREW_STAGE,
-                name="crew.claim_message",
-            )
-            if not claimed:
-                return False
-            # One conversation per user and crew: serialize a user's concurrent
-            # messages so two of them cannot both start one.
-            await tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
-                str(request.user_id),
-                name="crew.lock_user",
-            )
-            conversation = await tx.fetchval(
-                "UPDATE conversations SET updated_at = now() WHERE id = ("
-                " SELECT id FROM conversations WHERE user_id = $1 AND crew_id = $2 ORDER BY updated_at DESC LIMIT 1"
-                ") RETURNING id",
-                request.user_id,
-                crew_id,
-                name="crew.touch_conversation",
-            )
-            if conversation is None:
-                conversation = await tx.fetchval(
-                    "INSERT INTO conversations (company_id, user_id, crew_id) VALUES ($1, $2, $3) RETURNING id",
-                    request.company_id,
-                    request.user_id,
-                    crew_id,
-                    name="crew.start_conversation",
-                )
-            await tx.execute(
-                "INSERT INTO messages (conversation_id, company_id, role, content, provider_message_id)"
-                " VALUES ($1, $2, 'user', $3, $4), ($1, $2, 'assistant', $5, NULL)",
-                conversation,
-                request.company_id,
-                request.text,
-                request.provider_message_id,
-                reply,
-                name="crew.store_exchange",
-            )
-        return True
+        """Store the message and its reply in the user's conversation; False if already stored.
+
+        One statement (one round trip, its own transaction): the server-side
+        function of migration 4 claims the message, locks the user, touches
+        or starts the conversation and stores both messages. Not repeated
+        after a dropped connection (it writes): the job's retry does that,
+        and its claim finds a stored exchange.
+        """
+        stored: bool = await self._db.fetchval(
+            "SELECT falachefe_store_crew_exchange($1, $2, $3, $4, $5, $6, $7)",
+            request.company_id,
+            request.user_id,
+            crew_id,
+            request.provider_message_id,
+            CREW_STAGE,
+            request.text,
+            reply,
+            name="crew.store_exchange",
+            idempotent=False,
+        )
+        return stored
