@@ -20,6 +20,7 @@ BENCHMARKS = (
     "handoff_batching",
     "lookup_coalescing",
     "crew_overhead",
+    "crew_phases",
     "db_pool",
     "cache_layers",
     "operator_reconcile",
