@@ -32,7 +32,7 @@ def test_a_source_not_read_keeps_its_state() -> None:
     down = MetricUnavailable("cpu", "metrics.k8s.io/v1beta1 is not served")
     state, _ = track({}, unavailable=(down,), answered=["queue"], now=0.0)
     state, changes = track(state, unavailable=(), answered=["queue"], now=5.0)
-    assert (state, changes) == ({"cpu": Failing(0.0, 1, announced=True)}, ())
+    assert (state, changes) == ({"cpu": Failing(0.0, 1)}, ())
     _, changes = track(state, unavailable=(), answered=["queue", "cpu"], now=9.0)
     assert changes == (SourceBack("cpu", 9.0),)
 
@@ -80,7 +80,7 @@ def test_events_alternate_and_count_the_outages(polls: list[tuple[float, dict[st
         assert (source in state) == (run[source] > 0)
         if source in state:
             assert state[source].since == began[source]
-            assert state[source].announced == (run[source] >= threshold)
+            assert state[source].polls == run[source]
 
 
 def test_a_blip_shorter_than_the_threshold_posts_nothing_and_the_outage_dates_from_its_first_failure() -> None:

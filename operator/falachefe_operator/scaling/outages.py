@@ -47,11 +47,10 @@ Transition = SourceDown | SourceBack
 
 @dataclass(frozen=True)
 class Failing:
-    """A source failing since ``since``, for ``polls`` polls in a row; ``announced`` once it counts as down."""
+    """A source failing since ``since``, for ``polls`` polls in a row (announced down once they reach the threshold)."""
 
     since: float
     polls: int = 1
-    announced: bool = False
 
 
 def track(
@@ -67,13 +66,11 @@ def track(
     transitions: list[Transition] = []
     for source in sorted(set(answered)):
         was = state.pop(source, None)
-        if was is not None and was.announced:
+        if was is not None and was.polls >= threshold:
             transitions.append(SourceBack(source, now - was.since))
     for missing in unavailable:
         was = state.get(missing.source)
-        now_failing = Failing(now) if was is None else Failing(was.since, was.polls + 1, was.announced)
-        if not now_failing.announced and now_failing.polls >= threshold:
-            now_failing = Failing(now_failing.since, now_failing.polls, announced=True)
+        state[missing.source] = now_failing = Failing(now) if was is None else Failing(was.since, was.polls + 1)
+        if now_failing.polls == threshold:
             transitions.append(SourceDown(missing.source, missing.public_cause))
-        state[missing.source] = now_failing
     return state, tuple(transitions)
