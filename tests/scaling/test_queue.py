@@ -173,3 +173,14 @@ async def test_pools_read_together_share_one_round_trip_and_few_connections(redi
     finally:
         await reader.aclose()
         await admin.aclose()
+
+
+async def test_closing_answers_the_reads_still_in_their_batch_window(redis_url: str) -> None:
+    reader = QueueReader(batch_window_seconds=60.0)
+    read = asyncio.ensure_future(reader.read(QueueRef("closing", redis_url)))
+    await asyncio.sleep(0.05)
+    assert not read.done()  # waiting for its window
+    started = time.monotonic()
+    await reader.aclose()
+    assert isinstance(await read, QueueCounts)
+    assert time.monotonic() - started < 5

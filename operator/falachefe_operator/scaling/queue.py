@@ -116,8 +116,8 @@ class QueueReader:
         batch.append(pending)
         return await asyncio.shield(pending.result)
 
-    def _flush_soon(self, url: str) -> None:
-        if self._in_flight.get(url, 0) >= MAX_CONNECTIONS_PER_REDIS:
+    def _flush_soon(self, url: str, *, closing: bool = False) -> None:
+        if not closing and self._in_flight.get(url, 0) >= MAX_CONNECTIONS_PER_REDIS:
             self._held.add(url)  # sent when a round trip ends, with whatever joined it meanwhile
             return
         batch = self._batches.pop(url, [])
@@ -208,8 +208,7 @@ class QueueReader:
 
     async def aclose(self) -> None:
         for url in list(self._batches):  # reads still in their window are answered, not left waiting
-            self._in_flight[url] = 0
-            self._flush_soon(url)
+            self._flush_soon(url, closing=True)
         while self._flushing:
             await asyncio.gather(*self._flushing, return_exceptions=True)
         clients, self._clients = self._clients, {}
