@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import bullmq
@@ -183,6 +183,15 @@ class Payload(BaseModel):
     n: int
 
 
+def payload_worker(
+    redis_url: str, handle: Callable[[Payload, JobInfo], Awaitable[JobResult]], **options: Any
+) -> QueueWorker:
+    """``QueueWorker`` on ``QUEUE`` running ``handle`` for its ``task`` jobs, with the default queue settings."""
+    return QueueWorker(
+        QUEUE, {"task": Route(Payload, handle)}, redis_url=redis_url, settings=QueueSettings(), **options
+    )
+
+
 async def test_a_running_worker_takes_each_next_job_with_the_completion_of_the_last(
     redis_url: str, client: redis.Redis, queue: Queue
 ) -> None:
@@ -194,14 +203,7 @@ async def test_a_running_worker_takes_each_next_job_with_the_completion_of_the_l
         locks[info.id] = await client.get(f"bull:{QUEUE}:{info.id}:lock")
         return {"done": payload.n}
 
-    consumer = QueueWorker(
-        QUEUE,
-        {"task": Route(Payload, handle)},
-        redis_url=redis_url,
-        concurrency=1,
-        settings=QueueSettings(),
-        holder=POD,
-    )
+    consumer = payload_worker(redis_url, handle, concurrency=1, holder=POD)
     await consumer.start()
     try:
 
@@ -315,14 +317,7 @@ async def test_jobs_arriving_one_at_a_time_cost_one_wait_and_three_scripts_each(
         done.append(payload.n)
         return {"done": payload.n}
 
-    consumer = QueueWorker(
-        QUEUE,
-        {"task": Route(Payload, handle)},
-        redis_url=redis_url,
-        concurrency=5,
-        settings=QueueSettings(),
-        one_waiter=one_waiter,
-    )
+    consumer = payload_worker(redis_url, handle, concurrency=5, one_waiter=one_waiter)
     await consumer.start()
     jobs = 6
     try:
@@ -366,9 +361,7 @@ async def test_a_pair_of_jobs_at_an_idle_worker_is_taken_by_two_fetches_the_othe
         done.append(payload.n)
         return {"done": payload.n}
 
-    consumer = QueueWorker(
-        QUEUE, {"task": Route(Payload, handle)}, redis_url=redis_url, concurrency=5, settings=QueueSettings()
-    )
+    consumer = payload_worker(redis_url, handle, concurrency=5)
     await consumer.start()
     try:
         await asyncio.sleep(0.5)  # the worker finds the queue empty; one slot waits on the marker
