@@ -51,7 +51,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -288,24 +288,31 @@ async def one_round(
     return figures
 
 
-async def run(jobs: int, rounds: int) -> None:
-    # Production logging: the worker's JSON lines at INFO (the schema's handler), to a file instead of stderr.
-    log_file = Path(tempfile.gettempdir()) / "bench-crew-overhead.log"
-    stream = log_file.open("w")  # open for the whole run: the handler writes to it
+@contextlib.asynccontextmanager
+async def crew_stack(name: str) -> AsyncIterator[tuple[str, str, FakeOpenAI]]:
+    """A PostgreSQL (its bench database's DSN), a Redis (its URL) and the LLM stand-in, production logging on.
+
+    The worker's JSON lines at INFO (the schema's handler) go to ``<tmp>/<name>.log`` instead of stderr.
+    """
+    stream = (Path(tempfile.gettempdir()) / f"{name}.log").open("w")  # open for the whole run: the handler writes to it
     with contextlib.redirect_stderr(stream):
         configure_logging("INFO", "json")
-    with tempfile.TemporaryDirectory(prefix="bench-crew-") as workdir:
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as workdir:
         pg = PostgresServer(Path(workdir) / "pg").start()
         cache = RedisServer(Path(workdir) / "redis").start()
         llm = FakeOpenAI().start()
         try:
-            dsn = await bench_database(pg)
-            ids = await seed(dsn)
-            results = [await one_round(index, jobs, dsn, cache.url(0), llm, ids) for index in range(rounds)]
+            yield await bench_database(pg), cache.url(0), llm
         finally:
             llm.stop()
             cache.stop()
             pg.stop()
+
+
+async def run(jobs: int, rounds: int) -> None:
+    async with crew_stack("bench-crew-overhead") as (dsn, redis_url, llm):
+        ids = await seed(dsn)
+        results = [await one_round(index, jobs, dsn, redis_url, llm, ids) for index in range(rounds)]
     median = {name: statistics.median(r[name] for r in results) for name in results[0]}
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(

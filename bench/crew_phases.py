@@ -3,7 +3,7 @@
 A diagnostic, not a comparison (``bench.crew_overhead`` gives the figures
 against CrewAI run bare). Run from the repository root::
 
-    PYTHONPATH=scripts .venv/bin/python -m bench.crew_phases [--jobs N]
+    .venv/bin/python -m bench crew_phases [--jobs N]
 
 The same set-up as ``crew_overhead`` (its own PostgreSQL, Redis and LLM
 stand-in; the real worker, ``serve``, production logging to a file, one
@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import os
 import statistics
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -40,17 +37,12 @@ import uvloop
 from prometheus_client import REGISTRY
 from redis.asyncio.connection import AbstractConnection
 
-from bench.crew_overhead import config, crew_jobs, seed
-from bench.db_pool import bench_database
-from falachefe_devstack.llm_standin import FakeOpenAI
-from falachefe_devstack.postgres import PostgresServer
-from falachefe_devstack.redis import RedisServer
+from bench.crew_overhead import config, crew_jobs, crew_stack, seed
 from falachefe_runtime.cache.cache import Cache
 from falachefe_runtime.companies import Companies
 from falachefe_runtime.crew.kickoff import CrewKickoff
 from falachefe_runtime.crew.service import CrewService
 from falachefe_runtime.crew.store import CrewStore
-from falachefe_runtime.observability.logging import configure_logging
 from falachefe_runtime.queues import CREW_QUEUE, Queues
 from falachefe_runtime.worker.app import serve
 
@@ -129,44 +121,31 @@ def responses() -> float:
 
 async def run(jobs: int) -> None:
     tally = instrument()
-    log_file = Path(tempfile.gettempdir()) / "bench-crew-phases.log"
-    stream = log_file.open("w")
-    with contextlib.redirect_stderr(stream):
-        configure_logging("INFO", "json")
-    with tempfile.TemporaryDirectory(prefix="bench-crew-phases-") as workdir:
-        pg = PostgresServer(Path(workdir) / "pg").start()
-        cache = RedisServer(Path(workdir) / "redis").start()
-        llm = FakeOpenAI().start()
+    async with crew_stack("bench-crew-phases") as (dsn, redis_url, llm):
+        company, user, session = await seed(dsn)
+        queues = Queues(redis_url)
+        queue = queues.queue(CREW_QUEUE)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(serve(config(dsn, redis_url, llm), stop=stop))
         try:
-            dsn = await bench_database(pg)
-            company, user, session = await seed(dsn)
-            queues = Queues(cache.url(0))
-            queue = queues.queue(CREW_QUEUE)
-            stop = asyncio.Event()
-            worker = asyncio.create_task(serve(config(dsn, cache.url(0), llm), stop=stop))
-            try:
-                for tag, count in (("warm", 5), ("run", jobs)):
-                    target = responses() + count
-                    await queue.pause()
-                    await queue.addBulk(crew_jobs(company, user, session, count, tag))
-                    tally.on = tag == "run"
-                    await queue.resume()
-                    while responses() < target:  # noqa: ASYNC110 - the worker's own counter, no Redis
-                        await asyncio.sleep(0.01)
-                    # The last job's completion in bullmq follows its handler.
-                    await asyncio.sleep(0.2)
-                    tally.on = False
-                done = await queue.getJobs(["completed"], 0, -1, True)
-                run = [job for job in done if ".run." in str(job.data["crewData"]["providerMessageId"])]
-                span_ms = (max(int(j.finishedOn) for j in run) - min(int(j.processedOn) for j in run)) / jobs
-            finally:
-                stop.set()
-                await asyncio.wait_for(worker, timeout=60)
-                await queues.close()
+            for tag, count in (("warm", 5), ("run", jobs)):
+                target = responses() + count
+                await queue.pause()
+                await queue.addBulk(crew_jobs(company, user, session, count, tag))
+                tally.on = tag == "run"
+                await queue.resume()
+                while responses() < target:  # noqa: ASYNC110 - the worker's own counter, no Redis
+                    await asyncio.sleep(0.01)
+                # The last job's completion in bullmq follows its handler.
+                await asyncio.sleep(0.2)
+                tally.on = False
+            done = await queue.getJobs(["completed"], 0, -1, True)
+            run = [job for job in done if ".run." in str(job.data["crewData"]["providerMessageId"])]
+            span_ms = (max(int(j.finishedOn) for j in run) - min(int(j.processedOn) for j in run)) / jobs
         finally:
-            llm.stop()
-            cache.stop()
-            pg.stop()
+            stop.set()
+            await asyncio.wait_for(worker, timeout=60)
+            await queues.close()
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"{jobs} crew jobs, one at a time; load average {load} on {os.cpu_count()} CPUs")
     print(f"{'phase':<42} {'median ms':>10} {'mean ms':>8}")
