@@ -279,6 +279,9 @@ class ObservabilitySettings(_Section):
 
     metrics_port: int = Field(9102, ge=0, le=65_535)
     health_port: int = Field(8080, ge=0, le=65_535)
+    #: The address both bind: every interface of the pod by default (probes and scrapes come from
+    #: outside it); loopback where nothing outside should reach them (a developer's machine, tests).
+    listen_address: str = "0.0.0.0"  # noqa: S104 - see above
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["json", "text"] = "json"
     #: The ``Falachefe`` this worker belongs to (the operator sets both), as

@@ -58,9 +58,12 @@ async def enqueue_three(queues: Queues, tenant: Tenant) -> list[str]:
 
 async def readiness(worker: WorkerProcess, status: int) -> dict[str, Any] | None:
     """The worker's /readyz answer if it has ``status``, else None."""
+    port = worker.health_port
+    if port is None:  # not listening yet
+        return None
     try:
         async with httpx.AsyncClient(timeout=5) as http:
-            response = await http.get(f"http://127.0.0.1:{worker.health_port}/readyz")
+            response = await http.get(f"http://127.0.0.1:{port}/readyz")
     except httpx.TransportError:
         return None
     return response.json() if response.status_code == status else None

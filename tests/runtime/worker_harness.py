@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -26,7 +27,6 @@ import asyncpg
 from bullmq import Job
 
 from falachefe_devstack.postgres import PostgresServer
-from falachefe_devstack.process import free_port
 from falachefe_devstack.waiting import async_wait_for
 from falachefe_runtime.cli import main
 from falachefe_runtime.config import RuntimeConfig
@@ -49,7 +49,8 @@ def config_values(app_dsn: str, redis_url: str, llm_base_url: str, **sections: d
         "redis": {"url": redis_url},
         "llm": {"base_url": llm_base_url, "api_key": LLM_KEY, "model": "gpt-4o-mini", "timeout_s": 30},
         "auth": {"otp_secret": OTP_SECRET},
-        "observability": {"health_port": 0, "metrics_port": 0, "log_format": "text"},
+        # Any free ports, on loopback only: a test's servers are not for the network.
+        "observability": {"health_port": 0, "metrics_port": 0, "listen_address": "127.0.0.1", "log_format": "text"},
         "worker": {"shutdown_grace_s": 20},
     }
     for section, overrides in sections.items():
@@ -197,12 +198,17 @@ def worker_env(values: dict[str, Any], pool: str) -> dict[str, str]:
     return env
 
 
+#: ``health_port`` in the worker's "listening" line, as the text (``health_port=N``) or JSON format writes it.
+_HEALTH_PORT = re.compile(r'health_port"?[=:]\s*(\d+)')
+
+
 class WorkerProcess:
     """``falachefe-runtime worker --pool <pool>`` as a real process, its output in a log file."""
 
     def __init__(self, pool: str, values: dict[str, Any], log_path: Path) -> None:
-        self.health_port = free_port()
-        observability = {**values["observability"], "health_port": self.health_port, "metrics_port": free_port()}
+        # Ports the worker picks itself as it binds (``health_port``): a port chosen here could be
+        # taken by another connection while the process starts.
+        observability = {**values["observability"], "health_port": 0, "metrics_port": 0}
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.popen = subprocess.Popen(
@@ -223,6 +229,14 @@ class WorkerProcess:
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def health_port(self) -> int | None:
+        """The health server's port, once the worker's log says it listens (None before)."""
+        for line in self.log().splitlines():
+            if "health and metrics listening" in line and (found := _HEALTH_PORT.search(line)):
+                return int(found.group(1))
+        return None
 
     def stop(self) -> None:
         if self.popen.poll() is None:

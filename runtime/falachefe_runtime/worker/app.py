@@ -170,10 +170,13 @@ async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
         outage=guard.describe,
         health_port=config.observability.health_port,
         metrics_port=config.observability.metrics_port,
+        host=config.observability.listen_address,
     )
     try:
         await health.start()
         resources.closers.append(health.stop)
+        # The ports bound (port 0 in the settings asks for any free one).
+        log.info("health and metrics listening", extra={f"{role}_port": port for role, port in health.bound.items()})
         try:
             await db.start()
         except DatabaseStartError as error:
@@ -214,8 +217,6 @@ async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
                 "concurrency": config.worker.effective_concurrency,
                 "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0],
                 "redis_parser": "hiredis" if HIREDIS_AVAILABLE else "python",
-                "health_port": health.bound["health"],
-                "metrics_port": health.bound["metrics"],
             },
         )
         exit_code = await _until_stopped(stop, worker)
