@@ -193,6 +193,7 @@ class OperatorProcess:
     workdir: Path
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
+    extra_args: tuple[str, ...] = ()
     process: ManagedProcess | None = None
 
     def start(self) -> OperatorProcess:
@@ -202,6 +203,7 @@ class OperatorProcess:
             "--standalone",
             f"--liveness-port={self.liveness_port}",
             f"--metrics-port={self.metrics_port}",
+            *self.extra_args,
         ]
         env = {"KUBECONFIG": str(self.kubeconfig), "POD_NAMESPACE": NAMESPACE}
         self.process = ManagedProcess("falachefe-operator", argv, self.workdir / "operator.log", env=env).start()
@@ -225,17 +227,29 @@ class OperatorProcess:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
+    def _metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
     def polls_by_pool(self) -> dict[tuple[str, str], float]:
         """Each pool's autoscaler polls so far (its step histogram's count)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
         return {
             (point.labels["falachefe"], point.labels["pool"]): point.value
-            for family in text_string_to_metric_families(text)
+            for family in text_string_to_metric_families(self._metrics())
             if family.name == "falachefe_operator_pool_autoscale_step_duration_seconds"
             for point in family.samples
             if point.name.endswith("_count")
         }
+
+    def gc_seconds(self) -> float:
+        """The operator's time in the garbage collector so far, every generation."""
+        return sum(
+            point.value
+            for family in text_string_to_metric_families(self._metrics())
+            if family.name == "falachefe_operator_gc_seconds"
+            for point in family.samples
+            if point.name == "falachefe_operator_gc_seconds_total"
+        )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -306,6 +320,7 @@ def cold_start(
                 print(f"  cold: every resource {what} after {now:.1f}s", flush=True)
     wall = time.monotonic() - started
     cpu = operator.cpu_seconds() - cpu_before
+    collecting = operator.gc_seconds()
     kubelet.stop()
     spent = difference(request_counts(plane), before)
     own = {("LIST", "/pods", ""): kubelet.lists, ("PATCH", "/pods", "status"): kubelet.patches}
@@ -347,6 +362,7 @@ def cold_start(
         "requests_per_reconcile": total / resources,
         "controller_manager_requests": controller_manager,
         "cpu_percent": 100 * cpu / wall,
+        "gc_percent": 100 * collecting / wall,
         "rss_mib": operator.rss_mib(),
     }
 
@@ -362,11 +378,13 @@ def steady_minute(
     before, reads_before = request_counts(plane), len(metrics.requests)
     polls_before = operator.polls_by_pool()
     commands_before = int(queue.info("stats")["total_commands_processed"])
+    gc_before = operator.gc_seconds()
     cpu_before = operator.cpu_seconds()
     started = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - started
     cpu = operator.cpu_seconds() - cpu_before
+    collecting = operator.gc_seconds() - gc_before
     commands = int(queue.info("stats")["total_commands_processed"]) - commands_before - 1  # less this INFO
     polls_after = operator.polls_by_pool()
     spent = {
@@ -393,6 +411,7 @@ def steady_minute(
         "poll_lag_p99_s": lags[max(0, math.ceil(0.99 * len(lags)) - 1)] if lags else math.inf,
         "poll_lag_max_s": lags[-1] if lags else math.inf,
         "cpu_percent": 100 * cpu / wall,
+        "gc_percent": 100 * collecting / wall,
         "rss_mib": operator.rss_mib(),
         "redis_commands_per_resource_minute": commands / resources / minutes,
         "redis_clients": int(queue.info("clients")["connected_clients"]) - 1,  # less this connection
@@ -441,7 +460,9 @@ def setup(api: k8s.ApiClient, plane: ControlPlane, redis_url: str, resources: in
         )
 
 
-def bench(resources: int, minute: float, controller_manager_qps: int | None) -> dict[str, Any]:
+def bench(
+    resources: int, minute: float, controller_manager_qps: int | None, operator_args: tuple[str, ...] = ()
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="falachefe-bench-scale-"))
     plane = ControlPlane(workdir / "kube", toolchain.ensure_all(), controller_manager_qps=controller_manager_qps)
     plane.start()
@@ -454,7 +475,7 @@ def bench(resources: int, minute: float, controller_manager_qps: int | None) -> 
         with registered(api, metrics):
             setup(api, plane, redis_server.url(0), resources)
             kubeconfig = bind_operator_identity(api, plane, NAMESPACE, workdir)
-            operator = OperatorProcess(kubeconfig, workdir)
+            operator = OperatorProcess(kubeconfig, workdir, extra_args=operator_args)
             print(f"  {resources} resources created; starting the operator", flush=True)
             # Every 0.5 s, less often with thousands of objects: each LIST costs the API server too.
             interval = max(0.5, resources / 500)
@@ -471,6 +492,7 @@ def bench(resources: int, minute: float, controller_manager_qps: int | None) -> 
                 "resources": resources,
                 "controller_manager_qps": controller_manager_qps or 20,
                 "cpus": os.cpu_count(),
+                "operator_args": list(operator_args),
                 "burners": burners,
                 "cold": cold,
                 "idle": idle,
@@ -500,7 +522,8 @@ def report(result: dict[str, Any]) -> str:
     seconds = cold["seconds"]
     lines = [
         f"operator at scale: {n} Falachefe resources, 2 pools each, autoscaling on (queue + CPU, every"
-        f" {POLL_SECONDS} s); {result['cpus']} CPUs",
+        f" {POLL_SECONDS} s); {result['cpus']} CPUs"
+        + (f"; operator {' '.join(result['operator_args'])}" if result.get("operator_args") else ""),
         "",
         f"{'cold start (operator starts, all unreconciled)':42}{'measured':>12}{'goal':>12}",
         row("every status at its generation (s)", "", f"{seconds['observed']:.1f}"),
@@ -518,6 +541,7 @@ def report(result: dict[str, Any]) -> str:
             met=cold["requests_per_reconcile"] <= GOALS["requests_per_reconcile"],
         ),
         row("operator CPU, % of a core", "", f"{cold['cpu_percent']:.0f}"),
+        row("  of which garbage collection", "", f"{cold['gc_percent']:.0f}"),
         row(
             f"controller-manager requests / s (limit {result['controller_manager_qps']})",
             "",
@@ -545,6 +569,7 @@ def report(result: dict[str, Any]) -> str:
         verdict = "met" if met_idle and met_busy else ("MISSED busy" if met_idle else "MISSED")
         lines.append(f"{what:42}{fmt.format(idle[key]):>12}{fmt.format(busy[key]):>12}{goal:>12}  {verdict}")
     lines += [
+        f"{'  of which garbage collection':42}{idle['gc_percent']:>12.1f}{busy['gc_percent']:>12.1f}",
         f"{'polls made / expected':42}{idle['polls']:>6.0f}/{idle['polls_expected']:<5.0f}"
         f"{busy['polls']:>6.0f}/{busy['polls_expected']:<5.0f}",
         f"{'poll lag p50 / max (s)':42}{idle['poll_lag_p50_s']:>5.2f}/{idle['poll_lag_max_s']:<6.2f}"
@@ -577,10 +602,17 @@ def main() -> int:
         default=None,
         help="the controller-manager's request rate limit (its default: 20/s); it bounds the time to Ready",
     )
+    parser.add_argument(
+        "--operator-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass to falachefe-operator (repeatable), e.g. --operator-arg=--no-gc-freeze to switch an idea off",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     load_before = os.getloadavg()
-    result = bench(args.resources, args.minute, args.controller_manager_qps)
+    result = bench(args.resources, args.minute, args.controller_manager_qps, tuple(args.operator_arg))
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     path = args.json or REPO / "bench" / "out" / f"operator_scale_{args.resources}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

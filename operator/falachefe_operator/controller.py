@@ -749,7 +749,7 @@ class Fleet:
     """
 
     def __init__(
-        self, api: KubeApi, scaler: Scaler, *, resync_seconds: float = 600.0, concurrent_reconciles: int = 32
+        self, api: KubeApi, scaler: Scaler, *, resync_seconds: float = 36000.0, concurrent_reconciles: int = 32
     ) -> None:
         self._api = api
         self._scaler = scaler
