@@ -107,6 +107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " with a full walk hourly (default on; --no-gc-freeze: CPython's collector as it comes)",
     )
     parser.add_argument(
+        "--gc-young-threshold",
+        type=int,
+        default=gcpolicy.YOUNG_THRESHOLD,
+        metavar="ALLOCATIONS",
+        help="allocations between young garbage collections (default %(default)s; CPython's own: 700)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=["json", "text"],
         default="json",
@@ -169,7 +176,7 @@ async def run(args: argparse.Namespace) -> int:
         pod_metrics=PodMetricsCache(api, all_namespaces=not args.namespace, selector=naming.MANAGED_SELECTOR),
     )
     fleet = Fleet(api, scaler, resync_seconds=args.resync_seconds)
-    gcpolicy.install(freeze=args.gc_freeze)
+    gcpolicy.install(freeze=args.gc_freeze, young_threshold=args.gc_young_threshold)
     walks = asyncio.create_task(gcpolicy.keep_frozen()) if args.gc_freeze else None
     exit_code = 0
     try:

@@ -31,7 +31,9 @@ def gc_seconds(generation: str) -> float:
 
 @pytest.fixture
 def policy() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     yield
+    gc.set_threshold(*thresholds)
     gc.callbacks[:] = [c for c in gc.callbacks if c is not gcpolicy._collector]
     gcpolicy._collector.freeze = False
     gc.unfreeze()
@@ -67,6 +69,14 @@ def test_a_cycle_among_frozen_objects_waits_for_the_full_walk(policy: None) -> N
     gcpolicy.full_walk()
     assert probe() is None
     assert gc.get_freeze_count() > 0
+
+
+def test_sets_the_young_threshold_only_when_asked(policy: None) -> None:
+    _, older, oldest = gc.get_threshold()
+    gcpolicy.install(freeze=False)
+    assert gc.get_threshold()[0] != 12_345
+    gcpolicy.install(freeze=False, young_threshold=12_345)
+    assert gc.get_threshold() == (12_345, older, oldest)
 
 
 def test_counts_collector_time_by_generation_even_without_freezing(policy: None) -> None:
