@@ -228,14 +228,20 @@ class OperatorProcess:
         raise RuntimeError("no VmRSS")
 
     def _metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as response:
             return str(response.read().decode())
 
-    def polls_by_pool(self) -> dict[tuple[str, str], float]:
-        """Each pool's autoscaler polls so far (its step histogram's count)."""
-        return {
+    def polls_by_pool(self) -> tuple[float, dict[tuple[str, str], float]]:
+        """When (monotonic) the operator rendered its metrics, and each pool's polls so far (step histogram counts).
+
+        The time is taken as the text arrives, before parsing it: at 1,000
+        resources parsing takes seconds, which must not count as polling time.
+        """
+        text = self._metrics()
+        taken = time.monotonic()
+        return taken, {
             (point.labels["falachefe"], point.labels["pool"]): point.value
-            for family in text_string_to_metric_families(self._metrics())
+            for family in text_string_to_metric_families(text)
             if family.name == "falachefe_operator_pool_autoscale_step_duration_seconds"
             for point in family.samples
             if point.name.endswith("_count")
@@ -376,7 +382,7 @@ def steady_minute(
     seconds: float,
 ) -> dict[str, Any]:
     before, reads_before = request_counts(plane), len(metrics.requests)
-    polls_before = operator.polls_by_pool()
+    polls_since, polls_before = operator.polls_by_pool()
     commands_before = int(queue.info("stats")["total_commands_processed"])
     gc_before = operator.gc_seconds()
     cpu_before = operator.cpu_seconds()
@@ -386,7 +392,8 @@ def steady_minute(
     cpu = operator.cpu_seconds() - cpu_before
     collecting = operator.gc_seconds() - gc_before
     commands = int(queue.info("stats")["total_commands_processed"]) - commands_before - 1  # less this INFO
-    polls_after = operator.polls_by_pool()
+    polls_until, polls_after = operator.polls_by_pool()
+    polled = polls_until - polls_since
     spent = {
         f"{verb} {resource}{'/' + sub if sub else ''}": value
         for (verb, resource, sub), value in sorted(difference(request_counts(plane), before).items())
@@ -398,8 +405,8 @@ def steady_minute(
     minutes = wall / 60
     made = {pool: polls_after.get(pool, 0.0) - polls_before.get(pool, 0.0) for pool in polls_after}
     # A pool that caught up on a late poll in the minute makes more than its share: no lag, not a negative one.
-    lags = sorted(max(0.0, wall / n - POLL_SECONDS) if n else math.inf for n in made.values())
-    expected = len(made) * wall / POLL_SECONDS
+    lags = sorted(max(0.0, polled / n - POLL_SECONDS) if n else math.inf for n in made.values())
+    expected = len(made) * polled / POLL_SECONDS
     return {
         "wall_s": wall,
         "requests": spent,
