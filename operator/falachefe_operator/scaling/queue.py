@@ -15,10 +15,14 @@ bullmq 6), for queue ``q`` under prefix ``bull``:
 - ``bull:q:active`` (list): jobs a worker holds;
 - ``bull:q:id`` (string): INCR'd for every job added without a custom id.
 
-All of it in one MULTI/EXEC round trip, so the counts are one consistent
-snapshot (shared with the other queues of that Redis read at the same
-time). "Now" is this process's clock, as the producers' and the workers'
-clocks are theirs: bullmq has no shared clock either.
+All of it counted by one Lua script (``_COUNTS``) for every queue of a
+batch: one command and one round trip however many queues, and the counts
+one consistent snapshot (a script runs atomically). Eight commands per queue
+in a MULTI/EXEC pipeline, each packed in Python, cost this process 2.2 times
+the CPU per read (``python -m bench queue_reads``: 0.25 ms against 0.11 ms,
+400 queues read every 5 s in 250 ms batches).
+"Now" is this process's clock, as the producers' and the workers' clocks
+are theirs: bullmq has no shared clock either.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 
 from falachefe_runtime.redact import address, redact_text, url_problem
 
@@ -69,6 +74,25 @@ MAX_CONNECTIONS_PER_REDIS = 4
 #: which ``responsive_timeout`` enforces without charging Redis for them.
 SOCKET_TIMEOUT_FACTOR = 10
 _COMMANDS_PER_QUEUE = 8
+#: KEYS: per queue, its wait, paused, prioritized, delayed, active, meta and
+#: id keys; ARGV: per queue, the delayed set's due bound. Returns the eight
+#: figures per queue ``_counts`` takes (false, a nil reply, for a missing
+#: meta flag or id).
+_COUNTS = """
+local out = {}
+for q = 0, #ARGV - 1 do
+  local k = q * 7
+  out[#out + 1] = redis.call('LLEN', KEYS[k + 1])
+  out[#out + 1] = redis.call('LLEN', KEYS[k + 2])
+  out[#out + 1] = redis.call('ZCARD', KEYS[k + 3])
+  out[#out + 1] = redis.call('ZCOUNT', KEYS[k + 4], 0, ARGV[q + 1])
+  out[#out + 1] = redis.call('ZCARD', KEYS[k + 4])
+  out[#out + 1] = redis.call('LLEN', KEYS[k + 5])
+  out[#out + 1] = redis.call('HGET', KEYS[k + 6], 'paused') or false
+  out[#out + 1] = redis.call('GET', KEYS[k + 7]) or false
+end
+return out
+"""
 
 
 @dataclass
@@ -98,6 +122,7 @@ class QueueReader:
         self._timeout = timeout_seconds
         self._window = batch_window_seconds
         self._clients: dict[str, aioredis.Redis] = {}
+        self._scripts: dict[str, AsyncScript] = {}
         self._batches: dict[str, list[_Pending]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
         #: Round trips waiting for a reply, per Redis URL.
@@ -137,11 +162,14 @@ class QueueReader:
 
     async def _flush(self, url: str, batch: list[_Pending]) -> None:
         try:
+            keys: list[str] = []
+            bounds: list[int] = []
+            for pending in batch:
+                keys += _queue_keys(pending.queue)
+                bounds.append((pending.now_ms + 1) * DELAYED_SEQUENCE_FACTOR - 1)
             async with responsive_timeout(self._timeout):
-                pipeline = self._client(url).pipeline(transaction=True)
-                for pending in batch:
-                    _queue_commands(pipeline, pending.queue, pending.now_ms)
-                replies = await pipeline.execute()
+                # EVALSHA, and EVAL when Redis has not got the script (new, restarted, flushed).
+                replies = await self._script(url)(keys=keys, args=bounds)
         except (aioredis.RedisError, OSError, TimeoutError) as error:
             for pending in batch:
                 key = f"{pending.queue.prefix}:{pending.queue.name}"
@@ -186,6 +214,12 @@ class QueueReader:
             return _cause(error, self._timeout)
         return [None if lock is None else _text(lock) for lock in locks]
 
+    def _script(self, url: str) -> AsyncScript:
+        script = self._scripts.get(url)
+        if script is None:
+            script = self._scripts[url] = self._client(url).register_script(_COUNTS)
+        return script
+
     def _client(self, url: str) -> aioredis.Redis:
         client = self._clients.get(url)
         if client is None:
@@ -213,21 +247,22 @@ class QueueReader:
         while self._flushing:
             await asyncio.gather(*self._flushing, return_exceptions=True)
         clients, self._clients = self._clients, {}
+        self._scripts = {}
         for client in clients.values():
             await client.aclose()
 
 
-def _queue_commands(pipeline: Any, queue: QueueRef, now_ms: int) -> None:
+def _queue_keys(queue: QueueRef) -> tuple[str, ...]:
     key = f"{queue.prefix}:{queue.name}"
-    due_bound = (now_ms + 1) * DELAYED_SEQUENCE_FACTOR - 1
-    pipeline.llen(f"{key}:wait")
-    pipeline.llen(f"{key}:paused")
-    pipeline.zcard(f"{key}:prioritized")
-    pipeline.zcount(f"{key}:delayed", 0, due_bound)
-    pipeline.zcard(f"{key}:delayed")
-    pipeline.llen(f"{key}:active")
-    pipeline.hget(f"{key}:meta", "paused")
-    pipeline.get(f"{key}:id")
+    return (
+        f"{key}:wait",
+        f"{key}:paused",
+        f"{key}:prioritized",
+        f"{key}:delayed",
+        f"{key}:active",
+        f"{key}:meta",
+        f"{key}:id",
+    )
 
 
 def _counts(replies: list[Any]) -> QueueCounts:
