@@ -9,8 +9,25 @@ window or period are dropped on every update, which bounds the size.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
 from .rates import QueueSample
+
+
+class _Timed(Protocol):
+    @property
+    def at(self) -> float: ...
+
+
+_T = TypeVar("_T", bound=_Timed)
+
+
+def _since(entries: tuple[_T, ...], cutoff: float) -> tuple[_T, ...]:
+    """The entries after ``cutoff``: a suffix, entries being recorded in time order (the same tuple if none older)."""
+    for index, entry in enumerate(entries):
+        if entry.at > cutoff:
+            return entries[index:] if index else entries
+    return ()
 
 
 @dataclass(frozen=True)
@@ -57,18 +74,29 @@ class History:
         *,
         held: bool = False,
     ) -> History:
-        """This history plus what was seen at ``now``, minus what is older than ``keep_seconds``."""
+        """This history plus what was seen at ``now``, minus what is older than ``keep_seconds``.
+
+        A recommendation equal to the latest (same replicas, same ``held``)
+        replaces it rather than joining it: the decision only asks for the
+        highest or lowest over the last so many seconds, and any such window
+        that holds an entry of a run of equal ones holds the run's latest too.
+        A pool at rest keeps one entry, not one per poll of the window.
+        """
         cutoff = now - keep_seconds
         recommendations = self.recommendations
         if recommendation is not None:
-            recommendations = (*recommendations, Recommendation(now, recommendation, held))
+            latest = Recommendation(now, recommendation, held)
+            if recommendations and (recommendations[-1].replicas, recommendations[-1].held) == (recommendation, held):
+                recommendations = (*recommendations[:-1], latest)
+            else:
+                recommendations = (*recommendations, latest)
         samples = self.queue_samples
         if sample is not None:
             samples = (*samples, sample)
         return History(
-            recommendations=tuple(r for r in recommendations if r.at > cutoff),
-            scale_events=tuple(e for e in self.scale_events if e.at > cutoff),
-            queue_samples=tuple(s for s in samples if s.at > cutoff),
+            recommendations=_since(recommendations, cutoff),
+            scale_events=_since(self.scale_events, cutoff),
+            queue_samples=_since(samples, cutoff),
         )
 
     def scaled(self, at: float, from_replicas: int, to_replicas: int) -> History:
