@@ -148,7 +148,7 @@ class Autoscaler:
         """
         lock = self._locks.setdefault(target.labels, asyncio.Lock())
         async with lock:
-            with self._metrics.step_seconds.labels(*target.labels).time():
+            with self._metrics.child(self._metrics.step_seconds, target.labels).time():
                 return await self._step(target, deployment)
 
     def forget(self, target: PoolTarget) -> None:
@@ -166,7 +166,7 @@ class Autoscaler:
         try:
             deployment = watched if watched is not None else await self._read_deployment(target)
         except _API_TROUBLE as error:
-            self._metrics.step_errors.labels(*target.labels).inc()
+            self._metrics.child(self._metrics.step_errors, target.labels).inc()
             message = f"{where} unreadable: {_describe(error)}"
             return StepOutcome(None, None, None, False, None, message, metrics_available=False, message=message)
         current = int((deployment.get("spec") or {}).get("replicas", 1))
@@ -201,9 +201,9 @@ class Autoscaler:
             if problem is None:
                 scaled = True
                 history = history.scaled(now, current, decision.desired_replicas)
-                self._metrics.scale_actions.labels(*target.labels, decision.direction or "").inc()
+                self._metrics.child(self._metrics.scale_actions, (*target.labels, decision.direction or "")).inc()
             else:
-                self._metrics.step_errors.labels(*target.labels).inc()
+                self._metrics.child(self._metrics.step_errors, target.labels).inc()
                 messages.append(f"{where}: scale to {decision.desired_replicas} failed: {problem}")
         self._histories[target.labels] = history
         self._metrics.observe(target.labels, observation, decision, target.policy)

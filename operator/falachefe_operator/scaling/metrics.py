@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 from functools import cache
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -92,44 +93,55 @@ class ScalingMetrics:
         )
         self._known_metrics: dict[tuple[str, ...], set[str]] = {}
         self._last_counts: dict[tuple[str, ...], QueueSample] = {}
+        #: Each series' child, as ``labels()`` returned it (validating and
+        #: looking up labels costs more than setting the value): dropped with it.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, remembered until the series is dropped."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observe(
         self, labels: tuple[str, str, str], observation: Observation, decision: Decision, policy: ScalingPolicy
     ) -> None:
         """Publish one poll's inputs, the pool's bounds and the decision."""
         queue = observation.queue
-        self.metrics_available.labels(*labels, "queue").set(queue is not None)
+        self.child(self.metrics_available, (*labels, "queue")).set(queue is not None)
         if queue is not None:
-            self.queue_depth.labels(*labels).set(queue.backlog)
+            self.child(self.queue_depth, labels).set(queue.backlog)
             for state in QUEUE_STATES:
-                self.queue_jobs.labels(*labels, state).set(getattr(queue, state))
+                self.child(self.queue_jobs, (*labels, state)).set(getattr(queue, state))
             counts = QueueSample.from_counts(0.0, queue)
             before = self._last_counts.get(labels)
             added, finished = flow(before, counts) if before is not None else (0, 0)
             # Created at zero on the first poll, so the first increase shows in rate().
-            self.jobs_added.labels(*labels).inc(added)
-            self.jobs_finished.labels(*labels).inc(finished)
+            self.child(self.jobs_added, labels).inc(added)
+            self.child(self.jobs_finished, labels).inc(finished)
             self._last_counts[labels] = counts
         else:
             self._drop(self.queue_depth, labels)
             for state in QUEUE_STATES:
                 self._drop(self.queue_jobs, (*labels, state))
         if policy.target_cpu_utilization_percentage is not None:
-            self.metrics_available.labels(*labels, "cpu").set(observation.cpu is not None)
+            self.child(self.metrics_available, (*labels, "cpu")).set(observation.cpu is not None)
         if observation.cpu is not None and observation.cpu.ready_pods > 0:
-            self.cpu_utilization.labels(*labels).set(observation.cpu.utilization)
+            self.child(self.cpu_utilization, labels).set(observation.cpu.utilization)
         else:
             self._drop(self.cpu_utilization, labels)
-        self.current_replicas.labels(*labels).set(observation.current_replicas)
-        self.ready_replicas.labels(*labels).set(observation.ready_replicas)
-        self.desired_replicas.labels(*labels).set(decision.desired_replicas)
-        self.min_replicas.labels(*labels).set(policy.min_replicas)
-        self.max_replicas.labels(*labels).set(policy.max_replicas)
+        self.child(self.current_replicas, labels).set(observation.current_replicas)
+        self.child(self.ready_replicas, labels).set(observation.ready_replicas)
+        self.child(self.desired_replicas, labels).set(decision.desired_replicas)
+        self.child(self.min_replicas, labels).set(policy.min_replicas)
+        self.child(self.max_replicas, labels).set(policy.max_replicas)
         metrics_now = {p.metric for p in decision.proposals}
         for stale in self._known_metrics.get(labels, set()) - metrics_now:
             self._drop(self.proposed_replicas, (*labels, stale))
         for proposal in decision.proposals:
-            self.proposed_replicas.labels(*labels, proposal.metric).set(proposal.replicas)
+            self.child(self.proposed_replicas, (*labels, proposal.metric)).set(proposal.replicas)
         self._known_metrics[labels] = metrics_now
 
     def forget(self, labels: tuple[str, str, str]) -> None:
@@ -150,8 +162,8 @@ class ScalingMetrics:
         self._drop(self.step_errors, labels)
         self._drop(self.step_seconds, labels)
 
-    @staticmethod
-    def _drop(metric: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> None:
+    def _drop(self, metric: Gauge | Counter | Histogram, labels: tuple[str, ...]) -> None:
+        self._children.pop((id(metric), labels), None)
         with suppress(KeyError):  # never set for these labels
             metric.remove(*labels)
 
