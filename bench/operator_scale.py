@@ -231,31 +231,27 @@ class OperatorProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as response:
             return str(response.read().decode())
 
-    def polls_by_pool(self) -> tuple[float, dict[tuple[str, str], float]]:
-        """When (monotonic) the operator rendered its metrics, and each pool's polls so far (step histogram counts).
+    def scrape(self) -> tuple[float, dict[tuple[str, str], float], float]:
+        """One read of the operator's metrics: when (monotonic) it arrived, each pool's polls so far
+        (its step histogram's count), and the seconds spent in the garbage collector so far.
 
-        The time is taken as the text arrives, before parsing it: at 1,000
-        resources parsing takes seconds, which must not count as polling time.
+        One read, as a Prometheus scrape is: rendering 1,000 resources' series
+        costs the operator CPU, which a second read would count twice. The time
+        is taken as the text arrives, before parsing it: parsing takes seconds
+        at 1,000 resources, which must not count as polling time.
         """
         text = self._metrics()
         taken = time.monotonic()
-        return taken, {
-            (point.labels["falachefe"], point.labels["pool"]): point.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "falachefe_operator_pool_autoscale_step_duration_seconds"
-            for point in family.samples
-            if point.name.endswith("_count")
-        }
-
-    def gc_seconds(self) -> float:
-        """The operator's time in the garbage collector so far, every generation."""
-        return sum(
-            point.value
-            for family in text_string_to_metric_families(self._metrics())
-            if family.name == "falachefe_operator_gc_seconds"
-            for point in family.samples
-            if point.name == "falachefe_operator_gc_seconds_total"
-        )
+        polls: dict[tuple[str, str], float] = {}
+        collecting = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name == "falachefe_operator_pool_autoscale_step_duration_seconds":
+                for point in family.samples:
+                    if point.name.endswith("_count"):
+                        polls[(point.labels["falachefe"], point.labels["pool"])] = point.value
+            elif family.name == "falachefe_operator_gc_seconds":
+                collecting += sum(p.value for p in family.samples if p.name == "falachefe_operator_gc_seconds_total")
+        return taken, polls, collecting
 
     def stop(self) -> None:
         if self.process is not None:
@@ -326,7 +322,7 @@ def cold_start(
                 print(f"  cold: every resource {what} after {now:.1f}s", flush=True)
     wall = time.monotonic() - started
     cpu = operator.cpu_seconds() - cpu_before
-    collecting = operator.gc_seconds()
+    _, _, collecting = operator.scrape()
     kubelet.stop()
     spent = difference(request_counts(plane), before)
     own = {("LIST", "/pods", ""): kubelet.lists, ("PATCH", "/pods", "status"): kubelet.patches}
@@ -382,17 +378,16 @@ def steady_minute(
     seconds: float,
 ) -> dict[str, Any]:
     before, reads_before = request_counts(plane), len(metrics.requests)
-    polls_since, polls_before = operator.polls_by_pool()
+    polls_since, polls_before, gc_before = operator.scrape()
     commands_before = int(queue.info("stats")["total_commands_processed"])
-    gc_before = operator.gc_seconds()
     cpu_before = operator.cpu_seconds()
     started = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - started
     cpu = operator.cpu_seconds() - cpu_before
-    collecting = operator.gc_seconds() - gc_before
     commands = int(queue.info("stats")["total_commands_processed"]) - commands_before - 1  # less this INFO
-    polls_until, polls_after = operator.polls_by_pool()
+    polls_until, polls_after, gc_after = operator.scrape()
+    collecting = gc_after - gc_before
     polled = polls_until - polls_since
     spent = {
         f"{verb} {resource}{'/' + sub if sub else ''}": value
