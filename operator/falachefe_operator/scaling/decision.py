@@ -58,7 +58,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .history import History
+from .history import History, since
 from .observation import CpuSample, Observation, QueueCounts
 from .policy import DEFAULT_SCALE_UP, RuleType, ScalingPolicy, ScalingRules, SelectPolicy, Term
 from .rates import QueueRates, QueueSample, estimate_rates
@@ -203,7 +203,7 @@ def _measure(
     """The queue's rates over the rate window, and the service time the decision believes."""
     if sample is None:
         return None, None
-    window = [*(s for s in history.queue_samples if s.at > now - policy.rate_window_seconds), sample]
+    window = [*since(history.queue_samples, now - policy.rate_window_seconds), sample]
     rates = estimate_rates(window)
     return rates, _service_time(policy, rates, window, now)
 

@@ -22,7 +22,7 @@ class _Timed(Protocol):
 _T = TypeVar("_T", bound=_Timed)
 
 
-def _since(entries: tuple[_T, ...], cutoff: float) -> tuple[_T, ...]:
+def since(entries: tuple[_T, ...], cutoff: float) -> tuple[_T, ...]:
     """The entries after ``cutoff``: a suffix, entries being recorded in time order (the same tuple if none older)."""
     for index, entry in enumerate(entries):
         if entry.at > cutoff:
@@ -94,9 +94,9 @@ class History:
         if sample is not None:
             samples = (*samples, sample)
         return History(
-            recommendations=_since(recommendations, cutoff),
-            scale_events=_since(self.scale_events, cutoff),
-            queue_samples=_since(samples, cutoff),
+            recommendations=since(recommendations, cutoff),
+            scale_events=since(self.scale_events, cutoff),
+            queue_samples=since(samples, cutoff),
         )
 
     def scaled(self, at: float, from_replicas: int, to_replicas: int) -> History:
