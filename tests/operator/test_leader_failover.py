@@ -168,7 +168,10 @@ def test_a_leader_whose_api_connection_hangs_stops_before_the_standby_leads(
     )
     assert sampler.overlap_seconds() == 0, f"two operators acted at once for {sampler.overlap_seconds():.2f}s"
     # It stopped within the renew deadline of its last renewal, which began before the hang.
-    assert stopped - hung_at <= RENEW_DEADLINE + 1.0
+    # The slack is the probes': the last "leader" answer is kept while the next is late, and
+    # a loaded machine answered 1.7 s late once (a full run beside two benchmarks). The
+    # standby cannot lead before the lease duration (15 s), which the two asserts above hold.
+    assert stopped - hung_at <= RENEW_DEADLINE + 2.5
     assert started > stopped
     # It stopped acting, then stopped for good (exit 1: Kubernetes restarts it as a candidate).
     assert first_exit == 1, first.log()[-3000:]
