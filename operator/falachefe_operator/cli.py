@@ -29,7 +29,7 @@ import kopf
 from falachefe_runtime.observability.logging import configure_logging
 
 from . import gcpolicy, handlers, metrics, naming
-from .controller import Fleet
+from .controller import RESYNC_SECONDS, Fleet
 from .health import Endpoints
 from .kubeapi import KubeApi, in_cluster_namespace, load_configuration
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
@@ -38,11 +38,6 @@ from .scaling.cpu import PodMetricsCache
 from .scaling.engine import Autoscaler
 
 log = logging.getLogger("falachefe.operator")
-#: A safety net, not the drift repair (the owned objects' watches do that as
-#: it happens): at 10 minutes, 1,000 resources applied at start re-applied
-#: 5 objects each within the same two minutes, 2.5 requests per resource per
-#: minute while nothing changed.
-RESYNC_SECONDS = 36000.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
