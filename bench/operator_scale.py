@@ -229,7 +229,7 @@ class OperatorProcess:
 
     def _metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as response:
-            return str(response.read().decode())
+            return response.read().decode()
 
     def scrape(self) -> tuple[float, dict[tuple[str, str], float], float]:
         """One read of the operator's metrics: when (monotonic) it arrived, each pool's polls so far

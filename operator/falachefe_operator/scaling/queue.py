@@ -168,7 +168,7 @@ class QueueReader:
                 keys += _queue_keys(pending.queue)
                 bounds.append((pending.now_ms + 1) * DELAYED_SEQUENCE_FACTOR - 1)
             async with responsive_timeout(self._timeout):
-                # EVALSHA, and EVAL when Redis has not got the script (new, restarted, flushed).
+                # EVALSHA; SCRIPT LOAD and EVALSHA again when Redis has not got it (new, restarted, flushed).
                 replies = await self._script(url)(keys=keys, args=bounds)
         except (aioredis.RedisError, OSError, TimeoutError) as error:
             for pending in batch:
