@@ -251,7 +251,9 @@ async def finished_job(queues: Queues, queue: str, job_id: str, timeout: float =
     async def probe() -> Job | None:
         job = await queues.queue(queue).getJob(job_id)
         if job is not None and await job.getState() in ("completed", "failed"):
-            return job
+            # Read again: the job may have finished between the read above and the state
+            # check, and that read would carry no return value or failure reason.
+            return await queues.queue(queue).getJob(job_id)
         return None
 
     return await eventually(probe, f"job {job_id} on {queue} to finish", timeout)
