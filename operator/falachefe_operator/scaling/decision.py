@@ -60,7 +60,7 @@ from dataclasses import dataclass
 
 from .history import History, since
 from .observation import CpuSample, Observation, QueueCounts
-from .policy import DEFAULT_SCALE_UP, RuleType, ScalingPolicy, ScalingRules, SelectPolicy, Term
+from .policy import RuleType, ScalingPolicy, ScalingRules, SelectPolicy, Term
 from .rates import QueueRates, QueueSample, estimate_rates
 
 #: Float slack for ceil(): 340 / 20 is 17, not 17.000000000000004 -> 18.
@@ -164,7 +164,9 @@ def decide(policy: ScalingPolicy, observation: Observation, history: History, no
         notes.append("no metric has data yet: keeping the current size")
     recommendation = _clamp(recommendation, policy)
 
-    next_history = history.recording(now, policy.history_seconds, recommendation, sample, held=held)
+    next_history = history.recording(
+        now, policy.history_seconds, recommendation, sample, held=held, samples_seconds=policy.rate_window_seconds
+    )
     desired = _normalize(
         policy,
         current=current,
@@ -213,7 +215,7 @@ def _backlog_need(policy: ScalingPolicy, proposals: list[Proposal]) -> int | Non
 
     Rules a team wrote itself are theirs to keep; the HPA's defaults were nobody's choice.
     """
-    if Term.BACKLOG_JUMP not in policy.terms or policy.scale_up != DEFAULT_SCALE_UP:
+    if Term.BACKLOG_JUMP not in policy.terms or not policy.default_scale_up:
         return None
     return max((p.replicas for p in proposals if p.metric == "queue"), default=None)
 
