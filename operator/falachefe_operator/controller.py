@@ -320,10 +320,14 @@ class Controller:
         while True:
             delay = self._next_due() - self._clock()
             if delay > 0:
+                # asyncio.timeout, not wait_for: no task per wait (a pass every poll of every resource).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=None if delay == float("inf") else delay)
-            # Changes come in bursts (an apply echoes back as several events): one pass for the burst.
-            await asyncio.sleep(COALESCE_SECONDS)
+                    async with asyncio.timeout(None if delay == float("inf") else delay):
+                        await self._wake.wait()
+            if self._wake.is_set():
+                # Changes come in bursts (an apply echoes back as several events): one pass for the burst.
+                # A pass that is simply due (a poll) has no burst to wait for.
+                await asyncio.sleep(COALESCE_SECONDS)
             self._wake.clear()
             try:
                 await self._pass()

@@ -11,19 +11,25 @@ volumes), enough for ``scaling.cpu.utilization`` and nothing more.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 
-def parse_selector(selector: str) -> dict[str, str]:
-    """An equality-based label selector (``a=b,c=d``, as ``naming.selector_string`` writes them)."""
+@functools.lru_cache(maxsize=16384)
+def parse_selector(selector: str) -> Mapping[str, str]:
+    """An equality-based label selector (``a=b,c=d``, as ``naming.selector_string`` writes them).
+
+    Remembered (read-only): every pool's every poll selects by its own selector.
+    """
     pairs = {}
     for term in filter(None, (part.strip() for part in selector.split(","))):
         key, sep, value = term.partition("=")
         if not sep or key.endswith("!"):
             raise ValueError(f"only equality selectors are indexed, not {term!r}")
         pairs[key.strip()] = value.lstrip("=").strip()
-    return pairs
+    return MappingProxyType(pairs)
 
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:

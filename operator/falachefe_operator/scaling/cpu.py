@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -71,6 +72,13 @@ class CpuReader:
 
     async def read(self, namespace: str, selector: str) -> CpuSample | MetricUnavailable:
         """The pods' utilisation, or why it cannot be known (never raises for API trouble)."""
+        # Both shared sources at hand (the pod watch's index, a fresh metrics reading): no
+        # request, so nothing to wait for or time out, and no task per source. This is every
+        # poll but the one a namespace's metrics reading is due in.
+        pods = self._indexed(namespace, selector)
+        usage = self._metrics.fresh(namespace) if self._metrics is not None and pods else None
+        if pods and usage is not None:
+            return _pool_utilization(pods, usage)
         try:
             async with responsive_timeout(self._timeout):
                 pods, usage = await asyncio.gather(
@@ -80,16 +88,17 @@ class CpuReader:
             return MetricUnavailable("cpu", _api_error(error, namespace))
         except (aiohttp.ClientError, TimeoutError) as error:
             return MetricUnavailable("cpu", f"API server unreachable: {type(error).__name__}")
-        # Only the pool's own samples: parsing every sample of a shared namespace in
-        # every pool's poll would cost pools x pods per interval.
-        names = (str((pod.get("metadata") or {}).get("name", "")) for pod in pods)
-        return utilization(pods, [usage[name] for name in names if name in usage])
+        return _pool_utilization(pods, usage)
+
+    def _indexed(self, namespace: str, selector: str) -> list[Mapping[str, Any]]:
+        """The pool's pods from the pod watch's index; [] without one, or while it holds none of them."""
+        if self._pods is None:
+            return []
+        return list(self._pods.select(namespace, parse_selector(selector)))
 
     async def _read_pods(self, namespace: str, selector: str) -> list[Mapping[str, Any]]:
-        if self._pods is not None:
-            indexed = self._pods.select(namespace, parse_selector(selector))
-            if indexed:
-                return list(indexed)
+        if indexed := self._indexed(namespace, selector):
+            return indexed
         _, listed = await self._api.request(
             "GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector}
         )
@@ -158,6 +167,13 @@ class PodMetricsCache:
             raise reading.error
         return (reading.items or {}).get(namespace, {})
 
+    def fresh(self, namespace: str) -> Mapping[str, Mapping[str, Any]] | None:
+        """What ``read`` would return without waiting, if a reading of the scope is fresh and succeeded; else None."""
+        reading = self._readings.get("" if self._all else namespace)
+        if reading is None or reading.error is not None or self._clock() - reading.at >= self._max_age:
+            return None
+        return (reading.items or {}).get(namespace, {})
+
     async def _fetch(self, scope: str) -> _Reading:
         path = f"/apis/{METRICS_GROUP}/{METRICS_VERSION}" + (f"/namespaces/{scope}" if scope else "") + "/pods"
         params = {"labelSelector": self._selector} if self._selector else None
@@ -170,6 +186,15 @@ class PodMetricsCache:
             metadata = item.get("metadata") or {}
             items.setdefault(str(metadata.get("namespace", scope)), {})[str(metadata.get("name", ""))] = item
         return _Reading(self._clock(), items=items)
+
+
+def _pool_utilization(
+    pods: list[Mapping[str, Any]], usage: Mapping[str, Mapping[str, Any]]
+) -> CpuSample | MetricUnavailable:
+    # Only the pool's own samples: parsing every sample of a shared namespace in
+    # every pool's poll would cost pools x pods per interval.
+    names = (str((pod.get("metadata") or {}).get("name", "")) for pod in pods)
+    return utilization(pods, [usage[name] for name in names if name in usage])
 
 
 def utilization(
@@ -215,7 +240,7 @@ def utilization(
                     f"pod {name} container {container.get('name')} has no CPU request:"
                     " set resources.requests.cpu on the pool to scale on CPU",
                 )
-            pod_request += parse_quantity(request)
+            pod_request += _request_quantity(request)
         if pod_request <= 0:
             return MetricUnavailable("cpu", f"pod {name} requests no CPU")
         usage += usage_by_pod[name]
@@ -255,12 +280,22 @@ def _window_start(item: Mapping[str, Any]) -> datetime | None:
     return timestamp - window
 
 
+#: A pod's CPU request, as every poll of its pool reads it (a handful of distinct values).
+_request_quantity = functools.lru_cache(maxsize=1024)(parse_quantity)
+
+
 def _timestamp(raw: object) -> datetime | None:
     """An RFC 3339 time from the API (always UTC there), or None."""
     if not raw:
         return None
+    return _parsed_time(str(raw))
+
+
+@functools.lru_cache(maxsize=16384)
+def _parsed_time(raw: str) -> datetime | None:
+    """A pod's start and Ready times are read on every poll of its pool: parsed once."""
     try:
-        moment = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -224,22 +224,27 @@ class Autoscaler:
 
     async def _observe(self, target: PoolTarget, current: int, ready: int) -> tuple[Observation, list[str]]:
         """What the sources said, and which of them answered."""
-        queue_read = self._queues.read(target.queue)
+        # Sent off first and awaited last: the two reads run concurrently with no task for either
+        # (the CPU read, from the pod index and a shared metrics reading, most often awaits nothing).
+        queue_read = asyncio.shield(self._queues.submit(target.queue))
+        cpu_result: CpuSample | MetricUnavailable | None
         if target.policy.target_cpu_utilization_percentage is None:
-            queue_result = await queue_read
-            cpu_result: CpuSample | MetricUnavailable | None = None
+            cpu_result = None
         elif current == 0:
             # No pods, nothing to measure; not a missing metric.
-            queue_result, cpu_result = await queue_read, CpuSample(0.0, 0)
+            cpu_result = CpuSample(0.0, 0)
         elif ready == 0:
             # None Ready yet (the Deployment's status): utilisation counts Ready pods only, so
             # there is nothing to measure, and each pod counts as starting, as a read would find.
             # No request per poll while a pool starts (its pods may not even exist yet).
-            queue_result, cpu_result = await queue_read, CpuSample(0.0, 0, unaccounted_pods=current)
+            cpu_result = CpuSample(0.0, 0, unaccounted_pods=current)
         else:
-            queue_result, cpu_result = await asyncio.gather(
-                queue_read, self._cpu.read(target.namespace, target.selector)
-            )
+            try:
+                cpu_result = await self._cpu.read(target.namespace, target.selector)
+            except BaseException:
+                queue_read.cancel()  # this step is abandoned; the batch still answers its other reads
+                raise
+        queue_result = await queue_read
         unavailable = tuple(r for r in (queue_result, cpu_result) if isinstance(r, MetricUnavailable))
         answered = [
             source

@@ -16,6 +16,7 @@ knows the HPA gets what it expects:
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 
 #: The HPA caps a policy's period at 30 minutes and a stabilization window at an hour.
@@ -182,7 +183,8 @@ class ScalingPolicy:
         if not self.forecast_horizon_seconds >= 0:
             raise PolicyError(f"forecastHorizonSeconds must be >= 0, got {self.forecast_horizon_seconds}")
 
-    @property
+    # Cached (the instance is frozen; a policy is built once per spec, read on every poll).
+    @functools.cached_property
     def history_seconds(self) -> float:
         """How far back the decision looks: windows, rate-limit periods and rates."""
         return max(
@@ -192,3 +194,8 @@ class ScalingPolicy:
             self.scale_down.longest_period_seconds,
             self.rate_window_seconds,
         )
+
+    @functools.cached_property
+    def default_scale_up(self) -> bool:
+        """Whether the scale-up rules are the HPA's defaults (nobody's choice), not a team's own."""
+        return self.scale_up == DEFAULT_SCALE_UP

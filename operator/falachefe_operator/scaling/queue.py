@@ -132,6 +132,10 @@ class QueueReader:
 
     async def read(self, queue: QueueRef, now_ms: int | None = None) -> QueueCounts | MetricUnavailable:
         """The queue's counts, or why they could not be read (never raises for Redis trouble)."""
+        return await asyncio.shield(self.submit(queue, now_ms))
+
+    def submit(self, queue: QueueRef, now_ms: int | None = None) -> asyncio.Future[QueueCounts | MetricUnavailable]:
+        """``read``, started now: the future its answer comes in (to await while doing something else)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         loop = asyncio.get_running_loop()
         batch = self._batches.get(queue.redis_url)
@@ -140,7 +144,7 @@ class QueueReader:
             loop.call_later(self._window, self._flush_soon, queue.redis_url)
         pending = _Pending(queue, now_ms, loop.create_future())
         batch.append(pending)
-        return await asyncio.shield(pending.result)
+        return pending.result
 
     def _flush_soon(self, url: str, *, closing: bool = False) -> None:
         if not closing and self._in_flight.get(url, 0) >= MAX_CONNECTIONS_PER_REDIS:
