@@ -153,9 +153,9 @@ class PodMetricsCache:
 
     async def read(self, namespace: str) -> Mapping[str, Mapping[str, Any]]:
         """The PodMetrics of ``namespace``'s pods by name (raises the read's error, as a direct read would)."""
-        scope = "" if self._all else namespace
-        reading = self._readings.get(scope)
-        if reading is None or self._clock() - reading.at >= self._max_age:
+        scope = self._scope(namespace)
+        reading = self._fresh_reading(scope)
+        if reading is None:
             task = self._inflight.get(scope)
             if task is None:
                 task = asyncio.create_task(self._fetch(scope))
@@ -169,10 +169,18 @@ class PodMetricsCache:
 
     def fresh(self, namespace: str) -> Mapping[str, Mapping[str, Any]] | None:
         """What ``read`` would return without waiting, if a reading of the scope is fresh and succeeded; else None."""
-        reading = self._readings.get("" if self._all else namespace)
-        if reading is None or reading.error is not None or self._clock() - reading.at >= self._max_age:
+        reading = self._fresh_reading(self._scope(namespace))
+        if reading is None or reading.error is not None:
             return None
         return (reading.items or {}).get(namespace, {})
+
+    def _scope(self, namespace: str) -> str:
+        return "" if self._all else namespace
+
+    def _fresh_reading(self, scope: str) -> _Reading | None:
+        """The scope's last reading (a failure included) if younger than ``max_age_seconds``."""
+        reading = self._readings.get(scope)
+        return reading if reading is not None and self._clock() - reading.at < self._max_age else None
 
     async def _fetch(self, scope: str) -> _Reading:
         path = f"/apis/{METRICS_GROUP}/{METRICS_VERSION}" + (f"/namespaces/{scope}" if scope else "") + "/pods"
