@@ -226,7 +226,7 @@ class Autoscaler:
         """What the sources said, and which of them answered."""
         # Sent off first and awaited last: the two reads run concurrently with no task for either
         # (the CPU read, from the pod index and a shared metrics reading, most often awaits nothing).
-        queue_read = asyncio.shield(self._queues.submit(target.queue))
+        queue_read = self._queues.submit(target.queue)
         cpu_result: CpuSample | MetricUnavailable | None
         if target.policy.target_cpu_utilization_percentage is None:
             cpu_result = None
@@ -242,7 +242,7 @@ class Autoscaler:
             try:
                 cpu_result = await self._cpu.read(target.namespace, target.selector)
             except BaseException:
-                queue_read.cancel()  # this step is abandoned; the batch still answers its other reads
+                queue_read.cancel()  # this step is abandoned; its batch answers only the reads still waiting
                 raise
         queue_result = await queue_read
         unavailable = tuple(r for r in (queue_result, cpu_result) if isinstance(r, MetricUnavailable))
