@@ -50,7 +50,8 @@ from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.process import ManagedProcess, free_port, http_ok
 from falachefe_operator import builders, crd
 from falachefe_operator.builders import Resource
-from falachefe_operator.kubeapi import KubeApi, load_configuration
+from falachefe_operator.credentials import load_credentials
+from falachefe_operator.kubeapi import KubeApi
 from falachefe_operator.naming import FIELD_MANAGER
 from falachefe_operator.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from falachefe_operator.spec import FalachefeSpec
@@ -240,7 +241,7 @@ async def direct_apply(run: Run, names: list[str]) -> float:
 async def bench(resources: int, singles: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="falachefe-bench-"))
     plane = ControlPlane(workdir / "kube", toolchain.ensure_all()).start()
-    admin = KubeApi(load_configuration(str(plane.kubeconfig)))
+    admin = KubeApi(load_credentials(str(plane.kubeconfig)))
     proxy = CountingProxy(plane.server, plane.ca_file)
     await proxy.start()
     run = Run(plane, workdir, admin, proxy)

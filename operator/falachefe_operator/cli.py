@@ -30,8 +30,9 @@ from falachefe_runtime.observability.logging import configure_logging
 
 from . import gcpolicy, handlers, metrics, naming
 from .controller import RESYNC_SECONDS, Fleet
+from .credentials import load_credentials
 from .health import Endpoints
-from .kubeapi import KubeApi, in_cluster_namespace, load_configuration
+from .kubeapi import KubeApi, in_cluster_namespace
 from .leader import LeaderElector, LeadershipLost, LeaseConfig
 from .podindex import PodIndex
 from .scaling.cpu import PodMetricsCache
@@ -156,9 +157,9 @@ async def run(args: argparse.Namespace) -> int:
 
     # The pod's name says which replica leads; the suffix tells a restarted container from its predecessor.
     identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-    configuration = load_configuration(args.kubeconfig)
-    api = KubeApi(configuration)
-    elector = None if args.standalone else LeaderElector(configuration, lease_config(args, identity=identity))
+    credentials = load_credentials(args.kubeconfig)
+    api = KubeApi(credentials)
+    elector = None if args.standalone else LeaderElector(credentials, lease_config(args, identity=identity))
     state = Acting(identity)
     endpoints = Endpoints(liveness_port=args.liveness_port, metrics_port=args.metrics_port, describe=state.describe)
     await endpoints.start()

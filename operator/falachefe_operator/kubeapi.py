@@ -7,9 +7,9 @@ model classes to build and throw away), and does server-side apply the way
 the API documents it: a PATCH with ``application/apply-patch+yaml`` and a
 field manager.
 
-Credentials come from the ``kubernetes`` library's own loaders (kubeconfig,
-in-cluster service account, exec plugins), read per request through the
-``Configuration`` so that a rotated service-account token is picked up.
+Credentials come from ``credentials`` (the pod's service account or a
+kubeconfig), asked for the headers per request so that a rotated
+service-account token is picked up.
 
 One client for the whole operator: the reconcilers and the autoscaler share
 one ``KubeApi``, and Kopf runs its watches over that ``KubeApi``'s session
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,10 +33,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp.client_middlewares import ClientHandlerType
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from . import metrics
+from .credentials import Credentials
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -57,18 +54,6 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
-
-
-def load_configuration(kubeconfig: str | None = None) -> k8s.Configuration:
-    """The operator's identity: an explicit kubeconfig, $KUBECONFIG, the pod's service account, ~/.kube/config."""
-    configuration = k8s.Configuration()
-    if kubeconfig or os.environ.get("KUBECONFIG"):
-        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    else:
-        k8s_config.load_kube_config(client_configuration=configuration)
-    return configuration
 
 
 def in_cluster_namespace() -> str | None:
@@ -95,21 +80,20 @@ class KubeApi:
 
     def __init__(
         self,
-        configuration: k8s.Configuration,
+        credentials: Credentials,
         *,
         timeout_seconds: float = 30.0,
         max_in_flight: int = 32,
     ) -> None:
-        self._configuration = configuration
-        self._server: str = configuration.host.rstrip("/")
+        self._credentials = credentials
+        self._server: str = credentials.server.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=min(timeout_seconds, 10.0))
-        self._ssl = _ssl_context(configuration)
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._session: aiohttp.ClientSession | None = None
 
     @property
-    def configuration(self) -> k8s.Configuration:
-        return self._configuration
+    def credentials(self) -> Credentials:
+        return self._credentials
 
     @property
     def server(self) -> str:
@@ -124,7 +108,7 @@ class KubeApi:
         """
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                connector=aiohttp.TCPConnector(ssl=self._credentials.ssl, limit=0),
                 timeout=self._timeout,
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
                 middlewares=(self._authorise_and_count,),
@@ -135,7 +119,7 @@ class KubeApi:
         self, request: aiohttp.ClientRequest, send: ClientHandlerType
     ) -> aiohttp.ClientResponse:
         if "Authorization" not in request.headers:
-            request.headers.update(_auth_headers(self._configuration))
+            request.headers.update(self._credentials.headers())
         target = describe_request(request.method, request.url.path, request.url.query)
         started = time.perf_counter()
         try:
@@ -277,20 +261,3 @@ def describe_request(method: str, path: str, query: Mapping[str, str]) -> tuple[
     elif verb == "DELETE" and not named:
         verb = "DELETECOLLECTION"
     return verb, group, resource, subresource
-
-
-def _auth_headers(configuration: k8s.Configuration) -> dict[str, str]:
-    # auth_settings() runs the loaders' refresh hook: rotated tokens are re-read here.
-    settings = configuration.auth_settings().get("BearerToken")
-    if settings and settings.get("value"):
-        return {"Authorization": str(settings["value"])}
-    return {}
-
-
-def _ssl_context(configuration: k8s.Configuration) -> ssl.SSLContext | bool:
-    if not configuration.verify_ssl:
-        return False
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    return context

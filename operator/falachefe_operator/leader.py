@@ -38,8 +38,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from kubernetes import client as k8s
 
+from .credentials import Credentials
 from .kubeapi import ApiError, KubeApi
 
 log = logging.getLogger("falachefe.operator.leader")
@@ -89,14 +89,14 @@ def _micro_time(moment: datetime) -> str:
 
 
 class LeaderElector:
-    """Wins, holds and releases one Lease, over a client of its own built from ``configuration``."""
+    """Wins, holds and releases one Lease, over a client of its own built from ``credentials``."""
 
     def __init__(
-        self, configuration: k8s.Configuration, config: LeaseConfig, *, clock: Callable[[], float] = time.monotonic
+        self, credentials: Credentials, config: LeaseConfig, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         # One request at a time, on a session of its own: a burst of
         # reconciles can neither delay a renewal nor lend it a hung connection.
-        self._api = KubeApi(configuration, timeout_seconds=config.renew_deadline, max_in_flight=1)
+        self._api = KubeApi(credentials, timeout_seconds=config.renew_deadline, max_in_flight=1)
         self._config = config
         self._clock = clock
         # The Lease as last read, and when (locally) its holder or renewTime last changed.

@@ -51,6 +51,8 @@ from .toolchain import Toolchain
 
 ADMIN_USER = "admin"
 RESTRICTED_USER = "restricted"
+#: The user of the client certificate `ControlPlane` signs (pki/certificate-user.crt, .key).
+CERTIFICATE_USER = "certificate-user"
 NODE_NAME = "falachefe-node"
 KUBE_PROXY_USER = "system:kube-proxy"
 SCHEDULER_USER = "system:kube-scheduler"
@@ -207,6 +209,8 @@ class ControlPlane:
         # The aggregation layer authenticates itself to extension API servers
         # with a client certificate from the front-proxy CA.
         _client_certificate(self.pki, "front-proxy-ca", "front-proxy-client", "/CN=front-proxy-client")
+        # A user who authenticates with a client certificate (CN is the user name), for the credentials tests.
+        _client_certificate(self.pki, "user-client-ca", "certificate-user", f"/CN={CERTIFICATE_USER}")
         # The apiserver's identity towards kubelets: a member of system:masters.
         _client_certificate(
             self.pki, "kubelet-client-ca", "kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client"
@@ -280,6 +284,8 @@ class ControlPlane:
             "Node,RBAC" if self.with_node else "RBAC",
             "--token-auth-file",
             str(pki / "tokens.csv"),
+            "--client-ca-file",
+            str(pki / "user-client-ca.crt"),
             "--anonymous-auth=false",
             "--service-account-issuer",
             "https://kubernetes.default.svc.cluster.local",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import copy
+import dataclasses
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,14 +13,14 @@ from kubernetes import client as k8s
 
 from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.tcp_proxy import HangingProxy
-from falachefe_operator.kubeapi import load_configuration
+from falachefe_operator.credentials import Credentials, load_credentials
 from falachefe_operator.leader import LeaderElector, LeadershipLost, LeaseConfig
 
 
 @pytest.fixture
-def api(kube: ControlPlane) -> k8s.Configuration:
+def api(kube: ControlPlane) -> Credentials:
     """The admin's connection settings; each elector opens its own connections from them."""
-    return load_configuration(str(kube.kubeconfig))
+    return load_credentials(str(kube.kubeconfig))
 
 
 @pytest.fixture
@@ -32,11 +32,9 @@ def proxy(kube: ControlPlane) -> Iterator[HangingProxy]:
     server.stop()
 
 
-def through(proxy: HangingProxy, api: k8s.Configuration) -> k8s.Configuration:
+def through(proxy: HangingProxy, api: Credentials) -> Credentials:
     """The same identity, reaching the API server through ``proxy`` (its certificate names 127.0.0.1)."""
-    proxied = copy.copy(api)
-    proxied.host = f"https://127.0.0.1:{proxy.port}"
-    return proxied
+    return dataclasses.replace(api, server=f"https://127.0.0.1:{proxy.port}")
 
 
 def config(namespace: str, identity: str) -> LeaseConfig:
@@ -46,7 +44,7 @@ def config(namespace: str, identity: str) -> LeaseConfig:
 
 
 async def test_a_lease_held_by_a_silent_holder_is_taken_only_after_it_expires(
-    api: k8s.Configuration, kube_api: k8s.ApiClient, namespace: str
+    api: Credentials, kube_api: k8s.ApiClient, namespace: str
 ) -> None:
     # A holder that crashed: its renewTime is recent, and it never renews again.
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -68,7 +66,7 @@ async def test_a_lease_held_by_a_silent_holder_is_taken_only_after_it_expires(
     assert lease.spec.lease_transitions == 1
 
 
-async def test_racing_candidates_elect_exactly_one(api: k8s.Configuration, namespace: str) -> None:
+async def test_racing_candidates_elect_exactly_one(api: Credentials, namespace: str) -> None:
     electors = [LeaderElector(api, config(namespace, f"candidate-{i}")) for i in range(4)]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(e.acquire(stop)) for e in electors]
@@ -81,7 +79,7 @@ async def test_racing_candidates_elect_exactly_one(api: k8s.Configuration, names
 
 
 async def test_a_leader_that_cannot_renew_stops_and_a_released_lease_is_free_at_once(
-    api: k8s.Configuration, kube_api: k8s.ApiClient, namespace: str
+    api: Credentials, kube_api: k8s.ApiClient, namespace: str
 ) -> None:
     first = LeaderElector(api, config(namespace, "first"))
     assert await first.acquire(asyncio.Event())
@@ -112,7 +110,7 @@ async def test_a_leader_that_cannot_renew_stops_and_a_released_lease_is_free_at_
 
 
 async def test_a_renewal_that_hangs_is_cut_at_the_renew_deadline_before_anyone_else_may_lead(
-    api: k8s.Configuration, proxy: HangingProxy, namespace: str
+    api: Credentials, proxy: HangingProxy, namespace: str
 ) -> None:
     lease = LeaseConfig(
         namespace=namespace, name="leader", identity="leader", lease_duration=3, renew_deadline=2.0, retry_period=0.3

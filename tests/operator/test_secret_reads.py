@@ -18,7 +18,8 @@ from opkit import create_secrets, put_secret, sample
 from falachefe_devstack.apiserver_metrics import difference, request_counts
 from falachefe_devstack.kube import ControlPlane
 from falachefe_operator.apply import SecretReads, check_secrets
-from falachefe_operator.kubeapi import KubeApi, load_configuration
+from falachefe_operator.credentials import load_credentials
+from falachefe_operator.kubeapi import KubeApi
 from falachefe_operator.spec import FalachefeSpec
 
 REDIS_URL = "redis://redis.example:6379/0"
@@ -34,7 +35,7 @@ class Clock:
 
 @pytest.fixture
 async def api(kube: ControlPlane) -> AsyncIterator[KubeApi]:
-    client = KubeApi(load_configuration(str(kube.kubeconfig)))
+    client = KubeApi(load_credentials(str(kube.kubeconfig)))
     yield client
     await client.close()
 

@@ -18,7 +18,8 @@ from kubernetes import client as k8s
 from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.operator_identity import bind_operator_identity, drop_cluster_grants
 from falachefe_devstack.waiting import wait_for
-from falachefe_operator.kubeapi import KubeApi, load_configuration
+from falachefe_operator.credentials import load_credentials
+from falachefe_operator.kubeapi import KubeApi
 
 
 def pool_labels(pool: str) -> dict[str, str]:
@@ -95,7 +96,7 @@ async def operator_identity(
 ) -> AsyncIterator[KubeApi]:
     """The operator's API client, as a ServiceAccount granted exactly the chart's rules in ``namespace``."""
     kubeconfig = bind_operator_identity(admin, kube, namespace, workdir)
-    api = KubeApi(load_configuration(str(kubeconfig)))
+    api = KubeApi(load_credentials(str(kubeconfig)))
     try:
         yield api
     finally:

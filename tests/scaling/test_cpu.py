@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.metrics_standin import MetricsServerStandIn
-from falachefe_operator.kubeapi import KubeApi, load_configuration
+from falachefe_operator.credentials import load_credentials
+from falachefe_operator.kubeapi import KubeApi
 from falachefe_operator.scaling.cpu import CpuReader, utilization
 from falachefe_operator.scaling.engine import Autoscaler, PoolTarget
 from falachefe_operator.scaling.metrics import ScalingMetrics
@@ -97,7 +98,7 @@ def test_samples_taken_during_start_up_do_not_count() -> None:
 
 async def test_metrics_server_not_served(kube: ControlPlane, namespace: str) -> None:
     """No metrics-server registered (this test runs before the module registers the fake)."""
-    api = KubeApi(load_configuration(str(kube.kubeconfig)))
+    api = KubeApi(load_credentials(str(kube.kubeconfig)))
     try:
         result = await CpuReader(api).read(namespace, "app=none")
     finally:

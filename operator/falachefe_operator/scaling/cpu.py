@@ -32,10 +32,10 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
-from kubernetes.utils import parse_quantity
 
 from ..kubeapi import ApiError, KubeApi
 from ..podindex import PodIndex, parse_selector
+from ..quantity import parse_quantity
 from .deadline import responsive_timeout
 from .observation import CpuSample, MetricUnavailable
 
