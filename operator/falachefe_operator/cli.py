@@ -25,7 +25,6 @@ import uuid
 from typing import Any
 
 import kopf
-import uvloop
 
 from falachefe_runtime.observability.logging import configure_logging
 
@@ -111,12 +110,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="allocations between young garbage collections (default %(default)s; CPython's own: 700)",
     )
     parser.add_argument(
-        "--event-loop",
-        choices=["uvloop", "asyncio"],
-        default="uvloop",
-        help="uvloop (libuv; the default: less CPU per poll, request and watch event) or asyncio's own loop",
-    )
-    parser.add_argument(
         "--log-format",
         choices=["json", "text"],
         default="json",
@@ -153,8 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         # asyncio's debug chatter, as kopf.configure silences it.
         logging.getLogger("asyncio").setLevel(logging.WARNING)
-    if args.event_loop == "uvloop":
-        return uvloop.run(run(args))
     return asyncio.run(run(args))
 
 
