@@ -383,8 +383,7 @@ class Controller:
         elif now >= self._next_secrets:
             await self._read_secrets(body, spec)
         await self._autoscale(body, spec)
-        observation = self._observation(spec, generation)
-        observation = dataclasses.replace(observation, migration=await self._migration(body, spec))
+        observation = self._observation(spec, generation, migration=await self._migration(body, spec))
         await self._write_status(body, observation)
 
     def _parsed(self, generation: int, body: Mapping[str, Any]) -> FalachefeSpec:
@@ -659,7 +658,14 @@ class Controller:
         self._built_targets[kind] = (spec, redis_url, target)
         return target
 
-    def _observation(self, spec: FalachefeSpec, generation: int, *, paused: bool = False) -> Observation:
+    def _observation(
+        self,
+        spec: FalachefeSpec,
+        generation: int,
+        *,
+        paused: bool = False,
+        migration: MigrationObservation | None = None,
+    ) -> Observation:
         deployments = {
             owned.pool: owned.deployment
             for owned in self._owned.values()
@@ -678,6 +684,7 @@ class Controller:
             },
             problems=self._problems,
             applied_generation=self._applied_generation,
+            migration=migration,
         )
 
     async def _write_status(self, body: dict[str, Any], observation: Observation) -> None:

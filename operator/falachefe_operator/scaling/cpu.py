@@ -104,7 +104,7 @@ class CpuReader:
         )
         return list(listed.get("items") or [])
 
-    async def _read_usage(self, namespace: str, selector: str) -> Mapping[str, Mapping[str, Any]]:
+    async def _read_usage(self, namespace: str, selector: str) -> Mapping[str, PodUsage]:
         """PodMetrics by pod name."""
         if self._metrics is not None:
             return await self._metrics.read(namespace)
@@ -113,13 +113,13 @@ class CpuReader:
             f"/apis/{METRICS_GROUP}/{METRICS_VERSION}/namespaces/{namespace}/pods",
             params={"labelSelector": selector},
         )
-        return {str((item.get("metadata") or {}).get("name", "")): item for item in usage.get("items") or []}
+        return _usage_by_pod(usage.get("items") or [])
 
 
 @dataclass
 class _Reading:
     at: float
-    items: dict[str, dict[str, Mapping[str, Any]]] | None = None  # by namespace, then pod name
+    items: dict[str, dict[str, PodUsage]] | None = None  # by namespace, then pod name
     error: BaseException | None = None
 
 
@@ -151,7 +151,7 @@ class PodMetricsCache:
         self._readings: dict[str, _Reading] = {}
         self._inflight: dict[str, asyncio.Task[_Reading]] = {}
 
-    async def read(self, namespace: str) -> Mapping[str, Mapping[str, Any]]:
+    async def read(self, namespace: str) -> Mapping[str, PodUsage]:
         """The PodMetrics of ``namespace``'s pods by name (raises the read's error, as a direct read would)."""
         scope = self._scope(namespace)
         reading = self._fresh_reading(scope)
@@ -167,7 +167,7 @@ class PodMetricsCache:
             raise reading.error
         return (reading.items or {}).get(namespace, {})
 
-    def fresh(self, namespace: str) -> Mapping[str, Mapping[str, Any]] | None:
+    def fresh(self, namespace: str) -> Mapping[str, PodUsage] | None:
         """What ``read`` would return without waiting, if a reading of the scope is fresh and succeeded; else None."""
         reading = self._fresh_reading(self._scope(namespace))
         if reading is None or reading.error is not None:
@@ -189,40 +189,48 @@ class PodMetricsCache:
             _, body = await self._api.request("GET", path, params=params)
         except (ApiError, aiohttp.ClientError, TimeoutError) as error:
             return _Reading(self._clock(), error=error)
-        items: dict[str, dict[str, Mapping[str, Any]]] = {}
+        # Parsed once per reading, not in every poll of every pool that reads it.
+        items: dict[str, dict[str, PodUsage]] = {}
         for item in body.get("items") or []:
             metadata = item.get("metadata") or {}
-            items.setdefault(str(metadata.get("namespace", scope)), {})[str(metadata.get("name", ""))] = item
+            namespace = items.setdefault(str(metadata.get("namespace", scope)), {})
+            namespace[str(metadata.get("name", ""))] = _pod_usage(item)
         return _Reading(self._clock(), items=items)
 
 
-def _pool_utilization(
-    pods: list[Mapping[str, Any]], usage: Mapping[str, Mapping[str, Any]]
-) -> CpuSample | MetricUnavailable:
-    # Only the pool's own samples: parsing every sample of a shared namespace in
-    # every pool's poll would cost pools x pods per interval.
-    names = (str((pod.get("metadata") or {}).get("name", "")) for pod in pods)
-    return utilization(pods, [usage[name] for name in names if name in usage])
+@dataclass(frozen=True, slots=True)
+class PodUsage:
+    """A pod's PodMetrics sample, parsed: its containers' CPU (cores) and when the sample's window began."""
+
+    cpu: Decimal
+    window_start: datetime | None
+
+
+def _pod_usage(item: Mapping[str, Any]) -> PodUsage:
+    containers = item.get("containers") or []
+    cpu = sum((parse_quantity(c.get("usage", {}).get("cpu", "0")) for c in containers), Decimal(0))
+    return PodUsage(cpu, _window_start(item))
+
+
+def _usage_by_pod(pod_metrics: list[Mapping[str, Any]]) -> dict[str, PodUsage]:
+    return {name: _pod_usage(item) for item in pod_metrics if (name := (item.get("metadata") or {}).get("name"))}
+
+
+def _pool_utilization(pods: list[Mapping[str, Any]], usage: Mapping[str, PodUsage]) -> CpuSample | MetricUnavailable:
+    # Looked up by the pool's pod names: a shared reading holds every pod of the namespace.
+    return _utilization(pods, usage, datetime.now(UTC))
 
 
 def utilization(
     pods: list[Mapping[str, Any]], pod_metrics: list[Mapping[str, Any]], now: datetime | None = None
 ) -> CpuSample | MetricUnavailable:
     """The HPA's grouping and ratio, from the pods and their PodMetrics (both as the API returns them)."""
-    now = now or datetime.now(UTC)
-    usage_by_pod: dict[str, Decimal] = {}
-    window_start_by_pod: dict[str, datetime] = {}
-    for item in pod_metrics:
-        name = item.get("metadata", {}).get("name")
-        containers = item.get("containers") or []
-        if name:
-            usage_by_pod[name] = sum(
-                (parse_quantity(c.get("usage", {}).get("cpu", "0")) for c in containers), Decimal(0)
-            )
-            window_start = _window_start(item)
-            if window_start is not None:
-                window_start_by_pod[name] = window_start
+    return _utilization(pods, _usage_by_pod(pod_metrics), now or datetime.now(UTC))
 
+
+def _utilization(
+    pods: list[Mapping[str, Any]], usage_by_pod: Mapping[str, PodUsage], now: datetime
+) -> CpuSample | MetricUnavailable:
     usage = Decimal(0)
     requests = Decimal(0)
     ready_pods = 0
@@ -232,11 +240,8 @@ def utilization(
         name = str(metadata.get("name", ""))
         if metadata.get("deletionTimestamp") or status.get("phase") in {"Succeeded", "Failed"}:
             continue
-        if (
-            _ready_since(status) is None
-            or name not in usage_by_pod
-            or _sampled_while_starting(status, window_start_by_pod.get(name), now)
-        ):
+        sample = usage_by_pod.get(name)
+        if _ready_since(status) is None or sample is None or _sampled_while_starting(status, sample.window_start, now):
             unaccounted += 1
             continue
         pod_request = Decimal(0)
@@ -251,7 +256,7 @@ def utilization(
             pod_request += _request_quantity(request)
         if pod_request <= 0:
             return MetricUnavailable("cpu", f"pod {name} requests no CPU")
-        usage += usage_by_pod[name]
+        usage += sample.cpu
         requests += pod_request
         ready_pods += 1
     ratio = float(usage / requests) if requests > 0 else 0.0
