@@ -110,13 +110,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="allocations between young garbage collections (default %(default)s; CPython's own: 700)",
     )
     parser.add_argument(
-        "--malloc-trim-seconds",
-        type=float,
-        default=gcpolicy.TRIM_INTERVAL_SECONDS,
-        metavar="SECONDS",
-        help="hand the C heap's free pages back this often (default %(default)s; 0: never)",
-    )
-    parser.add_argument(
         "--log-format",
         choices=["json", "text"],
         default="json",
@@ -181,9 +174,6 @@ async def run(args: argparse.Namespace) -> int:
     fleet = Fleet(api, scaler, resync_seconds=args.resync_seconds)
     gcpolicy.install(freeze=args.gc_freeze, young_threshold=args.gc_young_threshold)
     walks = asyncio.create_task(gcpolicy.keep_frozen()) if args.gc_freeze else None
-    trims = (
-        asyncio.create_task(gcpolicy.keep_trimmed(args.malloc_trim_seconds)) if args.malloc_trim_seconds > 0 else None
-    )
     exit_code = 0
     try:
         if elector is not None and not await elector.acquire(stop):
@@ -199,9 +189,8 @@ async def run(args: argparse.Namespace) -> int:
             elector=elector,
         )
     finally:
-        for task in (walks, trims):
-            if task is not None:
-                task.cancel()
+        if walks is not None:
+            walks.cancel()
         await fleet.stop()
         state.set(False)
         await scaler.aclose()

@@ -20,20 +20,11 @@ found as before. Cyclic garbage among frozen objects (an object alive at a
 freeze that later dies in a reference cycle) waits for ``keep_frozen``'s
 periodic full walk (hourly by default), which unfreezes, collects and
 freezes again.
-
-And the C heap: glibc's malloc keeps what a burst freed (a cold start's
-watch events, request bodies and applies, hundreds of thousands of small
-objects) for reuse, and hands back only a free stretch at the top of its
-heap. ``keep_trimmed`` asks it (``malloc_trim``) once a minute to return
-every free page: at 1,000 resources, 20 MiB of the operator's resident
-memory after its cold start, for 5 ms of CPU (bench/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import logging
 import time
@@ -47,9 +38,6 @@ GC_SECONDS = Counter(
     "falachefe_operator_gc_seconds_total",
     "Time the process spent in the garbage collector, by generation (2: full collections).",
     ("generation",),
-)
-TRIMS = Counter(
-    "falachefe_operator_malloc_trims_total", "Times the C heap's free pages were handed back (malloc_trim)."
 )
 FROZEN = Gauge("falachefe_operator_gc_frozen_objects", "Objects frozen out of the collector's walks (gc.freeze).")
 
@@ -119,35 +107,3 @@ async def keep_frozen(interval: float = FULL_WALK_SECONDS) -> None:
         started = time.perf_counter()
         frozen = full_walk()
         log.debug("heap walked", extra={"frozen_objects": frozen, "seconds": round(time.perf_counter() - started, 4)})
-
-
-#: How often ``keep_trimmed`` hands the C heap's free pages back.
-TRIM_INTERVAL_SECONDS = 60.0
-
-
-def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def trim() -> bool:
-    """Hand the C heap's free pages back to the system; False where that cannot be done."""
-    malloc_trim = _malloc_trim()
-    if malloc_trim is None:
-        return False
-    malloc_trim(0)
-    TRIMS.inc()
-    return True
-
-
-async def keep_trimmed(interval: float = TRIM_INTERVAL_SECONDS) -> None:
-    """``trim`` every ``interval`` seconds, until cancelled (at once done, where there is nothing to trim)."""
-    if _malloc_trim() is None:
-        log.info("no malloc_trim in this C library: the heap is left as it is")
-        return
-    while True:
-        await asyncio.sleep(interval)
-        trim()
