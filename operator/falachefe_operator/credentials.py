@@ -34,7 +34,8 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 #: client-go's and the Python library's: a token file is read again after a minute.
 TOKEN_REFRESH_SECONDS = 60.0
 
-#: What a kubeconfig's cluster and user may say for it to be read here; anything more goes to the library.
+#: What a kubeconfig's cluster and user may say for it to be read here (extensions are
+#: informational); anything more goes to the library.
 _CLUSTER_KEYS = {
     "server",
     "certificate-authority",
@@ -172,7 +173,8 @@ def _from_library(path: str) -> Credentials:
     from kubernetes import config as k8s_config  # noqa: PLC0415
 
     configuration = k8s.Configuration()
-    k8s_config.load_kube_config(config_file=None if os.pathsep in path else path, client_configuration=configuration)
+    # The library merges the files of a $KUBECONFIG-style list itself.
+    k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
     if not configuration.verify_ssl:
         context: ssl.SSLContext | bool = False
     else:

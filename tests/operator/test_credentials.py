@@ -139,6 +139,16 @@ async def test_an_exec_plugin_goes_to_the_librarys_loader(kube: ControlPlane, tm
     assert await who(from_kubeconfig(kubeconfig(tmp_path / "k", kube, user))) == ADMIN_USER
 
 
+async def test_a_kubeconfig_list_is_merged_by_the_librarys_loader(kube: ControlPlane, tmp_path: Path) -> None:
+    # As $KUBECONFIG may name several files: the cluster and context in one, the user in the other.
+    config = json.loads(kube.kubeconfig.read_text())
+    users, config["users"] = config["users"], []
+    (tmp_path / "clusters").write_text(json.dumps(config))
+    (tmp_path / "users").write_text(json.dumps({"apiVersion": "v1", "kind": "Config", "users": users}))
+    merged = f"{tmp_path / 'clusters'}{os.pathsep}{tmp_path / 'users'}"
+    assert await who(from_kubeconfig(merged)) == ADMIN_USER
+
+
 def test_the_operator_runs_without_importing_the_kubernetes_library() -> None:
     # A fresh interpreter, as the operator's process starts: Kopf and every module of the operator loaded.
     probe = (
