@@ -53,6 +53,18 @@ def test_pods_without_a_cpu_request_are_named() -> None:
     assert "pod crew-7f9c container worker has no CPU request" in result.message
 
 
+def test_a_sample_whose_cpu_does_not_parse_leaves_its_pod_unmeasured() -> None:
+    # Not an exception for the whole namespace's reading: the pod is one the HPA would not count either.
+    pod = {
+        "metadata": {"name": "crew-7f9c"},
+        "spec": {"containers": [{"name": "worker", "resources": {"requests": {"cpu": "100m"}}}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    bogus = {"metadata": {"name": "crew-7f9c"}, "containers": [{"usage": {"cpu": "ten"}}]}
+    result = utilization([pod], [bogus])
+    assert result == CpuSample(utilization=0.0, ready_pods=0, unaccounted_pods=1)
+
+
 def _rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 

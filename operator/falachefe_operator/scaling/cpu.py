@@ -190,12 +190,10 @@ class PodMetricsCache:
         except (ApiError, aiohttp.ClientError, TimeoutError) as error:
             return _Reading(self._clock(), error=error)
         # Parsed once per reading, not in every poll of every pool that reads it.
-        items: dict[str, dict[str, PodUsage]] = {}
+        by_namespace: dict[str, list[Mapping[str, Any]]] = {}
         for item in body.get("items") or []:
-            metadata = item.get("metadata") or {}
-            namespace = items.setdefault(str(metadata.get("namespace", scope)), {})
-            namespace[str(metadata.get("name", ""))] = _pod_usage(item)
-        return _Reading(self._clock(), items=items)
+            by_namespace.setdefault(str((item.get("metadata") or {}).get("namespace", scope)), []).append(item)
+        return _Reading(self._clock(), items={ns: _usage_by_pod(found) for ns, found in by_namespace.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +211,14 @@ def _pod_usage(item: Mapping[str, Any]) -> PodUsage:
 
 
 def _usage_by_pod(pod_metrics: list[Mapping[str, Any]]) -> dict[str, PodUsage]:
-    return {name: _pod_usage(item) for item in pod_metrics if (name := (item.get("metadata") or {}).get("name"))}
+    """PodMetrics by pod name; a sample whose CPU does not parse is left out (its pod counts as unmeasured)."""
+    usage: dict[str, PodUsage] = {}
+    for item in pod_metrics:
+        name = (item.get("metadata") or {}).get("name")
+        if name:
+            with contextlib.suppress(ValueError):
+                usage[str(name)] = _pod_usage(item)
+    return usage
 
 
 def _pool_utilization(pods: list[Mapping[str, Any]], usage: Mapping[str, PodUsage]) -> CpuSample | MetricUnavailable:
