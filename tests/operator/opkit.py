@@ -25,6 +25,16 @@ CRD_FILE = REPO / crd.CRD_PATH
 SAMPLE_FILE = REPO / "crds" / "samples" / "falachefe.yaml"
 
 
+class Clock:
+    """A monotonic clock the test moves by setting ``now``."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def install_crd(kube: ControlPlane) -> None:
     """The committed CRD, as a platform team (or the chart) installs it."""
     kubectl(kube.kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))

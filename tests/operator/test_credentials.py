@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from kubernetes.utils import parse_quantity as library_parse_quantity
+from opkit import Clock
 
 from falachefe_devstack.kube import ADMIN_USER, CERTIFICATE_USER, ControlPlane
 from falachefe_operator.credentials import Credentials, TokenFile, from_kubeconfig, from_service_account
@@ -53,14 +54,6 @@ def kubeconfig(path: Path, kube: ControlPlane, user: dict[str, Any], **cluster: 
     }
     path.write_text(json.dumps(config))
     return str(path)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_a_token_in_the_kubeconfig(kube: ControlPlane, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from kubernetes import client as k8s
-from opkit import create_secrets, put_secret, sample
+from opkit import Clock, create_secrets, put_secret, sample
 
 from falachefe_devstack.apiserver_metrics import difference, request_counts
 from falachefe_devstack.kube import ControlPlane
@@ -23,14 +23,6 @@ from falachefe_operator.kubeapi import KubeApi
 from falachefe_operator.spec import FalachefeSpec
 
 REDIS_URL = "redis://redis.example:6379/0"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -57,7 +49,7 @@ async def test_twenty_resources_sharing_three_secrets_read_each_once(
 ) -> None:
     create_secrets(kube_api, namespace, "shared", REDIS_URL)
     spec = spec_of("shared", namespace)
-    clock = Clock()
+    clock = Clock(1000.0)
     reads = SecretReads(api, clock=clock)
 
     before = request_counts(kube)
@@ -81,7 +73,7 @@ async def test_a_missing_secret_is_asked_again_at_once(
     kube: ControlPlane, kube_api: k8s.ApiClient, namespace: str, api: KubeApi
 ) -> None:
     spec = spec_of("late", namespace)
-    reads = SecretReads(api, clock=Clock())  # the clock never moves: only what is kept is reused
+    reads = SecretReads(api, clock=Clock(1000.0))  # the clock never moves: only what is kept is reused
     create_secrets(kube_api, namespace, "late", REDIS_URL)
     k8s.CoreV1Api(kube_api).delete_namespaced_secret("late-otp", namespace)
 
