@@ -25,7 +25,7 @@ def _import_kopf_without_the_kubernetes_client() -> None:
 
     Kopf imports that library when it can, only to recognise its model
     classes (the operator passes dicts), and importing any of it loads every
-    API class and model: ~50 MiB of the operator's resident memory. The
+    API class and model: 40 MiB of the operator's resident memory (bench/README.md). The
     operator reads its credentials without it (``credentials``). Nothing
     changes when either is already imported (a test session, a REPL).
     """

@@ -2,9 +2,10 @@
 
 Each way of authenticating is checked by asking the API server who it
 thinks the caller is (a SelfSubjectReview), not by inspecting what was
-parsed: a token, a token file that rotates, a client certificate (inline
-and as files), the pod's service account, and an exec plugin (which goes
-to the library's loader).
+parsed: a token, a token file that rotates, a client certificate (inline,
+as files, and with the server unverified), the pod's service account, and
+an exec plugin and a list of kubeconfigs (which go to the library's
+loader). And that the operator runs without importing that library.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ async def who(credentials: Credentials) -> str:
 
 def kubeconfig(path: Path, kube: ControlPlane, user: dict[str, Any], **cluster: Any) -> str:
     cluster.setdefault("certificate-authority-data", base64.b64encode(kube.ca_file.read_bytes()).decode())
+    cluster = {key: value for key, value in cluster.items() if value is not None}  # None: leave it out
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -75,6 +77,16 @@ async def test_a_client_certificate_inline_or_as_files(kube: ControlPlane, tmp_p
     files = {"client-certificate": "certs/u.crt", "client-key": "certs/u.key"}
     path = kubeconfig(tmp_path / "files", kube, files, **{"certificate-authority": "ca.crt"})
     assert await who(from_kubeconfig(path)) == CERTIFICATE_USER
+
+
+async def test_a_client_certificate_is_presented_when_the_server_is_not_verified(
+    kube: ControlPlane, tmp_path: Path
+) -> None:
+    # insecure-skip-tls-verify skips checking the server, not presenting who we are.
+    crt, key = kube.pki / f"{CERTIFICATE_USER}.crt", kube.pki / f"{CERTIFICATE_USER}.key"
+    user = {"client-certificate": str(crt), "client-key": str(key)}
+    unverified = {"insecure-skip-tls-verify": True, "certificate-authority-data": None}
+    assert await who(from_kubeconfig(kubeconfig(tmp_path / "k", kube, user, **unverified))) == CERTIFICATE_USER
 
 
 async def test_a_kubeconfig_that_does_not_name_the_servers_ca_is_refused(kube: ControlPlane, tmp_path: Path) -> None:
