@@ -92,7 +92,7 @@ from bench.db_pool import bench_database, seed_users
 from falachefe_devstack.postgres import PostgresServer
 from falachefe_devstack.process import cpu_seconds as process_cpu_seconds
 from falachefe_devstack.redis import RedisServer
-from falachefe_runtime import redact
+from falachefe_runtime import redact, redis_wire
 from falachefe_runtime.auth.rate_limit import FixedWindowLimiter
 from falachefe_runtime.auth.service import AuthService
 from falachefe_runtime.auth.store import AuthStore
@@ -114,6 +114,7 @@ from falachefe_runtime.observability import logging as observability_logging
 from falachefe_runtime.observability.logging import configure_logging
 from falachefe_runtime.payloads import PROCESS_MESSAGE, ProcessMessage
 from falachefe_runtime.queues import CREW_QUEUE, SEED_JOB_OPTIONS, WHATSAPP_QUEUE, Queues
+from falachefe_runtime.redis_wire import FastWire
 from falachefe_runtime.worker.routing import JobInfo, JobResult, Route, Routes
 from falachefe_runtime.worker.runner import QueueWorker
 
@@ -139,13 +140,17 @@ VARIANTS = (
     "auth cached quiet",
     "auth cached reset",
     "auth cached full-redact",
+    "python no-op plain-wire",
+    "auth cached plain-wire",
 )
 #: Measurement-only ablations of ``auth cached`` (not options of the runtime): ``quiet`` logs at WARNING
 #: (the job's INFO line is not written); ``reset`` has asyncpg's pool send its reset query on each
 #: release again (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``, a PostgreSQL
 #: round trip per release, which the runtime's pool does not send); ``full-redact`` has the log
-#: formatter run the full redaction on every string field, without ``redact_text``'s shortcut.
-ABLATIONS = (" quiet", " reset", " full-redact")
+#: formatter run the full redaction on every string field, without ``redact_text``'s shortcut;
+#: ``plain-wire`` (also of ``python no-op``) sends Redis commands with redis-py's own connections,
+#: without ``redis_wire.FastWire`` (commands packed in Python, every write under ``asyncio.wait_for``).
+ABLATIONS = (" quiet", " reset", " full-redact", " plain-wire")
 #: The variants that are another with ``fetch_next`` off.
 TWO_TRIPS = " 2rt"
 #: ... and with ``one_waiter`` off: every free slot fetches, as in bullmq's loop.
@@ -167,26 +172,33 @@ def _script_names() -> dict[bytes, str]:
 
 def count_round_trips() -> None:
     """Count every request this process sends to Redis (the worker's, the handler's, bullmq's), and its commands."""
-    send = AbstractConnection.send_packed_command
-    pack = AbstractConnection.pack_command
     scripts = _script_names()
+    # FastWire overrides both methods and falls back to redis-py's: each call is counted once,
+    # by the class that defines the method the connection's own class uses.
+    for cls in (AbstractConnection, FastWire):
+        send = cls.send_packed_command
+        pack = cls.pack_command
 
-    async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        _sent[0] += 1
-        await send(self, command, check_health)
+        async def counted(
+            self: AbstractConnection, command: Any, check_health: bool = True, _send: Any = send, _cls: type = cls
+        ) -> None:
+            if _cls is FastWire or not isinstance(self, FastWire):
+                _sent[0] += 1
+            await _send(self, command, check_health)
 
-    def tallied(self: AbstractConnection, *args: Any) -> list[bytes]:
-        name = args[0].encode() if isinstance(args[0], str) else bytes(args[0])
-        name = name.split()[0].upper()
-        if name == b"EVALSHA" and len(args) > 1:
-            sha = args[1].encode() if isinstance(args[1], str) else bytes(args[1])
-            _commands[scripts.get(sha, "EVALSHA")] += 1
-        else:
-            _commands[name.decode()] += 1
-        return pack(self, *args)
+        def tallied(self: AbstractConnection, *args: Any, _pack: Any = pack, _cls: type = cls) -> list[bytes]:
+            if _cls is FastWire or not isinstance(self, FastWire):
+                name = args[0].encode() if isinstance(args[0], str) else bytes(args[0])
+                name = name.split()[0].upper()
+                if name == b"EVALSHA" and len(args) > 1:
+                    sha = args[1].encode() if isinstance(args[1], str) else bytes(args[1])
+                    _commands[scripts.get(sha, "EVALSHA")] += 1
+                else:
+                    _commands[name.decode()] += 1
+            return _pack(self, *args)  # type: ignore[no-any-return]
 
-    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
-    AbstractConnection.pack_command = tallied  # type: ignore[method-assign]
+        cls.send_packed_command = counted  # type: ignore[method-assign]
+        cls.pack_command = tallied  # type: ignore[method-assign]
 
 
 # -- the Python worker process (``--serve``) -------------------------------------------
@@ -275,6 +287,8 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
         NoResetConnection.get_reset_query = asyncpg.Connection.get_reset_query  # type: ignore[method-assign]
     if ablation == " full-redact":
         observability_logging.redact_text = lambda text: redact._redact(text, ())
+    if ablation == " plain-wire":
+        redis_wire.fast_connection_class = lambda base: base
     if variant == "bullmq no-op":
 
         async def bare(job: Job, token: str) -> None:

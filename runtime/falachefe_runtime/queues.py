@@ -18,6 +18,7 @@ from bullmq import Queue
 
 from falachefe_runtime.config import DEFAULT_QUEUES, QueueSettings, WorkerKind
 from falachefe_runtime.failed_jobs import FailedJob, FailedSet
+from falachefe_runtime.redis_wire import use_fast_wire
 
 WHATSAPP_QUEUE = DEFAULT_QUEUES[WorkerKind.AUTH]
 CREW_QUEUE = DEFAULT_QUEUES[WorkerKind.CREW]
@@ -101,7 +102,9 @@ class Queues:
 
     def queue(self, name: str) -> Queue:
         if name not in self._queues:
-            self._queues[name] = Queue(name, {"connection": self._url, "prefix": self._prefix})
+            queue = Queue(name, {"connection": self._url, "prefix": self._prefix})
+            use_fast_wire(queue.client)
+            self._queues[name] = queue
         return self._queues[name]
 
     async def enqueue(

@@ -59,6 +59,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..config import CacheSettings, RedisSettings, RuntimeConfig
+from ..redis_wire import use_fast_wire
 from .health import RedisHealth
 from .keys import (
     CacheKind,
@@ -199,6 +200,7 @@ class Cache:
             # restart left dead; more would only delay the fallback.
             retry=Retry(NoBackoff(), 1),
         )
+        use_fast_wire(self._redis)
         self._subscriber = Redis.from_url(
             self._url,
             decode_responses=True,

@@ -51,6 +51,7 @@ from falachefe_runtime.observability.health import HealthServer
 from falachefe_runtime.observability.logging import configure_logging, log_context
 from falachefe_runtime.queues import Queues
 from falachefe_runtime.redact import redact_text
+from falachefe_runtime.redis_wire import use_fast_wire
 from falachefe_runtime.worker.outages import DependencyGuard
 from falachefe_runtime.worker.persistence import check_redis_persistence
 from falachefe_runtime.worker.pools import build_routes
@@ -150,6 +151,7 @@ async def _serve(config: RuntimeConfig, stop: asyncio.Event | None) -> int:
     resources = Resources()
     db = Database(config.database)
     client = redis.Redis.from_url(redis_url, socket_timeout=config.redis.socket_timeout_s)
+    use_fast_wire(client)
     resources.closers.append(client.aclose)
     consumer: list[QueueWorker] = []  # the worker, once it consumes
 

@@ -62,6 +62,7 @@ from falachefe_runtime.config import QueueSettings
 from falachefe_runtime.observability import metrics
 from falachefe_runtime.observability.logging import log_context
 from falachefe_runtime.queues import with_socket_timeout
+from falachefe_runtime.redis_wire import use_fast_wire
 from falachefe_runtime.worker.intake import JobIntake
 from falachefe_runtime.worker.outages import DependencyGuard, Outage
 from falachefe_runtime.worker.routing import JobInfo, JobLost, JobResult, PermanentJobError, Routes, unknown_job
@@ -159,8 +160,11 @@ class QueueWorker:
         )
         worker.on("error", self._on_error)
         worker.on("stalled", self._on_stalled)
+        use_fast_wire(worker.client)
+        use_fast_wire(worker.bclient)
         self._worker = worker
         self._control = Queue(self.queue, {"connection": self._url, "prefix": self._prefix})
+        use_fast_wire(self._control.client)
         if self._guard is not None:
             self._guard.attach(self._pause, self._resume)
         self._run = asyncio.create_task(worker.run(), name=f"bullmq-worker:{self.queue}")
