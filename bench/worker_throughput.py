@@ -142,6 +142,7 @@ VARIANTS = (
     "auth cached full-redact",
     "python no-op plain-wire",
     "auth cached plain-wire",
+    "auth cached separate-handoff",
 )
 #: Measurement-only ablations of ``auth cached`` (not options of the runtime): ``quiet`` logs at WARNING
 #: (the job's INFO line is not written); ``reset`` has asyncpg's pool send its reset query on each
@@ -150,7 +151,9 @@ VARIANTS = (
 #: formatter run the full redaction on every string field, without ``redact_text``'s shortcut;
 #: ``plain-wire`` (also of ``python no-op``) sends Redis commands with redis-py's own connections,
 #: without ``redis_wire.FastWire`` (commands packed in Python, every write under ``asyncio.wait_for``).
-ABLATIONS = (" quiet", " reset", " full-redact", " plain-wire")
+#: ``separate-handoff`` adds the hand-off to ``crewai-processing`` in a round trip of its own before
+#: completing the job, not in the completion's (``QueueWorker(batch_handoffs=False)``).
+ABLATIONS = (" quiet", " reset", " full-redact", " plain-wire", " separate-handoff")
 #: The variants that are another with ``fetch_next`` off.
 TWO_TRIPS = " 2rt"
 #: ... and with ``one_waiter`` off: every free slot fetches, as in bullmq's loop.
@@ -348,6 +351,7 @@ async def serve(variant: str, redis_url: str, dsn: str, queue: str, concurrency:
         settings=QueueSettings(),
         fetch_next=fetch_next,
         one_waiter=one_waiter,
+        batch_handoffs=ablation != " separate-handoff",
     )
     await worker.start()
     await _serve_until_sigterm(profiler, profile, name)

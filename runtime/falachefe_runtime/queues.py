@@ -10,11 +10,13 @@ job hash), so the worker side needs no copy of them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bullmq import Queue
+from bullmq.job import Job
 
 from falachefe_runtime.config import DEFAULT_QUEUES, QueueSettings, WorkerKind
 from falachefe_runtime.failed_jobs import FailedJob, FailedSet
@@ -92,6 +94,28 @@ def with_socket_timeout(url: str, seconds: float) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job built with its queue's options, not added yet.
+
+    ``Queues.add`` adds it; a worker may instead add it in the same Redis
+    round trip as the completion of the job that made it (``JobInfo.hand_off``).
+    """
+
+    queue: Queue
+    job: Job
+
+    @property
+    def id(self) -> str:
+        return str(self.job.id)
+
+    async def add(self) -> str:
+        """Add it (bullmq's ``Queue.add`` from its ``Job``); returns its id."""
+        job_id = await self.queue.backend.addJob(self.job)
+        self.job.id = job_id
+        return str(job_id)
+
+
 class Queues:
     """Producer side of the queues: one bullmq ``Queue`` per name, created on first use."""
 
@@ -118,9 +142,22 @@ class Queues:
         job_id: str | None = None,
     ) -> str:
         """Add a job with the seed's options; returns its id."""
-        opts = job_options(queue, priority=priority, delay_ms=delay_ms, job_id=job_id)
-        job = await self.queue(queue).add(job_name, dict(data), opts)
-        return str(job.id)
+        return await self.prepare(queue, job_name, data, priority=priority, delay_ms=delay_ms, job_id=job_id).add()
+
+    def prepare(
+        self,
+        queue: str,
+        job_name: str,
+        data: Mapping[str, Any],
+        *,
+        priority: int | None = None,
+        delay_ms: int | None = None,
+        job_id: str | None = None,
+    ) -> PreparedJob:
+        """The job ``enqueue`` would add, built (as bullmq's ``Queue.add`` builds it) but not added."""
+        target = self.queue(queue)
+        options = {**target.jobsOpts, **job_options(queue, priority=priority, delay_ms=delay_ms, job_id=job_id)}
+        return PreparedJob(target, Job(target, job_name, dict(data), options))
 
     async def counts(self, queue: str, states: tuple[str, ...] = COUNT_STATES) -> dict[str, int]:
         raw = await self.queue(queue).getJobCounts(*states)

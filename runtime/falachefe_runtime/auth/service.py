@@ -50,7 +50,7 @@ from falachefe_runtime.payloads import (
     ProcessCrew,
     ProcessMessage,
 )
-from falachefe_runtime.queues import CREW_QUEUE, OUTBOUND_QUEUE, Queues
+from falachefe_runtime.queues import CREW_QUEUE, OUTBOUND_QUEUE, PreparedJob, Queues
 from falachefe_runtime.worker.routing import JobInfo, JobResult
 
 #: A cached session is extended in the database only once it is this much
@@ -150,11 +150,11 @@ class AuthService:
             raise RuntimeError("no active session right after authorizing the message; retrying")
         if first:
             metrics.AUTH_DECISIONS.labels("message", "authorized").inc()
-        crew_job = await self._hand_to_crew(message, user.id, session.id)
+        crew_job = info.hand_off(self._crew_job(message, user.id, session.id))
         info.note(phone=mask_phone(message.phone_number), crew_job_id=crew_job, duplicate=not first)
         return {"outcome": "authorized", "sessionId": str(session.id), "crewJobId": crew_job, "duplicate": not first}
 
-    async def _hand_to_crew(self, message: InboundMessage, user_id: UUID, session_id: UUID) -> str:
+    def _crew_job(self, message: InboundMessage, user_id: UUID, session_id: UUID) -> PreparedJob:
         received = message.timestamp if message.timestamp.tzinfo else message.timestamp.replace(tzinfo=UTC)
         request = CrewRequest(
             company_id=message.company_id,
@@ -165,7 +165,7 @@ class AuthService:
             provider_message_id=message.provider_message_id,
             received_at=received,
         )
-        return await self._queues.enqueue(
+        return self._queues.prepare(
             CREW_QUEUE,
             PROCESS_CREW,
             ProcessCrew(crew_data=request).model_dump(mode="json", by_alias=True),

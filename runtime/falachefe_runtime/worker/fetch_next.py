@@ -30,6 +30,22 @@ and a paused one would hold it unprocessed until its lock expired.
 Only the completion fetches: a failed job still takes two round trips
 (failures are rare, and bullmq's failure path retries and delays as well).
 
+The completion also carries the jobs its handler handed off
+(``with_completion``; the auth worker's hand-off to ``crewai-processing``):
+their ``addStandardJob`` scripts go first in the pipeline that sends
+``moveToFinished``, so a job and its hand-off cost one round trip, not two.
+Only plain jobs (no delay, priority or parent) with an id of their own, for
+queues on the same Redis server (not a cluster), go this way; the worker adds any other
+itself before completing. Redis runs the pipeline's scripts in order, not
+as one transaction: when the completion is refused (the lock was lost) the
+hand-off may already be in, and the job's next run adds it again, which
+adds nothing (same id), as when it was added before completing. When a
+hand-off is refused and the completion is not, the hand-off is added again
+on its own; if that fails too, the completed job is put back to wait
+(bullmq's ``Job.retry("completed")``) to run again while it has attempts
+left; after its last, the refusal is logged as an error with both ids (the
+completed job keeps its data and result).
+
 One slot waits for all of them (``one_waiter``, on by default). bullmq's
 run loop starts a fetch for every free slot at once; when the queue has run
 dry the first blocks on the queue's marker (``BZPOPMIN``) and every other
@@ -74,6 +90,8 @@ from bullmq.job import Job
 from bullmq.scripts import raw2NextJobData
 from redis.exceptions import NoScriptError
 
+from falachefe_runtime.queues import PreparedJob
+
 log = logging.getLogger(__name__)
 
 #: The bullmq version whose ``Worker.processJob``, ``getNextJob``, ``moveToActive`` and
@@ -98,6 +116,15 @@ return {left, next_delayed}
 """
 
 
+def _add_standard_job(prepared: PreparedJob) -> tuple[Any, list[Any], list[Any]]:
+    """bullmq 3.4.4's ``Scripts.addStandardJob``: the script, its keys and arguments, for a plain job."""
+    scripts = prepared.queue.scripts
+    job = prepared.job
+    keys = scripts.getKeys(["wait", "paused", "meta", "id", "completed", "delayed", "active", "events", "marker"])
+    args = [*scripts.addJobArgs(job), job.timestamp]
+    return scripts.commands["addStandardJob"], keys, args
+
+
 class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
     """A bullmq ``Worker`` whose completion of a job also takes the next one (``fetch_next``, on by default)."""
 
@@ -120,6 +147,35 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
         self._fetching = 0
         self._fetched = asyncio.Event()
         self._settle = self.backend.conn.register_script(SETTLE) if one_waiter else None
+        #: By job id: the jobs to add in the round trip that completes it (``with_completion``).
+        self._handoffs: dict[str, list[PreparedJob]] = {}
+        #: By connection pool: whether it reaches the Redis server this worker's connection does.
+        self._same_server: dict[int, bool] = {}
+
+    def with_completion(self, job_id: str, jobs: list[PreparedJob]) -> bool:
+        """Add ``jobs`` in the round trip that completes ``job_id``; False (add them yourself) when they cannot be."""
+        if not self.fetch_next or not all(self._pipelined(job) for job in jobs):
+            return False
+        self._handoffs[job_id] = list(jobs)
+        return True
+
+    def _pipelined(self, prepared: PreparedJob) -> bool:
+        """Whether ``prepared`` is added by ``addStandardJob`` alone, with its own id, on this worker's Redis."""
+        job = prepared.job
+        if not job.id or job.opts.get("delay") or job.opts.get("priority") or job.parentKey:
+            return False
+        pool = getattr(prepared.queue.client, "connection_pool", None)  # a cluster client has none
+        own = getattr(self.backend.conn, "connection_pool", None)
+        if pool is None or own is None:
+            return False
+        same = self._same_server.get(id(pool))
+        if same is None:
+            fields = ("host", "port", "path", "db", "username")
+            same = type(pool) is type(own) and all(
+                own.connection_kwargs.get(name) == pool.connection_kwargs.get(name) for name in fields
+            )
+            self._same_server[id(pool)] = same
+        return same
 
     async def getNextJob(self, token: str) -> Job | None:  # bullmq's name
         if not self.one_waiter:
@@ -215,9 +271,7 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
                 result = await self.processor(job, token)
             if not self.forceClosing:
                 fetch = not (self.closing or self.paused)
-                moved = await self.backend.moveToCompleted(
-                    job, result, job.opts.get("removeOnComplete", False), token, fetch_next=fetch
-                )
+                moved = await self._complete(job, result, token, fetch=fetch)
                 job.returnvalue = result
                 job.attemptsMade = job.attemptsMade + 1
                 if fetch:
@@ -233,7 +287,84 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
         finally:
             self.jobs.discard((job, token))
             self.lockManager.untrack_job(job.id)
+            self._handoffs.pop(job.id, None)
         return await self._next(taken, token)
+
+    async def _complete(self, job: Job, result: Any, token: str, *, fetch: bool) -> dict[str, Any]:
+        """bullmq's ``moveToCompleted``, with the job's hand-offs added before it in the same round trip."""
+        remove = job.opts.get("removeOnComplete", False)
+        handoffs = self._handoffs.pop(job.id, None)
+        if not handoffs:
+            return await self.backend.moveToCompleted(job, result, remove, token, fetch_next=fetch)  # type: ignore[no-any-return]
+        scripts = self.backend.scripts
+        keys, args = scripts.moveToCompletedArgs(job, result, remove, token, fetch)
+        commands = [_add_standard_job(prepared) for prepared in handoffs]
+        commands.append((scripts.commands["moveToFinished"], keys, args))
+        *added, finished = await self._run_scripts(commands)
+        if isinstance(finished, Exception):
+            raise finished  # the job runs again and hands off again: nothing is added twice (same ids)
+        if isinstance(finished, int) and finished < 0:
+            raise scripts.finishedErrors(
+                {"code": finished, "jobId": job.id, "command": "moveToFinished", "state": "active"}
+            )
+        for prepared, reply in zip(handoffs, added, strict=True):
+            if isinstance(reply, Exception) or (isinstance(reply, int) and reply < 0):
+                await self._hand_off_alone(job, prepared, reply)
+        return {"result": raw2NextJobData(finished) if finished is not None else None, "finishedOn": args[1]}
+
+    async def _hand_off_alone(self, job: Job, prepared: PreparedJob, refused: Any) -> None:
+        """A hand-off the pipeline did not add, its job completed: add it on its own, or run the job again."""
+        log.warning(
+            "a job handed off was not added with its job's completion; adding it on its own",
+            extra={
+                "job_id": job.id,
+                "handoff_id": prepared.id,
+                "handoff_queue": prepared.queue.name,
+                "reason": refused if isinstance(refused, int) else type(refused).__name__,
+            },
+        )
+        try:
+            await prepared.add()
+        except Exception as error:
+            again = job.attemptsMade + 1 < job.attempts  # this run not counted yet
+            log.error(
+                "a job handed off could not be added; "
+                + ("its completed job goes back to wait to run again" if again else "no attempts left"),
+                extra={
+                    "job_id": job.id,
+                    "handoff_id": prepared.id,
+                    "handoff_queue": prepared.queue.name,
+                    "reason": type(error).__name__,
+                    "attempts_made": job.attemptsMade,
+                },
+            )
+            if again:
+                await job.retry("completed")
+
+    async def _run_scripts(self, commands: list[tuple[Any, list[Any], list[Any]]]) -> list[Any]:
+        """Each ``(script, keys, args)`` by EVALSHA in one pipeline, in order; any Redis lacked loaded, sent again."""
+        conn = self.backend.conn
+        replies: list[Any] = [None] * len(commands)
+        pending = list(range(len(commands)))
+        for attempt in (1, 2):
+            # EVALSHA by hand: redis-py's scripts in a pipeline cost a SCRIPT EXISTS round trip each time.
+            pipe = conn.pipeline(transaction=False)
+            for index in pending:
+                script, keys, args = commands[index]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+            missing = []
+            for index, answer in zip(pending, answers, strict=True):
+                replies[index] = answer
+                if isinstance(answer, NoScriptError):
+                    missing.append(index)
+            if not missing or attempt == 2:
+                break
+            # A new or restarted Redis: what was refused did nothing; load the scripts, send those again.
+            for script in {commands[index][0].sha: commands[index][0] for index in missing}.values():
+                await conn.script_load(script.script)
+            pending = missing
+        return replies
 
     async def _failed(self, job: Job, token: str, err: Exception) -> None:
         """bullmq 3.4.4's failure path of ``processJob``, unchanged."""

@@ -70,10 +70,25 @@ class JobInfo:
     commit: Callable[[], AbstractAsyncContextManager[None]] = field(default=_unfenced, repr=False, compare=False)
     #: What the handler added to the job's log line (see ``note``).
     notes: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: Jobs to add once the handler has returned (see ``hand_off``).
+    handoffs: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     def note(self, **fields: Any) -> None:
         """Add ``fields`` to the one line the worker logs when the job ends (never secrets or whole phones)."""
         self.notes.update(fields)
+
+    def hand_off(self, job: Any) -> str:
+        """Add ``job`` (a ``queues.PreparedJob``) once the handler returns; its id.
+
+        The worker sends it in the Redis round trip that completes this job
+        when it can (same Redis, a plain job), otherwise adds it right after
+        the handler. A handler that raises hands nothing off. The job must
+        carry its own id: adding it again (a retry, a repeat) adds nothing.
+        """
+        if not job.job.id:
+            raise ValueError("a job handed off must have an id of its own (job_id=)")
+        self.handoffs.append(job)
+        return str(job.id)
 
 
 @dataclass(frozen=True)

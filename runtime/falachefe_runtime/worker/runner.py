@@ -101,6 +101,7 @@ class QueueWorker:
         holder: str | None = None,
         fetch_next: bool = True,
         one_waiter: bool = True,
+        batch_handoffs: bool = True,
     ) -> None:
         self.queue = queue
         self._routes = routes
@@ -124,6 +125,8 @@ class QueueWorker:
         self._fetch_next = fetch_next
         #: While the queue is drained one free slot waits for jobs for all (``one_waiter``); off only to measure it.
         self._one_waiter = one_waiter
+        #: Jobs a handler hands off go in the round trip that completes its job; off only to measure it.
+        self._batch_handoffs = batch_handoffs
         # By job id (bullmq 3 may give jobs fetched together one token): the job, its lock
         # token and the task running its handler, which may be cancelled (``_end``).
         self._handlers: dict[str, tuple[Job, str, asyncio.Future[JobResult]]] = {}
@@ -262,6 +265,8 @@ class QueueWorker:
             if route is None:
                 raise unknown_job(info.name, self._routes)
             result = await self._run_handler(route.handle(route.parse(job.data), info), job, token)
+            if info.handoffs:
+                await self._hand_off(job, info)
         except JobLost:
             raise
         except PermanentJobError as error:
@@ -303,6 +308,14 @@ class QueueWorker:
             },
         )
         return result
+
+    async def _hand_off(self, job: Job, info: JobInfo) -> None:
+        """The jobs the handler handed off: sent with the completion when the intake can, else added now."""
+        intake = self._worker
+        if intake is not None and self._batch_handoffs and intake.with_completion(str(job.id), info.handoffs):
+            return
+        for handoff in info.handoffs:
+            await handoff.add()
 
     async def _run_handler(self, call: Awaitable[JobResult], job: Job, token: str) -> JobResult:
         """Await a job's handler as a task of its own: ``stop()`` may abandon it, the job timeout end it."""
