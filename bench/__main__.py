@@ -18,6 +18,7 @@ BENCHMARKS = (
     "autoscale_sim",
     "worker_throughput",
     "handoff_batching",
+    "redis_wire",
     "queue_reads",
     "lookup_coalescing",
     "crew_overhead",

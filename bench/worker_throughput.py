@@ -855,13 +855,16 @@ def report(results: dict[str, list[Round]], jobs: int, concurrency: int, rounds:
     print("ratios (CPU: medians of rounds):", "; ".join(r for r in ratios if r is not None))
     # Each idea against the same worker without it, paired within each round: fetch next (one round trip per
     # job against two), one waiter (one free slot waiting for all against every free slot fetching).
-    # The measurement-only ablations: the job's log line, asyncpg's reset query on each release.
+    # The measurement-only ablations: the job's log line, asyncpg's reset query on each release, the
+    # redaction's shortcut, FastWire, the hand-off sent with the completion.
     ideas = (
         (TWO_TRIPS, "fetch next"),
         (ALL_FETCH, "one waiter"),
         (" quiet", "log line"),
         (" reset", "no reset query"),
         (" full-redact", "redaction shortcut"),
+        (" plain-wire", "fast wire"),
+        (" separate-handoff", "hand-off with the completion"),
     )
     for suffix, idea in ideas:
         for variant in ("python no-op", "auth cached"):
