@@ -35,16 +35,17 @@ The completion also carries the jobs its handler handed off
 their ``addStandardJob`` scripts go first in the pipeline that sends
 ``moveToFinished``, so a job and its hand-off cost one round trip, not two.
 Only plain jobs (no delay, priority or parent) with an id of their own, for
-queues on the same Redis server (not a cluster), go this way; the worker adds any other
-itself before completing. Redis runs the pipeline's scripts in order, not
+queues on the same Redis server (not a cluster), go this way; the worker
+adds any other itself before completing. Redis runs the pipeline's scripts in order, not
 as one transaction: when the completion is refused (the lock was lost) the
 hand-off may already be in, and the job's next run adds it again, which
 adds nothing (same id), as when it was added before completing. When a
 hand-off is refused and the completion is not, the hand-off is added again
 on its own; if that fails too, the completed job is put back to wait
 (bullmq's ``Job.retry("completed")``) to run again while it has attempts
-left; after its last, the refusal is logged as an error with both ids (the
-completed job keeps its data and result).
+left; after its last (or when Redis refuses that too), the refusal is
+logged as an error with both ids (the completed job keeps its data and
+result).
 
 One slot waits for all of them (``one_waiter``, on by default). bullmq's
 run loop starts a fetch for every free slot at once; when the queue has run
@@ -339,7 +340,13 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
                 },
             )
             if again:
-                await job.retry("completed")
+                try:
+                    await job.retry("completed")
+                except Exception as failure:  # Redis refuses everything: the ids above are what is left
+                    log.error(
+                        "the completed job could not be put back to wait either",
+                        extra={"job_id": job.id, "handoff_id": prepared.id, "reason": type(failure).__name__},
+                    )
 
     async def _run_scripts(self, commands: list[tuple[Any, list[Any], list[Any]]]) -> list[Any]:
         """Each ``(script, keys, args)`` by EVALSHA in one pipeline, in order; any Redis lacked loaded, sent again."""
