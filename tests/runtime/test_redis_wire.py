@@ -100,8 +100,9 @@ async def test_a_dropped_connection_is_retried(redis_url: str) -> None:
     admin = redis.Redis.from_url(redis_url)
     try:
         await queues.enqueue("wire-drop", "process-message", {"n": 1})
-        assert issubclass(queues.queue("wire-drop").client.connection_pool.connection_class, FastWire)
-        assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        producer = queues.queue("wire-drop").client
+        assert issubclass(producer.connection_pool.connection_class, FastWire)
+        assert await admin.client_kill_filter(_id=await producer.client_id()) == 1
         await queues.enqueue("wire-drop", "process-message", {"n": 2})
         assert (await queues.counts("wire-drop", ("waiting",)))["waiting"] == 2
     finally:
