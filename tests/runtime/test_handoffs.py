@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,20 +30,6 @@ TARGET = "handoff-target"
 
 class Payload(BaseModel):
     n: int
-
-
-@pytest.fixture
-async def queues(redis_url: str) -> AsyncIterator[Queues]:
-    queues = Queues(redis_url)
-    yield queues
-    await queues.close()
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def handing_off(queues: Queues, runs: list[int], **prepare: Any) -> Route[Payload]:
@@ -182,5 +167,9 @@ async def test_a_refused_hand_off_runs_its_job_again_and_is_logged_when_attempts
     assert runs == [9, 9, 9]  # ran again after each refusal, while attempts were left
     job = await queues.queue(SOURCE).getJob(job_id)
     assert job is not None and await job.getState() == "completed"
-    refusals = [record for record in caplog.records if record.levelno == logging.ERROR]
+    refusals = [
+        record
+        for record in caplog.records
+        if record.levelno == logging.ERROR and record.name == "falachefe_runtime.worker.fetch_next"
+    ]
     assert [getattr(record, "handoff_id", None) for record in refusals] == ["next-9"] * 3

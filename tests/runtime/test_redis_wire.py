@@ -75,23 +75,24 @@ def test_one_class_per_base_and_no_double_wrapping() -> None:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
+async def fast_client(redis_url: str) -> AsyncIterator[redis.Redis]:
+    """A client on ``FastWire`` connections with the runtime's socket timeout (replies as bytes)."""
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     use_fast_wire(client)
     yield client
     await client.aclose()
 
 
-async def test_commands_and_pipelines_round_trip(client: redis.Redis) -> None:
-    assert await client.set("greeting", "olá") is True
-    assert await client.get("greeting") == "olá".encode()
+async def test_commands_and_pipelines_round_trip(fast_client: redis.Redis) -> None:
+    assert await fast_client.set("greeting", "olá") is True
+    assert await fast_client.get("greeting") == "olá".encode()
     big = b"y" * 500_000  # above the transport's high-water mark: redis-py's own send
-    await client.set("big", big)
-    assert await client.get("big") == big
-    async with client.pipeline(transaction=True) as pipe:
+    await fast_client.set("big", big)
+    assert await fast_client.get("big") == big
+    async with fast_client.pipeline(transaction=True) as pipe:
         pipe.incr("n").incr("n").get("n")
         assert await pipe.execute() == [1, 2, b"2"]
-    assert client.connection_pool.connection_class is FastConnection
+    assert fast_client.connection_pool.connection_class is FastConnection
 
 
 async def test_a_dropped_connection_is_retried(redis_url: str) -> None:
