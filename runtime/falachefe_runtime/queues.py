@@ -94,20 +94,28 @@ def with_socket_timeout(url: str, seconds: float) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def open_queue(name: str, url: str, prefix: str) -> Queue:
+    """A bullmq ``Queue`` on the runtime's Redis connections (``redis_wire.FastWire``)."""
+    queue = Queue(name, {"connection": url, "prefix": prefix})
+    use_fast_wire(queue.client)
+    return queue
+
+
 @dataclass(frozen=True)
 class PreparedJob:
     """A job built with its queue's options, not added yet.
 
-    ``Queues.add`` adds it; a worker may instead add it in the same Redis
-    round trip as the completion of the job that made it (``JobInfo.hand_off``).
+    ``add`` adds it; a worker may instead add it in the same Redis round
+    trip as the completion of the job that made it (``JobInfo.hand_off``).
     """
 
     queue: Queue
     job: Job
 
     @property
-    def id(self) -> str:
-        return str(self.job.id)
+    def id(self) -> str | None:
+        """The id it was given (``job_id=``), if any; bullmq numbers the others when they are added."""
+        return None if self.job.id is None else str(self.job.id)
 
     async def add(self) -> str:
         """Add it (bullmq's ``Queue.add`` from its ``Job``); returns its id."""
@@ -126,9 +134,7 @@ class Queues:
 
     def queue(self, name: str) -> Queue:
         if name not in self._queues:
-            queue = Queue(name, {"connection": self._url, "prefix": self._prefix})
-            use_fast_wire(queue.client)
-            self._queues[name] = queue
+            self._queues[name] = open_queue(name, self._url, self._prefix)
         return self._queues[name]
 
     async def enqueue(

@@ -173,3 +173,20 @@ async def test_a_refused_hand_off_runs_its_job_again_and_is_logged_when_attempts
         if record.levelno == logging.ERROR and record.name == "falachefe_runtime.worker.fetch_next"
     ]
     assert [getattr(record, "handoff_id", None) for record in refusals] == ["next-9"] * 3
+
+
+async def test_only_plain_hand_offs_for_the_same_redis_go_with_the_completion(redis_url: str, queues: Queues) -> None:
+    elsewhere = Queues(redis_url.rsplit("/", 1)[0] + "/0")  # the same server, another database
+    worker = await running(redis_url, handing_off(queues, []))
+    try:
+        intake = worker._worker
+        assert intake is not None
+        assert intake.with_completion("plain", [queues.prepare(TARGET, "next", {}, job_id="n-plain")])
+        assert not intake.with_completion("prio", [queues.prepare(TARGET, "next", {}, job_id="n-p", priority=5)])
+        assert not intake.with_completion("later", [queues.prepare(TARGET, "next", {}, job_id="n-d", delay_ms=50)])
+        assert not intake.with_completion("other", [elsewhere.prepare(TARGET, "next", {}, job_id="n-other")])
+        mixed = [queues.prepare(TARGET, "next", {}, job_id="n-a"), elsewhere.prepare(TARGET, "next", {}, job_id="n-b")]
+        assert not intake.with_completion("mixed", mixed)
+    finally:
+        await worker.stop(grace_s=5)
+        await elsewhere.close()

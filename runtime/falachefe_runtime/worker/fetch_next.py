@@ -81,6 +81,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import bullmq
@@ -150,14 +151,13 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
         self._settle = self.backend.conn.register_script(SETTLE) if one_waiter else None
         #: By job id: the jobs to add in the round trip that completes it (``with_completion``).
         self._handoffs: dict[str, list[PreparedJob]] = {}
-        #: By connection pool: whether it reaches the Redis server this worker's connection does.
-        self._same_server: dict[int, bool] = {}
 
-    def with_completion(self, job_id: str, jobs: list[PreparedJob]) -> bool:
+    def with_completion(self, job_id: str, jobs: Sequence[object]) -> bool:
         """Add ``jobs`` in the round trip that completes ``job_id``; False (add them yourself) when they cannot be."""
-        if not self.fetch_next or not all(self._pipelined(job) for job in jobs):
+        plain = [job for job in jobs if isinstance(job, PreparedJob) and self._pipelined(job)]
+        if not self.fetch_next or len(plain) != len(jobs):
             return False
-        self._handoffs[job_id] = list(jobs)
+        self._handoffs[job_id] = plain
         return True
 
     def _pipelined(self, prepared: PreparedJob) -> bool:
@@ -167,16 +167,10 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
             return False
         pool = getattr(prepared.queue.client, "connection_pool", None)  # a cluster client has none
         own = getattr(self.backend.conn, "connection_pool", None)
-        if pool is None or own is None:
+        if pool is None or own is None or type(pool) is not type(own):
             return False
-        same = self._same_server.get(id(pool))
-        if same is None:
-            fields = ("host", "port", "path", "db", "username")
-            same = type(pool) is type(own) and all(
-                own.connection_kwargs.get(name) == pool.connection_kwargs.get(name) for name in fields
-            )
-            self._same_server[id(pool)] = same
-        return same
+        fields = ("host", "port", "path", "db", "username")
+        return all(own.connection_kwargs.get(name) == pool.connection_kwargs.get(name) for name in fields)
 
     async def getNextJob(self, token: str) -> Job | None:  # bullmq's name
         if not self.one_waiter:

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -52,6 +52,15 @@ async def _unfenced() -> AsyncIterator[None]:
     yield
 
 
+class HandOff(Protocol):
+    """A job a handler hands off (``queues.PreparedJob``): its own id, if it has one, and how to add it alone."""
+
+    @property
+    def id(self) -> str | None: ...
+
+    async def add(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class JobInfo:
     """The job facts a handler may need besides its payload."""
@@ -71,13 +80,13 @@ class JobInfo:
     #: What the handler added to the job's log line (see ``note``).
     notes: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: Jobs to add once the handler has returned (see ``hand_off``).
-    handoffs: list[Any] = field(default_factory=list, compare=False, repr=False)
+    handoffs: list[HandOff] = field(default_factory=list, compare=False, repr=False)
 
     def note(self, **fields: Any) -> None:
         """Add ``fields`` to the one line the worker logs when the job ends (never secrets or whole phones)."""
         self.notes.update(fields)
 
-    def hand_off(self, job: Any) -> str:
+    def hand_off(self, job: HandOff) -> str:
         """Add ``job`` (a ``queues.PreparedJob``) once the handler returns; its id.
 
         The worker sends it in the Redis round trip that completes this job
@@ -85,10 +94,10 @@ class JobInfo:
         the handler. A handler that raises hands nothing off. The job must
         carry its own id: adding it again (a retry, a repeat) adds nothing.
         """
-        if not job.job.id:
+        if not job.id:
             raise ValueError("a job handed off must have an id of its own (job_id=)")
         self.handoffs.append(job)
-        return str(job.id)
+        return job.id
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from bullmq.job import Job
 from falachefe_runtime.config import QueueSettings
 from falachefe_runtime.observability import metrics
 from falachefe_runtime.observability.logging import log_context
-from falachefe_runtime.queues import with_socket_timeout
+from falachefe_runtime.queues import open_queue, with_socket_timeout
 from falachefe_runtime.redis_wire import use_fast_wire
 from falachefe_runtime.worker.intake import JobIntake
 from falachefe_runtime.worker.outages import DependencyGuard, Outage
@@ -166,8 +166,7 @@ class QueueWorker:
         use_fast_wire(worker.client)
         use_fast_wire(worker.bclient)
         self._worker = worker
-        self._control = Queue(self.queue, {"connection": self._url, "prefix": self._prefix})
-        use_fast_wire(self._control.client)
+        self._control = open_queue(self.queue, self._url, self._prefix)
         if self._guard is not None:
             self._guard.attach(self._pause, self._resume)
         self._run = asyncio.create_task(worker.run(), name=f"bullmq-worker:{self.queue}")
