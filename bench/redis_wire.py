@@ -16,9 +16,12 @@ per request, for two shapes the runtime sends:
   per job), calling a script that does nothing, so Redis's own time is
   not in the figure.
 
-``plain`` is the same client on redis-py's own connections; the two take
-turns, every other round in reverse order. It prints the median CPU per
-request and the ratio of the medians of the rounds' ratios.
+``plain`` is the same client on redis-py's own connections; ``untimed`` is
+that without a socket timeout, redis-py at its cheapest (no timer on writes
+or reads, so no protection against a server that stops answering). The
+three take turns, every other round in reverse order. It prints the median
+CPU per request and FastWire's ratio to each, the median of the rounds'
+ratios.
 """
 
 from __future__ import annotations
@@ -29,16 +32,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
 import redis.asyncio as redis
 import uvloop
 
+from bench.handoff_batching import crew_data
 from falachefe_devstack.redis import RedisServer
 from falachefe_runtime import redis_wire
-from falachefe_runtime.payloads import PROCESS_CREW, CrewRequest, ProcessCrew
+from falachefe_runtime.payloads import PROCESS_CREW
 from falachefe_runtime.queues import CREW_QUEUE, Queues, with_socket_timeout
 
 SOCKET_TIMEOUT_S = 5.0
@@ -50,21 +53,15 @@ def wire(fast: bool) -> None:
     redis_wire.fast_connection_class = _fast if fast else (lambda base: base)
 
 
-def crew_data() -> dict[str, object]:
-    request = CrewRequest(
-        company_id=uuid.uuid4(),
-        user_id=uuid.uuid4(),
-        session_id=uuid.uuid4(),
-        phone_number="+5511900000001",
-        text="Qual o horário de hoje?",
-        provider_message_id="wamid.bench",
-        received_at=datetime.now(UTC),
-    )
-    return ProcessCrew(crew_data=request).model_dump(mode="json", by_alias=True)
+def untimed(client: redis.Redis, way: str) -> None:
+    """For ``untimed``: the client's connections get no socket timeout (before its first command)."""
+    if way == "untimed":
+        client.connection_pool.connection_kwargs["socket_timeout"] = None
 
 
-async def enqueue(redis_url: str, requests: int, tag: str) -> float:
+async def enqueue(redis_url: str, requests: int, tag: str, way: str) -> float:
     queues = Queues(redis_url, socket_timeout_s=SOCKET_TIMEOUT_S)
+    untimed(queues.queue(CREW_QUEUE).client, way)
     data = crew_data()
     try:
         await queues.enqueue(CREW_QUEUE, PROCESS_CREW, data, job_id=f"warm-{tag}")
@@ -77,12 +74,13 @@ async def enqueue(redis_url: str, requests: int, tag: str) -> float:
         await queues.close()
 
 
-async def pipeline(redis_url: str, requests: int, tag: str) -> float:
+async def pipeline(redis_url: str, requests: int, tag: str, way: str) -> float:
     del tag
     client = redis.Redis.from_url(
         with_socket_timeout(redis_url, SOCKET_TIMEOUT_S), decode_responses=True, single_connection_client=True
     )
     redis_wire.use_fast_wire(client)
+    untimed(client, way)
     try:
         sha = await client.script_load("return 1")
         finish_keys = [f"bull:process-message:{k}" for k in range(14)]
@@ -114,23 +112,32 @@ async def pipeline(redis_url: str, requests: int, tag: str) -> float:
         await client.aclose()
 
 
-SHAPES: dict[str, Callable[[str, int, str], Awaitable[float]]] = {"enqueue": enqueue, "pipeline": pipeline}
+SHAPES: dict[str, Callable[[str, int, str, str], Awaitable[float]]] = {"enqueue": enqueue, "pipeline": pipeline}
+#: ``plain``: redis-py's connections with the runtime's socket timeout; ``untimed``: the same without any
+#: timeout (redis-py at its cheapest, no write timer and no read timer); ``fast``: FastWire, with the timeout.
+WAYS = ("plain", "untimed", "fast")
 
 
 async def measure(redis_url: str, requests: int, rounds: int) -> None:
-    cpu: dict[tuple[str, str], list[float]] = {(s, w): [] for s in SHAPES for w in ("plain", "fast")}
+    cpu: dict[tuple[str, str], list[float]] = {(s, w): [] for s in SHAPES for w in WAYS}
     for index in range(rounds):
         for shape, run in SHAPES.items():
-            for way in ("plain", "fast") if index % 2 == 0 else ("fast", "plain"):
+            for way in WAYS if index % 2 == 0 else reversed(WAYS):
                 wire(way == "fast")
-                cpu[shape, way].append(await run(redis_url, requests, f"{index}-{way}"))
+                cpu[shape, way].append(await run(redis_url, requests, f"{index}-{way}", way))
     wire(True)
     print(f"{requests} requests per round, median of {rounds} rounds (Redis local; uvloop, hiredis)")
-    print(f"{'shape':10} {'plain us':>9} {'fast us':>8}  fast / plain (median of rounds' ratios)")
+    print(f"{'shape':10} {'plain us':>9} {'untimed us':>11} {'fast us':>8}  fast / plain  fast / untimed")
     for shape in SHAPES:
-        plain, fast = cpu[shape, "plain"], cpu[shape, "fast"]
-        ratio = statistics.median(f / p for f, p in zip(fast, plain, strict=True))
-        print(f"{shape:10} {1000 * statistics.median(plain):9.1f} {1000 * statistics.median(fast):8.1f}  {ratio:.2f}x")
+        plain, bare, fast = (cpu[shape, way] for way in WAYS)
+
+        def ratio(over: list[float], fast: list[float] = fast) -> float:
+            return statistics.median(f / o for f, o in zip(fast, over, strict=True))
+
+        medians = (1000 * statistics.median(values) for values in (plain, bare, fast))
+        print(f"{shape:10} {next(medians):9.1f} {next(medians):11.1f} {next(medians):8.1f}", end="")
+        print(f"  {ratio(plain):11.2f}x {ratio(bare):13.2f}x")
+    print("ratios: medians of the rounds' ratios")
     print("per round, us:", {f"{s} {w}": [round(1000 * v, 1) for v in vs] for (s, w), vs in cpu.items()})
 
 
