@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from falachefe_operator.scaling.rates import QueueSample, estimate_rates, flow
+from falachefe_operator.scaling.rates import QueueSample, _summed, estimate_rates, flow
 
 
 def sample(at: float, added: int, in_system: int, *, active: int = 0, backlog: int | None = None) -> QueueSample:
@@ -100,3 +102,38 @@ def test_flow_between_two_polls_is_what_the_counters_add() -> None:
     assert flow(sample(0, 100, 50), sample(5, 100, 58)) == (8, 0)
     # A recreated queue resets the counter: never a negative arrival.
     assert flow(sample(0, 100, 50), sample(5, 3, 3)) == (0, 47)
+
+
+@given(
+    st.lists(st.floats(min_value=0.01, max_value=30.0), min_size=1, max_size=15),
+    st.integers(0, 10**9),
+    st.integers(0, 500),
+    st.integers(0, 500),
+    st.integers(0, 64),
+    st.integers(-1, 14),
+)
+def test_a_queue_at_rest_gets_the_rates_the_sums_give(
+    gaps: list[float], added: int, in_system: int, backlog: int, active: int, moved: int
+) -> None:
+    """The shortcut for a window whose counts never change gives what summing its pairs gives.
+
+    ``moved``: one sample (if in range) has one count changed, so the general path runs too.
+    """
+    times = [1000.0]
+    for gap in gaps:
+        times.append(times[-1] + gap)
+    window = [QueueSample(at, added, in_system, backlog, active) for at in times]
+    if 0 <= moved < len(window):
+        window[moved] = QueueSample(times[moved], added, in_system, backlog + 1, active)
+    rates = estimate_rates(window)
+    span = times[-1] - times[0]
+    if span < 1.0:
+        assert rates is None
+        return
+    assert rates is not None
+    expected = _summed(window, span)
+    assert rates.window_seconds == expected.window_seconds
+    assert rates.arrival_rate == expected.arrival_rate
+    assert rates.completion_rate == expected.completion_rate
+    assert rates.backlog_growth_rate == pytest.approx(expected.backlog_growth_rate, abs=1e-9)
+    assert rates.mean_active == pytest.approx(expected.mean_active, rel=1e-12)

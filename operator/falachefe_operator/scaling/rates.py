@@ -90,6 +90,22 @@ def estimate_rates(samples: Sequence[QueueSample]) -> QueueRates | None:
     span = window[-1].at - window[0].at
     if span < MIN_SPAN_SECONDS:
         return None
+    first = window[0]
+    if all(
+        s.added_total == first.added_total
+        and s.in_system == first.in_system
+        and s.backlog == first.backlog
+        and s.active == first.active
+        for s in window
+    ):
+        # A queue at rest (most pools, most polls): nothing came or went, the backlog is flat,
+        # and as many jobs were in flight throughout. What ``_summed`` comes to, without the sums.
+        return QueueRates(span, 0.0, 0.0, 0.0, float(first.active))
+    return _summed(window, span)
+
+
+def _summed(window: Sequence[QueueSample], span: float) -> QueueRates:
+    """The rates from each pair of successive samples, summed over the window."""
     arrivals = 0
     completions = 0
     active_time = 0.0
