@@ -40,9 +40,10 @@ objects the operator reported. Reads of metrics.k8s.io are counted by the
 stand-in that serves them: the aggregator does not label them.
 
 Poll lag: the operator exports no lag of its own; each pool's polls in the
-minute (its step histogram's count) give its mean period, and lag is that
-period less the polling interval (which includes the step's own time: the
-next poll is due an interval after the previous one ended).
+minute (its poll counter, ``falachefe_operator_pool_autoscale_polls_total``)
+give its mean period, and lag is that period less the polling interval
+(which includes the step's own time: the next poll is due an interval after
+the previous one ended).
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ class OperatorProcess:
 
     def scrape(self) -> tuple[float, dict[tuple[str, str], float], float]:
         """One read of the operator's metrics: when (monotonic) it arrived, each pool's polls so far
-        (its step histogram's count), and the seconds spent in the garbage collector so far.
+        (its poll counter), and the seconds spent in the garbage collector so far.
 
         One read, as a Prometheus scrape is: rendering 1,000 resources' series
         costs the operator CPU, which a second read would count twice. The time
@@ -245,9 +246,9 @@ class OperatorProcess:
         polls: dict[tuple[str, str], float] = {}
         collecting = 0.0
         for family in text_string_to_metric_families(text):
-            if family.name == "falachefe_operator_pool_autoscale_step_duration_seconds":
+            if family.name == "falachefe_operator_pool_autoscale_polls":
                 for point in family.samples:
-                    if point.name.endswith("_count"):
+                    if point.name.endswith("_total"):
                         polls[(point.labels["falachefe"], point.labels["pool"])] = point.value
             elif family.name == "falachefe_operator_gc_seconds":
                 collecting += sum(p.value for p in family.samples if p.name == "falachefe_operator_gc_seconds_total")

@@ -70,14 +70,14 @@ def own_counts(operator: Operator) -> tuple[dict[str, float], dict[str, float]]:
 
 
 def polls(operator: Operator) -> float:
-    """Autoscaler polls the operator made (its step histogram's count, over every pool)."""
+    """Autoscaler polls the operator made (its per-pool poll counters, summed)."""
     text = _get(f"http://127.0.0.1:{operator.metrics_port}/metrics")
     return sum(
         point.value
         for family in text_string_to_metric_families(text)
-        if family.name == "falachefe_operator_pool_autoscale_step_duration_seconds"
+        if family.name == "falachefe_operator_pool_autoscale_polls"
         for point in family.samples
-        if point.name.endswith("_count")
+        if point.name.endswith("_total")
     )
 
 

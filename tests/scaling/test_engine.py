@@ -129,6 +129,10 @@ async def test_full_queue_scales_to_the_bound_and_back_to_min_after_the_window(
     # Counters from the first poll on: the 3000 jobs were there before it, and all of them left the queue since.
     assert registry.get_sample_value("falachefe_operator_pool_queue_jobs_added_total", sample) == 0
     assert registry.get_sample_value("falachefe_operator_pool_queue_jobs_finished_total", sample) == 3000
+    # Every step counted once for the pool, and timed in the one histogram of every pool's steps.
+    polls = 1 + len(outcomes)
+    assert registry.get_sample_value("falachefe_operator_pool_autoscale_polls_total", sample) == polls
+    assert registry.get_sample_value("falachefe_operator_autoscale_step_duration_seconds_count") == polls
 
 
 async def test_sources_down_hold_the_pool(

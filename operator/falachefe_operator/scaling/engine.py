@@ -148,7 +148,8 @@ class Autoscaler:
         """
         lock = self._locks.setdefault(target.labels, asyncio.Lock())
         async with lock:
-            with self._metrics.child(self._metrics.step_seconds, target.labels).time():
+            self._metrics.polled(target.labels)
+            with self._metrics.step_seconds.time():
                 return await self._step(target, deployment)
 
     def forget(self, target: PoolTarget) -> None:
@@ -156,6 +157,7 @@ class Autoscaler:
         self._histories.pop(target.labels, None)
         self._outages.pop(target.labels, None)
         self._locks.pop(target.labels, None)
+        self._cpu.forget(target.namespace, target.selector)
         self._metrics.forget(target.labels)
 
     async def aclose(self) -> None:

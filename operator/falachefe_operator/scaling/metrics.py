@@ -29,7 +29,7 @@ from functools import cache
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .decision import Decision
@@ -71,16 +71,26 @@ class _PoolGauges:
     proposals: tuple[tuple[str, int], ...]
 
 
+#: Polls of each pool: a counter kept as a plain number, turned into a series at scrape time.
+_POLLS = "falachefe_operator_pool_autoscale_polls"
+
+
 class _PoolGaugeCollector(Collector):
-    """Every pool's gauges, read from their snapshots at scrape time."""
+    """Every pool's gauges and poll count, read from their snapshots at scrape time."""
 
-    def __init__(self, pools: dict[tuple[str, str, str], _PoolGauges]) -> None:
+    def __init__(self, pools: dict[tuple[str, str, str], _PoolGauges], polls: dict[tuple[str, str, str], int]) -> None:
         self._pools = pools
+        self._polls = polls
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        return self._families()
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self._families()
+        yield self._poll_family()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        polls = self._poll_family()
+        for labels, count in list(self._polls.items()):
+            polls.add_metric(labels, count)
+        yield polls
         families = {family.name: family for family in self._families()}
 
         def add(name: str, labels: tuple[str, ...], value: float) -> None:
@@ -103,7 +113,11 @@ class _PoolGaugeCollector(Collector):
             add("max_replicas", labels, pool.max_replicas)
             for metric, replicas in pool.proposals:
                 add("proposed_replicas", (*labels, metric), replicas)
-        return iter(families.values())
+        yield from families.values()
+
+    @staticmethod
+    def _poll_family() -> CounterMetricFamily:
+        return CounterMetricFamily(_POLLS, "Polls of the pool by the autoscaler.", labels=list(POOL_LABELS))
 
     @staticmethod
     def _families() -> Iterator[GaugeMetricFamily]:
@@ -116,7 +130,9 @@ class ScalingMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         #: Per pool, the snapshot its gauges are scraped from (``observe``).
         self._pools: dict[tuple[str, str, str], _PoolGauges] = {}
-        registry.register(_PoolGaugeCollector(self._pools))
+        #: Per pool, the polls so far (``polled``).
+        self._polls: dict[tuple[str, str, str], int] = {}
+        registry.register(_PoolGaugeCollector(self._pools, self._polls))
         self.jobs_added = Counter(
             "falachefe_operator_pool_queue_jobs_added_total",
             "Jobs added to the pool's queue, counted between polls.",
@@ -141,10 +157,11 @@ class ScalingMetrics:
             POOL_LABELS,
             registry=registry,
         )
+        # One histogram for every pool: a histogram per pool is some fourteen series each
+        # (28,000 at 1,000 resources), and a step's time is the operator's, not the pool's.
         self.step_seconds = Histogram(
-            "falachefe_operator_pool_autoscale_step_duration_seconds",
-            "Time to read the metrics, decide and scale one pool.",
-            POOL_LABELS,
+            "falachefe_operator_autoscale_step_duration_seconds",
+            "Time to read the metrics, decide and scale one pool, over every pool.",
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
@@ -160,6 +177,10 @@ class ScalingMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def polled(self, labels: tuple[str, str, str]) -> None:
+        """Count one poll of the pool (whatever came of it)."""
+        self._polls[labels] = self._polls.get(labels, 0) + 1
 
     def observe(
         self, labels: tuple[str, str, str], observation: Observation, decision: Decision, policy: ScalingPolicy
@@ -194,15 +215,15 @@ class ScalingMetrics:
     def forget(self, labels: tuple[str, str, str]) -> None:
         """Remove a pool's series (the pool or its resource is gone)."""
         self._pools.pop(labels, None)
+        self._polls.pop(labels, None)
         for direction in ("up", "down"):
             self._drop(self.scale_actions, (*labels, direction))
         for counter in (self.jobs_added, self.jobs_finished):
             self._drop(counter, labels)
         self._last_counts.pop(labels, None)
         self._drop(self.step_errors, labels)
-        self._drop(self.step_seconds, labels)
 
-    def _drop(self, metric: Counter | Histogram, labels: tuple[str, ...]) -> None:
+    def _drop(self, metric: Counter, labels: tuple[str, ...]) -> None:
         self._children.pop((id(metric), labels), None)
         with suppress(KeyError):  # never set for these labels
             metric.remove(*labels)
