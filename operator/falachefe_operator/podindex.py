@@ -71,12 +71,15 @@ class PodIndex:
         self._pods: dict[str, dict[str, dict[str, Any]]] = {}
         #: Names of the pods carrying each label, by (namespace, key, value).
         self._by_label: dict[tuple[str, str, str], set[str]] = {}
+        #: Per namespace, a number that changes whenever any of its pods does (``version``).
+        self._versions: dict[str, int] = {}
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         metadata = body.get("metadata") or {}
         namespace, name = metadata.get("namespace"), metadata.get("name")
         if not namespace or not name:
             return
+        self._versions[namespace] = self._versions.get(namespace, 0) + 1
         pods = self._pods.setdefault(namespace, {})
         previous = pods.pop(name, None)
         if previous is not None:
@@ -96,6 +99,10 @@ class PodIndex:
                 names.discard(name)
                 if not names:
                     del self._by_label[(namespace, key, value)]
+
+    def version(self, namespace: str) -> int:
+        """Changes whenever a pod of ``namespace`` is seen to change: what was selected before may be stale."""
+        return self._versions.get(namespace, 0)
 
     def select(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         """The pods in ``namespace`` whose labels hold every pair of ``selector``."""

@@ -26,7 +26,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,8 @@ class MetricsServerStandIn:
     host: str = field(default_factory=host_ip)
     port: int = 0
     requests: list[str] = field(default_factory=list)
+    #: How old the samples are when served (seconds; negative: a clock ahead of the API server's).
+    sample_age: float = 0.0
     _usage: dict[tuple[str, str], tuple[dict[str, str], str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: BackgroundServer | None = None
@@ -122,6 +124,7 @@ class MetricsServerStandIn:
         selector = _parse_selector(request.query.get("labelSelector", ""))
         self.requests.append(f"{namespace}?{request.query_string}")
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        sampled = (datetime.now(UTC) - timedelta(seconds=self.sample_age)).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self._lock:
             chosen = [
                 (pod, labels, cpu)
@@ -131,7 +134,7 @@ class MetricsServerStandIn:
         items = [
             {
                 "metadata": {"name": pod, "namespace": namespace, "labels": labels, "creationTimestamp": now},
-                "timestamp": now,
+                "timestamp": sampled,
                 "window": "15s",
                 "containers": [{"name": "worker", "usage": {"cpu": cpu, "memory": "64Mi"}}],
             }

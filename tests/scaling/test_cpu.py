@@ -7,7 +7,9 @@ exactly as they would to metrics-server.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ from falachefe_devstack.kube import ControlPlane
 from falachefe_devstack.metrics_standin import MetricsServerStandIn
 from falachefe_operator.credentials import load_credentials
 from falachefe_operator.kubeapi import KubeApi
-from falachefe_operator.scaling.cpu import CpuReader, utilization
+from falachefe_operator.podindex import PodIndex
+from falachefe_operator.scaling.cpu import CpuReader, PodMetricsCache, utilization
 from falachefe_operator.scaling.engine import Autoscaler, PoolTarget
 from falachefe_operator.scaling.metrics import ScalingMetrics
 from falachefe_operator.scaling.observation import CpuSample, MetricUnavailable
@@ -199,3 +202,109 @@ async def test_pool_scales_on_cpu_and_ignores_starting_pods(
 
 def _names(items: list[k8s.V1Pod]) -> set[str]:
     return {p.metadata.name for p in items}
+
+
+class _Clock:
+    """The cache's clock, moved by the test (wall time still passes as it does)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("sample_age", "fresh_for"),
+    [
+        (0.0, 15.0),  # sampled just now: the next sample lands a window (15 s) and a second later
+        (10.0, 5.0),  # sampled 10 s ago: 6 s more, never under the 5 s floor
+        (60.0, 5.0),  # a server whose samples are late: asked every 5 s, as every poll would
+        (-120.0, 15.0),  # its clock two minutes ahead of ours: never longer than a window
+    ],
+)
+async def test_a_metrics_reading_is_served_until_a_newer_sample_can_exist(
+    kube: ControlPlane,
+    kube_api: k8s.ApiClient,
+    namespace: str,
+    metrics_server: MetricsServerStandIn,
+    tmp_path: Path,
+    sample_age: float,
+    fresh_for: float,
+) -> None:
+    labels = pool_labels("auth")
+    metrics_server.set_usage(namespace, "auth-1", labels, "250m")
+    metrics_server.sample_age = sample_age
+    clock = _Clock()
+    asked = len(metrics_server.requests)
+    try:
+        async with operator_identity(kube, kube_api, namespace, tmp_path) as api:
+            cache = PodMetricsCache(api, all_namespaces=False, clock=clock)
+            first = await cache.read(namespace)
+            assert first["auth-1"].cpu == Decimal("0.25")
+            # Timestamps are whole seconds, so the reading's life is within a second below this.
+            clock.now = fresh_for - 1.05
+            assert cache.fresh(namespace) is first
+            assert await cache.read(namespace) is first
+            assert len(metrics_server.requests) == asked + 1
+            clock.now = fresh_for + 1.05
+            assert cache.fresh(namespace) is None
+            again = await cache.read(namespace)
+            assert again is not first and again["auth-1"].cpu == Decimal("0.25")
+            assert len(metrics_server.requests) == asked + 2
+    finally:
+        metrics_server.sample_age = 0.0
+        metrics_server.forget(namespace, "auth-1")
+
+
+async def test_a_pools_answer_is_worked_out_again_only_when_its_inputs_change(
+    kube: ControlPlane,
+    kube_api: k8s.ApiClient,
+    namespace: str,
+    metrics_server: MetricsServerStandIn,
+    tmp_path: Path,
+) -> None:
+    """Kept while the pod index and the metrics reading stay; anew when either changes or a start-up ends."""
+    labels = pool_labels("crew")
+    pool = selector(labels)
+    now = datetime.now(UTC)
+    index = PodIndex()
+
+    def seen(name: str, started: datetime, ready_since: datetime) -> None:
+        pod = _ready_pod(name, started, ready_since)
+        pod["metadata"].update(namespace=namespace, labels=labels)
+        index.observe("MODIFIED", pod)
+
+    settled = now - timedelta(minutes=30)
+    seen("crew-1", settled, settled)
+    # Became Ready 2 s ago, started 4 min 58 s ago: its sample (15 s window) is from its start-up
+    # for 2 s more, then it counts.
+    seen("crew-2", now - timedelta(minutes=5) + timedelta(seconds=2), now - timedelta(seconds=2))
+    metrics_server.set_usage(namespace, "crew-1", labels, "100m")
+    metrics_server.set_usage(namespace, "crew-2", labels, "300m")
+    clock = _Clock()
+    try:
+        async with operator_identity(kube, kube_api, namespace, tmp_path) as api:
+            reader = CpuReader(api, pods=index, metrics=PodMetricsCache(api, all_namespaces=False, clock=clock))
+            first = await reader.read(namespace, pool)
+            assert first == CpuSample(utilization=pytest.approx(0.2), ready_pods=1, unaccounted_pods=1)
+            assert await reader.read(namespace, pool) is first  # nothing changed: the same answer, kept
+
+            await asyncio.sleep(2.5)  # crew-2's initialization period is over: it counts now
+            counted = await reader.read(namespace, pool)
+            assert counted == CpuSample(utilization=pytest.approx(0.4), ready_pods=2, unaccounted_pods=0)
+            assert await reader.read(namespace, pool) is counted
+
+            index.observe("DELETED", {"metadata": {"namespace": namespace, "name": "crew-2"}})
+            after_delete = await reader.read(namespace, pool)
+            assert after_delete == CpuSample(utilization=pytest.approx(0.2), ready_pods=1, unaccounted_pods=0)
+
+            metrics_server.set_usage(namespace, "crew-1", labels, "400m")
+            assert await reader.read(namespace, pool) is after_delete  # the reading is still fresh
+            clock.now = 30.0
+            assert await reader.read(namespace, pool) == CpuSample(
+                utilization=pytest.approx(0.8), ready_pods=1, unaccounted_pods=0
+            )
+    finally:
+        metrics_server.forget(namespace, "crew-1")
+        metrics_server.forget(namespace, "crew-2")

@@ -46,6 +46,8 @@ METRICS_VERSION = "v1beta1"
 CPU_INITIALIZATION_PERIOD = timedelta(minutes=5)
 #: metrics-server's default resolution, when a sample does not say its window.
 DEFAULT_METRIC_WINDOW = timedelta(seconds=15)
+#: After a sample's window has passed, the time metrics-server takes to land the next one.
+SCRAPE_SLACK_SECONDS = 1.0
 
 
 class CpuReader:
@@ -69,16 +71,17 @@ class CpuReader:
         self._timeout = timeout_seconds
         self._pods = pods
         self._metrics = metrics
+        #: Per (namespace, selector), the last answer from the shared sources (``_from_shared``).
+        self._answers: dict[tuple[str, str], _Answer] = {}
 
     async def read(self, namespace: str, selector: str) -> CpuSample | MetricUnavailable:
         """The pods' utilisation, or why it cannot be known (never raises for API trouble)."""
         # Both shared sources at hand (the pod watch's index, a fresh metrics reading): no
         # request, so nothing to wait for or time out, and no task per source. This is every
         # poll but the one a namespace's metrics reading is due in.
-        pods = self._indexed(namespace, selector)
-        usage = self._metrics.fresh(namespace) if self._metrics is not None and pods else None
-        if pods and usage is not None:
-            return _pool_utilization(pods, usage)
+        shared = self._from_shared(namespace, selector)
+        if shared is not None:
+            return shared
         try:
             async with responsive_timeout(self._timeout):
                 pods, usage = await asyncio.gather(
@@ -88,7 +91,42 @@ class CpuReader:
             return MetricUnavailable("cpu", _api_error(error, namespace))
         except (aiohttp.ClientError, TimeoutError) as error:
             return MetricUnavailable("cpu", f"API server unreachable: {type(error).__name__}")
-        return _pool_utilization(pods, usage)
+        # Pods from the index and the reading just made: worked out and kept for the next polls.
+        shared = self._from_shared(namespace, selector)
+        return shared if shared is not None else _pool_utilization(pods, usage)
+
+    def forget(self, namespace: str, selector: str) -> None:
+        """Drop what is kept for a pool that is gone."""
+        self._answers.pop((namespace, selector), None)
+
+    def _from_shared(self, namespace: str, selector: str) -> CpuSample | MetricUnavailable | None:
+        """The answer from the pod index and a fresh metrics reading; None if either has nothing.
+
+        The same pods (the index's namespace unchanged) and the same reading give the same
+        answer until a pod's initialization period ends: that answer is kept and given
+        again, not worked out anew (at rest, two polls in three of every pool).
+        """
+        if self._pods is None or self._metrics is None:
+            return None
+        usage = self._metrics.fresh(namespace)
+        if usage is None:
+            return None
+        version = self._pods.version(namespace)
+        now = datetime.now(UTC)
+        kept = self._answers.get((namespace, selector))
+        if (
+            kept is not None
+            and kept.usage is usage
+            and kept.version == version
+            and (kept.until is None or now < kept.until)
+        ):
+            return kept.result
+        pods = self._indexed(namespace, selector)
+        if not pods:
+            return None
+        result, until = _utilization_until(pods, usage, now)
+        self._answers[(namespace, selector)] = _Answer(usage, version, until, result)
+        return result
 
     def _indexed(self, namespace: str, selector: str) -> list[Mapping[str, Any]]:
         """The pool's pods from the pod watch's index; [] without one, or while it holds none of them."""
@@ -116,22 +154,41 @@ class CpuReader:
         return _usage_by_pod(usage.get("items") or [])
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A pool's utilisation from one metrics reading and one state of the pod index."""
+
+    usage: Mapping[str, PodUsage]  # the reading's samples of the namespace (compared by identity)
+    version: int  # the pod index's version of the namespace
+    until: datetime | None  # when a pod's initialization period ends and the answer may change
+    result: CpuSample | MetricUnavailable
+
+
 @dataclass
 class _Reading:
-    at: float
+    #: Until when (the cache's clock) it is served without asking again.
+    fresh_until: float
     items: dict[str, dict[str, PodUsage]] | None = None  # by namespace, then pod name
     error: BaseException | None = None
 
 
 class PodMetricsCache:
-    """metrics.k8s.io read once per scope per ``max_age_seconds``, shared by every pool in the scope.
+    """metrics.k8s.io read once per scope while its samples are current, shared by every pool in the scope.
 
     The scope is the whole cluster when the operator watches every
     namespace (one request for all its pods), else each namespace. A
-    failed read is shared too, for the same time: a metrics server that is
-    down is asked once per interval, not once per pool. metrics-server
-    refreshes its samples every 15 s by default, so a few seconds of
-    sharing lose nothing.
+    failed read is shared too, for ``max_age_seconds``: a metrics server
+    that is down is asked once per interval, not once per pool.
+
+    A reading is served until metrics-server can have newer samples: it
+    samples every kubelet once per resolution (15 s by default) and each
+    PodMetrics says when (``timestamp``) and over what ``window``, so the
+    newest sample's timestamp plus its window (plus a second for the
+    scrape to land) is when asking again can find something new. Never
+    less than ``max_age_seconds`` (a server whose samples are late, or a
+    clock behind ours, is asked at that pace) nor more than one window
+    ahead of now (a clock ahead of ours). Asking every 5 s, as every poll
+    would, reads each sample three times over.
     """
 
     def __init__(
@@ -178,9 +235,9 @@ class PodMetricsCache:
         return "" if self._all else namespace
 
     def _fresh_reading(self, scope: str) -> _Reading | None:
-        """The scope's last reading (a failure included) if younger than ``max_age_seconds``."""
+        """The scope's last reading (a failure included) while it is fresh."""
         reading = self._readings.get(scope)
-        return reading if reading is not None and self._clock() - reading.at < self._max_age else None
+        return reading if reading is not None and self._clock() < reading.fresh_until else None
 
     async def _fetch(self, scope: str) -> _Reading:
         path = f"/apis/{METRICS_GROUP}/{METRICS_VERSION}" + (f"/namespaces/{scope}" if scope else "") + "/pods"
@@ -188,12 +245,23 @@ class PodMetricsCache:
         try:
             _, body = await self._api.request("GET", path, params=params)
         except (ApiError, aiohttp.ClientError, TimeoutError) as error:
-            return _Reading(self._clock(), error=error)
+            return _Reading(self._clock() + self._max_age, error=error)
         # Parsed once per reading, not in every poll of every pool that reads it.
         by_namespace: dict[str, list[Mapping[str, Any]]] = {}
         for item in body.get("items") or []:
             by_namespace.setdefault(str((item.get("metadata") or {}).get("namespace", scope)), []).append(item)
-        return _Reading(self._clock(), items={ns: _usage_by_pod(found) for ns, found in by_namespace.items()})
+        items = {ns: _usage_by_pod(found) for ns, found in by_namespace.items()}
+        return _Reading(self._clock() + self._served_for(items), items=items)
+
+    def _served_for(self, items: Mapping[str, Mapping[str, PodUsage]]) -> float:
+        """Seconds until metrics-server can have samples newer than these (see the class)."""
+        samples = (usage.sampled for pods in items.values() for usage in pods.values() if usage.sampled)
+        newest = max(samples, default=None)
+        if newest is None:
+            return self._max_age
+        sampled_at, window = newest
+        due = (sampled_at + window - datetime.now(UTC)).total_seconds() + SCRAPE_SLACK_SECONDS
+        return max(self._max_age, min(due, window.total_seconds() + SCRAPE_SLACK_SECONDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +270,15 @@ class PodUsage:
 
     cpu: Decimal
     window_start: datetime | None
+    #: The sample's timestamp and window, when it says them.
+    sampled: tuple[datetime, timedelta] | None = None
 
 
 def _pod_usage(item: Mapping[str, Any]) -> PodUsage:
     containers = item.get("containers") or []
     cpu = sum((parse_quantity(c.get("usage", {}).get("cpu", "0")) for c in containers), Decimal(0))
-    return PodUsage(cpu, _window_start(item))
+    sampled = _sampled(item)
+    return PodUsage(cpu, sampled[0] - sampled[1] if sampled else None, sampled)
 
 
 def _usage_by_pod(pod_metrics: list[Mapping[str, Any]]) -> dict[str, PodUsage]:
@@ -223,19 +294,21 @@ def _usage_by_pod(pod_metrics: list[Mapping[str, Any]]) -> dict[str, PodUsage]:
 
 def _pool_utilization(pods: list[Mapping[str, Any]], usage: Mapping[str, PodUsage]) -> CpuSample | MetricUnavailable:
     # Looked up by the pool's pod names: a shared reading holds every pod of the namespace.
-    return _utilization(pods, usage, datetime.now(UTC))
+    return _utilization_until(pods, usage, datetime.now(UTC))[0]
 
 
 def utilization(
     pods: list[Mapping[str, Any]], pod_metrics: list[Mapping[str, Any]], now: datetime | None = None
 ) -> CpuSample | MetricUnavailable:
     """The HPA's grouping and ratio, from the pods and their PodMetrics (both as the API returns them)."""
-    return _utilization(pods, _usage_by_pod(pod_metrics), now or datetime.now(UTC))
+    return _utilization_until(pods, _usage_by_pod(pod_metrics), now or datetime.now(UTC))[0]
 
 
-def _utilization(
+def _utilization_until(
     pods: list[Mapping[str, Any]], usage_by_pod: Mapping[str, PodUsage], now: datetime
-) -> CpuSample | MetricUnavailable:
+) -> tuple[CpuSample | MetricUnavailable, datetime | None]:
+    """The utilisation, and until when the same pods and samples give it (None: for as long as they stay)."""
+    until: datetime | None = None
     usage = Decimal(0)
     requests = Decimal(0)
     ready_pods = 0
@@ -246,7 +319,12 @@ def _utilization(
         if metadata.get("deletionTimestamp") or status.get("phase") in {"Succeeded", "Failed"}:
             continue
         sample = usage_by_pod.get(name)
-        if _ready_since(status) is None or sample is None or _sampled_while_starting(status, sample.window_start, now):
+        if _ready_since(status) is None or sample is None:
+            unaccounted += 1
+            continue
+        starting_until = _starting_until(status, sample.window_start, now)
+        if starting_until is not None:
+            until = starting_until if until is None else min(until, starting_until)
             unaccounted += 1
             continue
         pod_request = Decimal(0)
@@ -257,15 +335,15 @@ def _utilization(
                     "cpu",
                     f"pod {name} container {container.get('name')} has no CPU request:"
                     " set resources.requests.cpu on the pool to scale on CPU",
-                )
+                ), until
             pod_request += _request_quantity(request)
         if pod_request <= 0:
-            return MetricUnavailable("cpu", f"pod {name} requests no CPU")
+            return MetricUnavailable("cpu", f"pod {name} requests no CPU"), until
         usage += sample.cpu
         requests += pod_request
         ready_pods += 1
     ratio = float(usage / requests) if requests > 0 else 0.0
-    return CpuSample(utilization=ratio, ready_pods=ready_pods, unaccounted_pods=unaccounted)
+    return CpuSample(utilization=ratio, ready_pods=ready_pods, unaccounted_pods=unaccounted), until
 
 
 def _ready_since(status: Mapping[str, Any]) -> datetime | None:
@@ -276,17 +354,21 @@ def _ready_since(status: Mapping[str, Any]) -> datetime | None:
     return None
 
 
-def _sampled_while_starting(status: Mapping[str, Any], window_start: datetime | None, now: datetime) -> bool:
-    """Is this Ready pod's sample from before it was Ready, within its initialization period?"""
+def _starting_until(status: Mapping[str, Any], window_start: datetime | None, now: datetime) -> datetime | None:
+    """If this Ready pod's sample is from before it was Ready, within its initialization period: when that ends.
+
+    None: the sample counts.
+    """
     started = _timestamp(status.get("startTime"))
     ready_since = _ready_since(status)
     if started is None or ready_since is None or window_start is None:
-        return False
-    return now - started < CPU_INITIALIZATION_PERIOD and window_start < ready_since
+        return None
+    ends = started + CPU_INITIALIZATION_PERIOD
+    return ends if now < ends and window_start < ready_since else None
 
 
-def _window_start(item: Mapping[str, Any]) -> datetime | None:
-    """When a PodMetrics sample's measuring window began (its timestamp minus its window)."""
+def _sampled(item: Mapping[str, Any]) -> tuple[datetime, timedelta] | None:
+    """A PodMetrics sample's timestamp and measuring window, or None without a timestamp."""
     timestamp = _timestamp(item.get("timestamp"))
     if timestamp is None:
         return None
@@ -295,7 +377,7 @@ def _window_start(item: Mapping[str, Any]) -> datetime | None:
     if raw_window.endswith("s"):
         with contextlib.suppress(ValueError):
             window = timedelta(seconds=float(raw_window[:-1]))
-    return timestamp - window
+    return timestamp, window
 
 
 #: A pod's CPU request, as every poll of its pool reads it (a handful of distinct values).
