@@ -29,7 +29,7 @@ import kopf
 from falachefe_runtime.observability.logging import configure_logging
 
 from . import gcpolicy, handlers, metrics, naming
-from .controller import RESYNC_SECONDS, Fleet
+from .controller import RESYNC_SECONDS, TICK_SECONDS, Fleet
 from .credentials import load_credentials
 from .health import Endpoints
 from .kubeapi import KubeApi, in_cluster_namespace
@@ -110,6 +110,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="allocations between young garbage collections (default %(default)s; CPython's own: 700)",
     )
     parser.add_argument(
+        "--tick-seconds",
+        type=float,
+        default=TICK_SECONDS,
+        metavar="SECONDS",
+        help="timed waits (polls, retries) end on a grid of this step, so the polls falling due together run"
+        " in one wake-up; a poll is at most this late (default %(default)s; 0: each on its own)",
+    )
+    parser.add_argument(
         "--log-format",
         choices=["json", "text"],
         default="json",
@@ -171,7 +179,7 @@ async def run(args: argparse.Namespace) -> int:
         pods=pods,
         pod_metrics=PodMetricsCache(api, all_namespaces=not args.namespace, selector=naming.MANAGED_SELECTOR),
     )
-    fleet = Fleet(api, scaler, resync_seconds=args.resync_seconds)
+    fleet = Fleet(api, scaler, resync_seconds=args.resync_seconds, tick_seconds=args.tick_seconds)
     gcpolicy.install(freeze=args.gc_freeze, young_threshold=args.gc_young_threshold)
     walks = asyncio.create_task(gcpolicy.keep_frozen()) if args.gc_freeze else None
     exit_code = 0

@@ -199,12 +199,14 @@ class Controller:
         resync_seconds: float,
         slots: asyncio.Semaphore,
         secrets: apply.SecretReads,
+        tick_seconds: float = TICK_SECONDS,
     ) -> None:
         self.namespace = namespace
         self.name = name
         self._api = api
         self._scaler = scaler
         self._resync = resync_seconds
+        self._tick = tick_seconds
         self._slots = slots
         self._secrets = secrets
         self._clock = asyncio.get_running_loop().time
@@ -328,7 +330,7 @@ class Controller:
             if due > self._clock():
                 # asyncio.timeout_at, not wait_for: no task per wait (a pass every poll of every resource).
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(None if due == float("inf") else _on_tick(due)):
+                    async with asyncio.timeout_at(None if due == float("inf") else _on_tick(due, self._tick)):
                         await self._wake.wait()
             if self._wake.is_set():
                 # Changes come in bursts (an apply echoes back as several events): one pass for the burst.
@@ -751,9 +753,11 @@ class Controller:
         kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=type_, reason=reason, message=message)
 
 
-def _on_tick(due: float) -> float:
-    """The first tick (``TICK_SECONDS``) at or after ``due``."""
-    return max(math.ceil(due / TICK_SECONDS) * TICK_SECONDS, due)  # max: never before due, float rounding aside
+def _on_tick(due: float, tick: float = TICK_SECONDS) -> float:
+    """The first tick at or after ``due`` (``due`` itself when ``tick`` is 0: no grid)."""
+    if tick <= 0:
+        return due
+    return max(math.ceil(due / tick) * tick, due)  # max: never before due, float rounding aside
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -778,11 +782,18 @@ class Fleet:
     """
 
     def __init__(
-        self, api: KubeApi, scaler: Scaler, *, resync_seconds: float = RESYNC_SECONDS, concurrent_reconciles: int = 32
+        self,
+        api: KubeApi,
+        scaler: Scaler,
+        *,
+        resync_seconds: float = RESYNC_SECONDS,
+        concurrent_reconciles: int = 32,
+        tick_seconds: float = TICK_SECONDS,
     ) -> None:
         self._api = api
         self._scaler = scaler
         self._resync = resync_seconds
+        self._tick = tick_seconds
         # Reconciles hold every object they applied until they finish: bounding
         # them bounds the memory a burst (an operator restart) takes.
         self._slots = asyncio.Semaphore(concurrent_reconciles)
@@ -803,6 +814,7 @@ class Fleet:
                 resync_seconds=self._resync,
                 slots=self._slots,
                 secrets=self._secrets,
+                tick_seconds=self._tick,
             )
             self._controllers[key] = controller
             metrics.RESOURCES.set(len(self._controllers))

@@ -25,3 +25,8 @@ def test_a_wait_never_ends_before_its_pass_is_due_nor_a_tick_after(due: float) -
 )
 def test_passes_due_within_one_tick_wake_together(tick: int, first: float, second: float) -> None:
     assert _on_tick((tick + first) * TICK_SECONDS) == _on_tick((tick + second) * TICK_SECONDS)
+
+
+@given(DUE)
+def test_without_a_grid_a_wait_ends_when_its_pass_is_due(due: float) -> None:
+    assert _on_tick(due, 0.0) == due

@@ -234,10 +234,10 @@ def _service_time(
     if rates is None:
         return None
     measured = rates.service_time_seconds
-    if Term.SERVICE_TIME_RISE not in policy.terms:
-        return measured
+    if measured is None or Term.SERVICE_TIME_RISE not in policy.terms:
+        return measured  # (nothing finished over the window: no later half can say more)
     recent = estimate_rates([s for s in window if s.at > now - policy.rate_window_seconds / 2])
-    if measured is None or recent is None or recent.mean_active <= 0:
+    if recent is None or recent.mean_active <= 0:
         return measured
     recent_time = recent.service_time_seconds
     if recent_time is None:
