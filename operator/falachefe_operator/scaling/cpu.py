@@ -84,6 +84,13 @@ class CpuReader:
             return shared
         try:
             async with responsive_timeout(self._timeout):
+                if self._metrics is not None:
+                    # The namespace's reading is due: refreshed once for every pool waiting on it
+                    # (or its error raised); then, pods in the index, answered and kept as above.
+                    await self._metrics.read(namespace)
+                    shared = self._from_shared(namespace, selector)
+                    if shared is not None:
+                        return shared
                 pods, usage = await asyncio.gather(
                     self._read_pods(namespace, selector), self._read_usage(namespace, selector)
                 )
@@ -91,9 +98,7 @@ class CpuReader:
             return MetricUnavailable("cpu", _api_error(error, namespace))
         except (aiohttp.ClientError, TimeoutError) as error:
             return MetricUnavailable("cpu", f"API server unreachable: {type(error).__name__}")
-        # Pods from the index and the reading just made: worked out and kept for the next polls.
-        shared = self._from_shared(namespace, selector)
-        return shared if shared is not None else _pool_utilization(pods, usage)
+        return _pool_utilization(pods, usage)
 
     def forget(self, namespace: str, selector: str) -> None:
         """Drop what is kept for a pool that is gone."""
