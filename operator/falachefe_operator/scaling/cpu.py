@@ -271,19 +271,21 @@ class PodMetricsCache:
 
 @dataclass(frozen=True, slots=True)
 class PodUsage:
-    """A pod's PodMetrics sample, parsed: its containers' CPU (cores) and when the sample's window began."""
+    """A pod's PodMetrics sample, parsed: its containers' CPU (cores), and its timestamp and window if it says them."""
 
     cpu: Decimal
-    window_start: datetime | None
-    #: The sample's timestamp and window, when it says them.
     sampled: tuple[datetime, timedelta] | None = None
+
+    @property
+    def window_start(self) -> datetime | None:
+        """When the sample's measuring window began (its timestamp minus its window)."""
+        return self.sampled[0] - self.sampled[1] if self.sampled else None
 
 
 def _pod_usage(item: Mapping[str, Any]) -> PodUsage:
     containers = item.get("containers") or []
     cpu = sum((parse_quantity(c.get("usage", {}).get("cpu", "0")) for c in containers), Decimal(0))
-    sampled = _sampled(item)
-    return PodUsage(cpu, sampled[0] - sampled[1] if sampled else None, sampled)
+    return PodUsage(cpu, _sampled(item))
 
 
 def _usage_by_pod(pod_metrics: list[Mapping[str, Any]]) -> dict[str, PodUsage]:
